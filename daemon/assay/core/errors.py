@@ -1,0 +1,215 @@
+"""Typed errors in families, each with a stable ``code`` and an HTTP status hint.
+
+Why families: callers catch by meaning (``RejectedInput``, ``IntegrityError``,
+``StorageError``) while operators and clients match on the stable ``code`` string, which
+never changes once released. The HTTP error handler and the CLI's ``main()`` are the only
+two places that translate these into responses or exit codes.
+
+This module is pure: it imports nothing from trio, Quart, the file system or the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AssayError(Exception):
+    """Base of every error assay raises on purpose.
+
+    ``code`` is stable and documented; ``status`` is the HTTP status hint; ``title`` is the
+    RFC 9457 short summary that does not change between occurrences.
+    """
+
+    code: ClassVar[str] = "internal.error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        reasons: list[str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        #: Every failed rule or check, for the problem body and the audit record.
+        self.reasons: list[str] = list(reasons or [])
+        if code is not None:
+            # A per-instance code refines the family's default (e.g. a specific reason).
+            self.code = code  # type: ignore[misc]
+        self.extra: dict[str, Any] = extra
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem object (without ``instance``, which the edge adds)."""
+        body: dict[str, Any] = {
+            "type": f"urn:assay:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.reasons:
+            body["reasons"] = list(self.reasons)
+        for key, value in self.extra.items():
+            if key not in body:
+                body[key] = value
+        return body
+
+
+# --- RejectedInput: the caller sent something we will not accept -----------------------
+
+
+class RejectedInput(AssayError):
+    code = "request.invalid"
+    status = 400
+    title = "Rejected input"
+
+
+class BadRequest(RejectedInput):
+    code = "request.invalid"
+    status = 400
+    title = "Bad request"
+
+
+class PayloadTooLarge(RejectedInput):
+    code = "request.too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class FormatRefused(RejectedInput):
+    """The content is not an accepted model format.
+
+    ``reason`` is a stable, machine-readable reason code such as ``pickle``, ``zip``,
+    ``gzip``, ``7z``, ``empty``, ``polyglot`` or ``safetensors.header_too_large``.
+    """
+
+    code = "artifact.format_refused"
+    status = 422
+    title = "Artifact format refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail, reason=reason)
+        self.reason = reason
+
+
+class PolicyRefused(RejectedInput):
+    code = "artifact.policy_refused"
+    status = 422
+    title = "Promotion refused by policy"
+
+
+class ConfigError(RejectedInput):
+    """Invalid configuration. ``path`` names the offending key, e.g. ``registry.policy``."""
+
+    code = "config.invalid"
+    status = 500
+    title = "Invalid configuration"
+
+
+# --- Auth --------------------------------------------------------------------------------
+
+
+class AuthError(AssayError):
+    code = "auth.invalid_credential"
+    status = 401
+    title = "Authentication failed"
+
+
+class MissingCredential(AuthError):
+    code = "auth.missing_credential"
+    title = "Missing credential"
+
+
+class InvalidCredential(AuthError):
+    code = "auth.invalid_credential"
+    title = "Invalid credential"
+
+
+class ScopeDenied(AssayError):
+    code = "auth.scope_denied"
+    status = 403
+    title = "Scope denied"
+
+
+# --- Lookup and state --------------------------------------------------------------------
+
+
+class NotFound(AssayError):
+    code = "resource.not_found"
+    status = 404
+    title = "Not found"
+
+
+class StateConflict(AssayError):
+    code = "artifact.state_conflict"
+    status = 409
+    title = "State conflict"
+
+
+class NotTrusted(AssayError):
+    """Runtime consumption asked for an artifact that is not ``trusted``."""
+
+    code = "artifact.not_trusted"
+    status = 403
+    title = "Artifact not trusted"
+
+
+# --- IntegrityError: bytes or records are not what they claim -----------------------------
+
+
+class IntegrityError(AssayError):
+    code = "integrity.failed"
+    status = 409
+    title = "Integrity check failed"
+
+
+class DigestMismatch(IntegrityError):
+    code = "artifact.digest_mismatch"
+    status = 422
+    title = "Digest mismatch"
+
+
+class StoredBytesCorrupt(IntegrityError):
+    """Bytes on disk no longer hash to their address; serving is blocked."""
+
+    code = "artifact.integrity_failed"
+    status = 409
+    title = "Stored bytes failed integrity check"
+
+
+class ChainBroken(IntegrityError):
+    code = "audit.chain_broken"
+    status = 500
+    title = "Audit chain broken"
+
+
+# --- StorageError: we could not persist or read our own state -----------------------------
+
+
+class StorageError(AssayError):
+    code = "storage.failed"
+    status = 500
+    title = "Storage failure"
+
+
+class AuditWriteFailed(StorageError):
+    code = "audit.write_failed"
+    status = 503
+    title = "Audit record could not be written"
+
+
+class AuditNeedsRecovery(StorageError):
+    code = "audit.needs_recovery"
+    status = 503
+    title = "Audit log needs recovery"
+
+
+class SecretError(StorageError):
+    """A secret is missing, unreadable or too weak: startup must stop."""
+
+    code = "config.secret_invalid"
+    status = 500
+    title = "Secret unusable"

@@ -1,0 +1,205 @@
+"""The Quart edge shared by registry and relay: auth, scopes, problems, audit, headers.
+
+Why one module: every route must authenticate, check its scope, answer errors as RFC 9457
+problems and leave exactly one audit record, and a route that forgets one of those is a
+hole. Routes declare their scope with ``@requires``; a non-public route without one is
+refused (fail closed) rather than served.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from quart import Quart, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from assay.core import problem
+from assay.core.authn import Authenticator
+from assay.core.errors import AssayError, AuditWriteFailed, ScopeDenied
+from assay.core.tokens import Principal
+
+log = logging.getLogger("assay.http")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+PURPOSE_HEADER = "x-purpose"
+MAX_PURPOSE_CHARS = 200
+
+
+class AuditSink(Protocol):
+    """What the web edge needs from the audit log: a durable append."""
+
+    async def append(self, fields: dict[str, Any]) -> Mapping[str, Any]: ...
+
+
+def requires(scope: str) -> Callable[[F], F]:
+    """Declare the scope a route needs. Checked before the handler runs."""
+
+    def mark(fn: F) -> F:
+        fn.required_scope = scope  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def public(fn: F) -> F:
+    """Declare a route that needs no credential (only health checks are)."""
+    fn.required_scope = None  # type: ignore[attr-defined]
+    return fn
+
+
+@dataclass
+class RequestAudit:
+    """What a handler tells the audit record about its request."""
+
+    action: str = "http.request"
+    target: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    decision: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Set when the handler already wrote this request's one record (mutations do).
+    written: Mapping[str, Any] | None = None
+
+
+def current_audit() -> RequestAudit:
+    audit: RequestAudit = g.audit
+    return audit
+
+
+def current_principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def route_template() -> str:
+    rule = request.url_rule
+    return f"{request.method} {rule.rule if rule is not None else request.path}"
+
+
+def purpose() -> str | None:
+    value = request.headers.get(PURPOSE_HEADER)
+    return value[:MAX_PURPOSE_CHARS] if value else None
+
+
+def base_fields(principal: Principal | None, audit: RequestAudit, status: int,
+                error_code: str | None, route: str, request_id: str,
+                params: list[str], purpose_value: str | None) -> dict[str, Any]:  # fmt: skip
+    """The shared record shape; also used by non-Quart adapters (the upload path)."""
+    decision = audit.decision or ("allow" if status < 400 else "deny" if status < 500 else "error")
+    return {
+        "request_id": request_id,
+        "principal": principal.id if principal else None,
+        "auth_mode": principal.auth_mode if principal else "none",
+        "action": audit.action,
+        "route": route,
+        "target": audit.target,
+        "from_state": audit.from_state,
+        "to_state": audit.to_state,
+        "decision": decision,
+        "reasons": list(audit.reasons),
+        "status": status,
+        "error_code": error_code,
+        "params": params,
+        "purpose": purpose_value,
+        "extra": dict(audit.extra),
+    }
+
+
+def install(
+    app: Quart,
+    *,
+    authenticator: Authenticator,
+    audit: AuditSink,
+    param_names: Callable[[], list[str]] | None = None,
+) -> None:
+    """Wire the auth/scope/problem/audit/header discipline into ``app``."""
+
+    def params() -> list[str]:
+        if param_names is not None:
+            return param_names()
+        return sorted({f"{k}:eq" for k in request.args})
+
+    @app.before_request
+    async def _authenticate() -> None:
+        g.request_id = request.headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
+        g.started = time.monotonic()
+        g.audit = RequestAudit()
+        g.principal = None
+        g.error_code = None
+        view = app.view_functions.get(request.endpoint or "")
+        if view is None:  # 404/405 are raised by routing; nothing to authorise
+            return
+        if not hasattr(view, "required_scope"):
+            # Fail closed: a route that never declared its scope is never served.
+            raise ScopeDenied("route has no declared scope", code="auth.route_unscoped")
+        scope = view.required_scope
+        if scope is None:
+            return
+        principal = authenticator.authenticate(request.headers)
+        g.principal = principal
+        principal.require(scope)
+
+    def _problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+        g.error_code = body.get("code")
+        resp = Response(problem.encode(body), status=status, content_type=problem.PROBLEM_TYPE)
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="assay"'
+        for k, v in (headers or {}).items():
+            resp.headers[k] = v
+        return resp
+
+    @app.errorhandler(AssayError)
+    async def _typed(err: AssayError) -> Response:
+        audit_state: RequestAudit | None = g.get("audit")
+        if audit_state is not None and err.reasons:
+            audit_state.reasons = list(err.reasons)
+        status, body = problem.from_error(err, instance=request.path, request_id=g.get("request_id", ""))
+        return _problem(status, body)
+
+    @app.errorhandler(HTTPException)
+    async def _http(err: HTTPException) -> Response:
+        code = err.code or 500
+        status, body = problem.from_status(
+            code, err.description or "", instance=request.path, request_id=g.get("request_id", "")
+        )
+        headers = {"Allow": ", ".join(err.valid_methods)} if getattr(err, "valid_methods", None) else None  # type: ignore[attr-defined]
+        return _problem(status, body, headers)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(err: Exception) -> Response:
+        log.exception("unhandled error on %s", request.path)
+        status, body = problem.from_status(
+            500, "internal error", instance=request.path, request_id=g.get("request_id", "")
+        )
+        return _problem(status, body)
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        for name, value in problem.SECURITY_HEADERS:
+            response.headers.setdefault(name, value)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        audit_state: RequestAudit | None = g.get("audit")
+        if audit_state is None:
+            audit_state = RequestAudit()
+        if audit_state.written is not None:
+            return response
+        fields = base_fields(
+            g.get("principal"), audit_state, response.status_code, g.get("error_code"),
+            route_template(), g.get("request_id", ""), params(), purpose(),
+        )  # fmt: skip
+        try:
+            await audit.append(fields)
+        except AuditWriteFailed as exc:
+            status, body = problem.from_error(exc, instance=request.path, request_id=g.request_id)
+            failed = _problem(status, body)
+            for name, value in problem.SECURITY_HEADERS:
+                failed.headers[name] = value
+            return failed
+        return response

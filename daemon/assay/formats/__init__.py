@@ -1,0 +1,1 @@
+"""Pure, content-based format inspectors for model artifacts (safetensors, GGUF)."""
