@@ -1,0 +1,1 @@
+"""The trust registry: artifacts, states, promotion policy, store and HTTP API."""

@@ -1,0 +1,274 @@
+"""The registry's HTTP routes (Quart on trio). Thin: parse, call the service, shape JSON.
+
+Every view declares its scope with ``@requires`` (or ``@public`` for health checks); the
+shared core authenticates, checks scope, renders problems and writes the audit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from assay import __version__
+from assay.core import web
+from assay.core.authn import Authenticator
+from assay.core.errors import BadRequest
+from assay.core.openapi import build_openapi
+from assay.core.web import AuditSink, current_audit, current_principal, public, requires
+from assay.registry.digests import parse_digest
+from assay.registry.service import Registry
+from assay.registry.states import Action
+from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
+from assay.registry.validate import check_name
+
+SERVE_CHUNK = 1024 * 1024
+MAX_REASON_CHARS = 500
+
+#: Hook that turns a mutation's audit record into response headers (receipts).
+ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
+
+#: Routes served outside Quart (streaming upload): method+path -> (scope, summary).
+STREAMING_ROUTES: dict[str, tuple[str, str]] = {
+    UPLOAD_ROUTE: (UPLOAD_SCOPE, "Upload an artifact (streamed); it enters quarantined."),
+}
+
+
+async def _json_body() -> dict[str, Any]:
+    if not await request.get_data(cache=True):
+        return {}
+    data = await request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _reason(body: dict[str, Any], *, required: bool) -> str:
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        raise BadRequest(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
+    if required and not reason.strip():
+        raise BadRequest("a reason is required", code="request.reason_required")
+    if any(ord(c) < 32 for c in reason):
+        raise BadRequest("reason has control characters")
+    return reason
+
+
+def _signatures(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = body.get("signatures", [])
+    if not isinstance(raw, list) or len(raw) > 16:
+        raise BadRequest("signatures must be a list of at most 16 {key_id, signature}")
+    out: list[tuple[str, str]] = []
+    for item in raw:
+        if not (isinstance(item, dict) and isinstance(item.get("key_id"), str)
+                and isinstance(item.get("signature"), str) and len(item["signature"]) <= 200):  # fmt: skip
+            raise BadRequest("each signature needs string key_id and signature")
+        out.append((item["key_id"][:64], item["signature"]))
+    return tuple(out)
+
+
+def create_app(
+    registry: Registry,
+    *,
+    authenticator: Authenticator,
+    audit: AuditSink,
+    max_json_body_bytes: int,
+    readiness: Callable[[], dict[str, Any]],
+    receipt_hook: ReceiptHook | None = None,
+) -> QuartTrio:
+    app = QuartTrio("assay.registry")
+    app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
+    app.config["BODY_TIMEOUT"] = 30
+    app.config["JSON_SORT_KEYS"] = True
+    web.install(app, authenticator=authenticator, audit=audit)
+    started = time.monotonic()
+
+    def mutation_response(body: dict[str, Any], record: Mapping[str, Any], status: int) -> Response:
+        current_audit().written = record
+        headers = receipt_hook(body, record) if receipt_hook else {}
+        resp = Response(_dumps(body), status=status, content_type="application/json")
+        for k, v in headers.items():
+            resp.headers[k] = v
+        return resp
+
+    @app.get("/healthz")
+    @public
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the event loop answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    @public
+    async def readyz() -> Response:
+        """Readiness: named checks for store, audit, config and policy."""
+        checks = readiness()
+        ok = all(c.get("ok") for c in checks.values())
+        return Response(_dumps({"ready": ok, "checks": checks}), status=200 if ok else 503,
+                        content_type="application/json")  # fmt: skip
+
+    @app.get("/v1/status")
+    @requires("artifacts:read")
+    async def status() -> dict[str, Any]:
+        """Version, uptime, counts and the last integrity sweep."""
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - started, 3),
+            "counts": registry.counts(),
+            "policy": registry.policy.name,
+            "last_sweep": registry.last_sweep,
+            "tokens": authenticator.token_count,
+            "ready": readiness(),
+        }
+
+    @app.get("/openapi.json")
+    @requires("artifacts:read")
+    async def openapi() -> dict[str, Any]:
+        """This API's OpenAPI 3.1 description."""
+        return build_openapi(app, title="assay registry", version=__version__,
+                             streaming=STREAMING_ROUTES)  # fmt: skip
+
+    @app.get("/v1/artifacts")
+    @requires("artifacts:read")
+    async def list_artifacts() -> dict[str, Any]:
+        """List artifacts, optionally by ?state= and ?name=."""
+        unknown = set(request.args) - {"state", "name"}
+        if unknown:
+            raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
+        arts = registry.list(state=request.args.get("state"), name=request.args.get("name"))
+        return {"artifacts": [a.public() for a in arts], "count": len(arts)}
+
+    @app.get("/v1/artifacts/<digest>")
+    @requires("artifacts:read")
+    async def show(digest: str) -> dict[str, Any]:
+        """One artifact's metadata, state and history."""
+        art = registry.get(digest)
+        current_audit().target = art.digest
+        history = await trio.to_thread.run_sync(registry.db.history, art.digest)
+        return {"artifact": art.public(), "history": history}
+
+    @app.post("/v1/artifacts/<digest>/promote")
+    @requires("artifacts:promote")
+    async def promote(digest: str) -> Response:
+        """Approve and, once the policy passes, promote quarantined -> trusted."""
+        current_audit().target = parse_digest(digest)
+        body = await _json_body()
+        out = await registry.transition(
+            current_principal(), digest, Action.PROMOTE, route=web.route_template(),
+            request_id=_rid(), signatures=_signatures(body),
+        )  # fmt: skip
+        decision = out.decision
+        payload = {
+            "artifact": out.artifact.public(),
+            "promoted": out.artifact.state == "trusted",
+            "decision": {
+                "failed": list(decision.failed) if decision else [],
+                "passed": list(decision.passed) if decision else [],
+            },
+        }
+        return mutation_response(payload, out.record, 200 if payload["promoted"] else 202)
+
+    @app.post("/v1/artifacts/<digest>/revoke")
+    @requires("artifacts:revoke")
+    async def revoke(digest: str) -> Response:
+        """Revoke (terminal). A reason is required."""
+        current_audit().target = parse_digest(digest)
+        reason = _reason(await _json_body(), required=True)
+        out = await registry.transition(current_principal(), digest, Action.REVOKE,
+                                        route=web.route_template(), request_id=_rid(),
+                                        reason=reason)  # fmt: skip
+        return mutation_response({"artifact": out.artifact.public()}, out.record, 200)
+
+    @app.delete("/v1/artifacts/<digest>")
+    @requires("artifacts:delete")
+    async def delete(digest: str) -> Response:
+        """Soft delete: bytes removed, metadata and history kept."""
+        current_audit().target = parse_digest(digest)
+        reason = _reason(await _json_body(), required=False)
+        out = await registry.transition(current_principal(), digest, Action.DELETE,
+                                        route=web.route_template(), request_id=_rid(),
+                                        reason=reason)  # fmt: skip
+        return mutation_response({"artifact": out.artifact.public()}, out.record, 200)
+
+    @app.post("/v1/artifacts/<digest>/verify")
+    @requires("artifacts:verify")
+    async def verify(digest: str) -> dict[str, Any]:
+        """Re-hash one artifact's stored bytes now."""
+        current_audit().target = parse_digest(digest)
+        current_audit().action = "artifact.verify"
+        result = await registry.verify(digest, principal=current_principal(),
+                                       route=web.route_template(), request_id=_rid())  # fmt: skip
+        current_audit().reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
+        return result
+
+    @app.post("/v1/sweep")
+    @requires("artifacts:verify")
+    async def sweep() -> dict[str, Any]:
+        """Re-hash every stored artifact now."""
+        current_audit().action = "artifact.sweep"
+        result = await registry.sweep()
+        current_audit().extra = {"checked": result["checked"], "failed": len(result["failed"])}
+        return result
+
+    @app.get("/v1/artifacts/<digest>/content")
+    @requires("artifacts:read")
+    async def content(digest: str) -> Response:
+        """Stream a trusted artifact's bytes; a hash mismatch aborts before the last chunk."""
+        art = registry.check_consumable(digest)
+        current_audit().target = art.digest
+        current_audit().action = "artifact.fetch"
+        fd = await trio.to_thread.run_sync(registry.store.open_fd, art.digest)
+        resp = Response(_serve(registry, art.digest, fd), status=200,
+                        content_type="application/octet-stream")  # fmt: skip
+        resp.headers["Content-Length"] = str(art.size)
+        resp.headers["Digest"] = art.digest
+        return resp
+
+    @app.get("/v1/trusted/<path:name>")
+    @requires("artifacts:read")
+    async def trusted(name: str) -> dict[str, Any]:
+        """Resolve a name to its current trusted digest, for local services."""
+        art = registry.resolve_trusted(check_name(name))
+        current_audit().target = art.digest
+        current_audit().action = "artifact.resolve"
+        return {"name": name, "digest": art.digest, "size": art.size, "format": art.format}
+
+    return app
+
+
+async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[bytes]:
+    """Yield chunks while hashing, always holding the last one back until the hash checks."""
+    h = hashlib.sha256()
+    pending: bytes | None = None
+    try:
+        while chunk := await trio.to_thread.run_sync(os.read, fd, SERVE_CHUNK):
+            h.update(chunk)
+            if pending is not None:
+                yield pending
+            pending = chunk
+            # Re-check on every chunk: a revoke mid-stream stops the rest from going out.
+            registry.check_consumable(digest)
+        # Step SRV-2 (whole-file digest): the final chunk leaves only if the hash matches.
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest:
+            await registry.mark_corrupt_while_serving(digest, actual)
+            raise RuntimeError(f"integrity failure while serving {digest}; aborting stream")
+        if pending is not None:
+            yield pending
+    finally:
+        os.close(fd)
+
+
+def _rid() -> str:
+    rid: str = g.request_id
+    return rid
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()

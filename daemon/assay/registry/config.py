@@ -1,0 +1,104 @@
+"""The registry daemon's config file and its promotion policies.
+
+One YAML file, validated strictly: an unknown key names its dotted path, and the
+cross-reference ``registry.policy`` must name a file in ``registry.policies_dir``.
+Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+
+from assay.core.errors import ConfigError
+from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
+from assay.core.strict_yaml import load_yaml
+from assay.registry.policy import Policy
+
+GiB = 1024**3
+
+
+class RegistrySection(Strict):
+    store_dir: str = "state/store"
+    db_path: str = "state/registry.db"
+    max_artifact_bytes: int = Field(default=16 * GiB, ge=1)
+    policies_dir: str = "policies"
+    policy: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+    upload_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    max_metadata_entries: int = Field(default=64, ge=0, le=1024)
+    max_name_chars: int = Field(default=200, ge=1, le=1024)
+
+
+class LoggingSection(Strict):
+    journald: bool | None = None  # None: use journald when systemd-python and the journal exist
+    level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+
+
+class WatchdogSection(Strict):
+    #: A test-only fault switch (hangs the event loop on request); refused unless this is true.
+    allow_fault_injection: bool = False
+
+
+class RegistryConfig(Strict):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig
+    audit: AuditConfig
+    registry: RegistrySection = RegistrySection()
+    logging: LoggingSection = LoggingSection()
+    watchdog: WatchdogSection = WatchdogSection()
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The validated config plus where it came from and the active policy."""
+
+    config: RegistryConfig
+    base: Path
+    source: Path
+    policy: Policy
+    policies: dict[str, Policy]
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """Every ``*.yaml`` under ``directory``, keyed by the policy's ``name``."""
+    if not directory.is_dir():
+        raise ConfigError(f"registry.policies_dir: {directory} is not a directory",
+                          path="registry.policies_dir")  # fmt: skip
+    policies: dict[str, Policy] = {}
+    for file in sorted(directory.glob("*.yaml")):
+        policy = validate(Policy, load_yaml(file.read_bytes(), source=str(file)), source=str(file))
+        if policy.name in policies:
+            raise ConfigError(f"{file}: duplicate policy name {policy.name!r}", path="name")
+        policies[policy.name] = policy
+    return policies
+
+
+def parse_config(text: str | bytes, *, source: Path) -> RegistryConfig:
+    return validate(RegistryConfig, load_yaml(text, source=str(source)), source=str(source))
+
+
+def load_config(path: Path) -> LoadedConfig:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config {path} unreadable: {exc.strerror}") from None
+    config = parse_config(text, source=path)
+    base = path.resolve().parent
+    loaded_dir = Path(config.registry.policies_dir)
+    policies = load_policies(loaded_dir if loaded_dir.is_absolute() else base / loaded_dir)
+    # Cross-reference: the active policy must exist.
+    if config.registry.policy not in policies:
+        known = ", ".join(sorted(policies)) or "none"
+        raise ConfigError(
+            f"{path}: registry.policy: no policy named {config.registry.policy!r} "
+            f"(known: {known})",
+            path="registry.policy",
+        )
+    return LoadedConfig(config, base, path, policies[config.registry.policy], policies)

@@ -1,0 +1,215 @@
+"""``assay serve``: wire config, secrets, store, audit and HTTP together under trio.
+
+Startup fails closed (weak or missing secret, unreadable token file, torn audit log,
+non-loopback bind not allowed). READY=1 is sent only once hypercorn is serving the
+socket and the store and audit log are open; the watchdog is pinged only while the loop
+answers and the store and audit log are writable. SIGTERM drains and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from assay import __version__
+from assay.core import logsetup
+from assay.core.audit.runtime import AuditRuntime, open_audit
+from assay.core.authn import Authenticator
+from assay.core.secrets import resolve_path
+from assay.core.systemd import Notifier, listen_fds, watchdog_interval
+from assay.registry.app import create_app
+from assay.registry.config import LoadedConfig
+from assay.registry.db import RegistryDB
+from assay.registry.service import Registry
+from assay.registry.store import ObjectStore
+from assay.registry.upload import UploadAdapter
+
+log = logging.getLogger("assay.daemon")
+
+FAULT_ENV = "ASSAY_TEST_FAULTS"
+
+
+def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
+    server = loaded.config.server
+    hc = HyperConfig()
+    fds = listen_fds()
+    if fds:
+        hc.bind = [f"fd://{fds[0]}"]
+    else:
+        hc.bind = [server.bind]
+    if server.unix_socket:
+        hc.bind.append(f"unix:{loaded.path(server.unix_socket)}")
+    hc.h11_max_incomplete_size = server.max_header_bytes
+    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
+    hc.graceful_timeout = server.shutdown_timeout_seconds
+    hc.include_server_header = False
+    hc.include_date_header = True
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("assay.hypercorn")
+    hc.alpn_protocols = ["http/1.1"]
+    return hc
+
+
+def _events(kind: str, fields: dict[str, Any]) -> None:
+    priority = logging.ERROR if kind == "integrity_failed" else logging.INFO
+    logsetup.event(kind, f"{kind} {fields.get('digest', '')}".strip(), priority=priority, **fields)
+
+
+async def run(loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    cfg = loaded.config
+    notifier = Notifier()
+    notifier.status("starting")
+    authenticator = Authenticator(_token_path(loaded))
+    await trio.to_thread.run_sync(authenticator.load)
+
+    audit: AuditRuntime = await trio.to_thread.run_sync(
+        partial(open_audit, cfg.audit, base=loaded.base, on_checkpoint=_on_checkpoint)
+    )
+    registry = Registry(
+        store=ObjectStore(loaded.path(cfg.registry.store_dir)),
+        db=RegistryDB(loaded.path(cfg.registry.db_path)),
+        policy=loaded.policy,
+        audit_append=audit.writer.append,
+        max_artifact_bytes=cfg.registry.max_artifact_bytes,
+        events=_events,
+    )
+    await trio.to_thread.run_sync(registry.open_blocking)
+    started = time.monotonic()
+
+    def readiness() -> dict[str, Any]:
+        return {
+            "store": {"ok": registry.db is not None and registry.store.objects.is_dir()},
+            "audit": {"ok": audit.writer.healthy, "seq": audit.writer.head_seq},
+            "config": {"ok": True, "source": str(loaded.source)},
+            "policy": {"ok": True, "name": loaded.policy.name},
+        }
+
+    app = create_app(
+        registry,
+        authenticator=authenticator,
+        audit=audit.writer,
+        max_json_body_bytes=cfg.server.max_json_body_bytes,
+        readiness=readiness,
+        receipt_hook=audit.receipt_headers,
+    )
+    asgi = UploadAdapter(
+        app,
+        registry=registry,
+        authenticator=authenticator,
+        audit=audit.writer,
+        buffer_bytes=cfg.registry.upload_buffer_bytes,
+        max_name_chars=cfg.registry.max_name_chars,
+        max_metadata_entries=cfg.registry.max_metadata_entries,
+        response_hook=audit.receipt_headers_for_upload,
+    )
+    shutdown = trio.Event()
+    hc = hypercorn_config(loaded)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.writer.run)
+        await audit.reconcile(registry)
+        nursery.start_soon(authenticator.watch)
+        binds: list[str] = await nursery.start(
+            partial(hypercorn_serve, asgi, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        )
+        nursery.start_soon(_signals, shutdown, notifier)
+        if cfg.registry.sweep_interval_seconds > 0:
+            nursery.start_soon(_sweeper, registry, cfg.registry.sweep_interval_seconds, notifier)
+        interval = watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(_watchdog, notifier, interval, registry, audit)
+        if os.environ.get(FAULT_ENV) and cfg.watchdog.allow_fault_injection:
+            nursery.start_soon(_fault_switch, loaded)
+        counts = registry.counts()
+        notifier.ready(_status_line(counts, registry.last_sweep))
+        logsetup.event("startup", f"assay {__version__} serving on {', '.join(binds)}",
+                       state="ready", seq=audit.writer.head_seq)  # fmt: skip
+        task_status.started(binds)
+        await shutdown.wait()
+        notifier.stopping()
+        # hypercorn drains connections after the trigger; then we close the audit log.
+        with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
+            await audit.writer.drain()
+        await audit.writer.close()
+        logsetup.event("shutdown", "assay stopped", seq=audit.writer.head_seq,
+                       uptime=round(time.monotonic() - started))  # fmt: skip
+        nursery.cancel_scope.cancel()
+    registry.db.close()
+
+
+def _token_path(loaded: LoadedConfig) -> Any:
+    path = resolve_path(loaded.config.auth.token_file, base=loaded.base)
+    if path is None:
+        from assay.core.errors import SecretError
+
+        raise SecretError("auth.token_file must be a file or a credential, not an env variable")
+    return path
+
+
+def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:
+    logsetup.event("checkpoint", f"audit checkpoint size={checkpoint.get('size')}",
+                   seq=checkpoint.get("size"), head=checkpoint.get("head_hash"))  # fmt: skip
+
+
+def _status_line(counts: dict[str, int], sweep: dict[str, Any] | None) -> str:
+    text = (f"{counts['trusted']} trusted, {counts['quarantined']} quarantined, "
+            f"{counts['revoked']} revoked, {counts['deleted']} deleted")  # fmt: skip
+    if sweep:
+        text += f"; last sweep {sweep['finished']}: {sweep['checked']} checked, {len(sweep['failed'])} failed"
+    return text
+
+
+async def _signals(shutdown: trio.Event, notifier: Notifier) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _sig in signals:
+            log.info("shutdown requested")
+            notifier.stopping()
+            shutdown.set()
+            return
+
+
+async def _sweeper(registry: Registry, interval: float, notifier: Notifier) -> None:
+    while True:
+        await trio.sleep(interval)
+        try:
+            await registry.sweep()
+        except Exception:
+            log.exception("integrity sweep failed")
+        notifier.status(_status_line(registry.counts(), registry.last_sweep))
+
+
+async def _watchdog(notifier: Notifier, interval: float, registry: Registry, audit: AuditRuntime) -> None:
+    """Ping only when the loop runs and the store and audit log can still be written."""
+    while True:
+        healthy = await trio.to_thread.run_sync(
+            lambda: os.access(registry.store.tmp_dir, os.W_OK) and audit.writable()
+        )
+        if healthy and audit.writer.healthy:
+            notifier.watchdog()
+        else:
+            log.error("watchdog: store or audit not writable; withholding ping")
+        await trio.sleep(interval)
+
+
+async def _fault_switch(loaded: LoadedConfig) -> None:
+    """Test-only: when the file named by $ASSAY_TEST_FAULTS appears, block the loop.
+
+    Refused unless ``watchdog.allow_fault_injection: true`` in config, which production
+    configs never set; it exists so the systemd tests can prove the watchdog restarts a
+    hung daemon.
+    """
+    flag = os.environ[FAULT_ENV]
+    while True:
+        await trio.sleep(0.5)
+        if await trio.to_thread.run_sync(os.path.exists, flag):
+            log.critical("fault injection: hanging the event loop")
+            time.sleep(3600)  # deliberately blocks the loop  # noqa: ASYNC251

@@ -1,0 +1,302 @@
+"""SQLite (WAL) metadata: artifacts, history, approvals, publisher signatures.
+
+Every method blocks; the service calls them through ``trio.to_thread`` with a limiter of
+one, so a single connection serves all writes in order. ``last_audit_seq`` is stored in
+the same transaction as each change: it is how startup reconciles the database with the
+audit log, which is written (durably) first and acts as the write-ahead record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from assay.core.errors import StorageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    digest TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    format_details TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    state TEXT NOT NULL,
+    integrity TEXT NOT NULL DEFAULT 'ok',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    uploaded_by TEXT NOT NULL,
+    last_verified_at TEXT,
+    state_changed_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_name ON artifacts(name, state);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    principal TEXT,
+    reasons TEXT NOT NULL,
+    audit_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS history_digest ON history(digest);
+CREATE TABLE IF NOT EXISTS approvals (
+    digest TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (digest, principal)
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    digest TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (digest, key_id)
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    digest: str
+    name: str
+    size: int
+    format: str
+    format_details: dict[str, Any]
+    metadata: dict[str, str]
+    state: str
+    integrity: str
+    created_at: str
+    updated_at: str
+    uploaded_by: str
+    state_changed_at: str
+    last_verified_at: str | None = None
+    approvers: frozenset[str] = field(default_factory=frozenset)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape clients see."""
+        return {
+            "digest": self.digest,
+            "name": self.name,
+            "size": self.size,
+            "format": self.format,
+            "format_details": self.format_details,
+            "metadata": self.metadata,
+            "state": self.state,
+            "integrity": self.integrity,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "state_changed_at": self.state_changed_at,
+            "uploaded_by": self.uploaded_by,
+            "last_verified_at": self.last_verified_at,
+            "approvals": sorted(self.approvers),
+        }
+
+
+def _row(r: sqlite3.Row, approvers: frozenset[str]) -> Artifact:
+    return Artifact(
+        digest=r["digest"],
+        name=r["name"],
+        size=r["size"],
+        format=r["format"],
+        format_details=json.loads(r["format_details"]),
+        metadata=json.loads(r["metadata"]),
+        state=r["state"],
+        integrity=r["integrity"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        uploaded_by=r["uploaded_by"],
+        state_changed_at=r["state_changed_at"],
+        last_verified_at=r["last_verified_at"],
+        approvers=approvers,
+    )
+
+
+class RegistryDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"database {self.path} unusable: {exc}") from None
+        self.path.chmod(0o600)
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``."""
+        if self._conn is None:
+            raise StorageError("database is not open")
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"database write failed: {exc}") from None
+                raise
+
+    # -- reads -------------------------------------------------------------------------
+
+    def load_all(self) -> dict[str, Artifact]:
+        with self.transaction() as c:
+            approvals: dict[str, set[str]] = {}
+            for a in c.execute("SELECT digest, principal FROM approvals"):
+                approvals.setdefault(a["digest"], set()).add(a["principal"])
+            return {
+                r["digest"]: _row(r, frozenset(approvals.get(r["digest"], ())))
+                for r in c.execute("SELECT * FROM artifacts")
+            }
+
+    def history(self, digest: str) -> list[dict[str, Any]]:
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT ts, action, from_state, to_state, principal, reasons, audit_seq "
+                "FROM history WHERE digest = ? ORDER BY id",
+                (digest,),
+            ).fetchall()
+        return [dict(r) | {"reasons": json.loads(r["reasons"])} for r in rows]
+
+    def signatures(self, digest: str) -> tuple[tuple[str, str], ...]:
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT key_id, signature FROM signatures WHERE digest = ?", (digest,)
+            ).fetchall()
+        return tuple((r["key_id"], r["signature"]) for r in rows)
+
+    def last_audit_seq(self) -> int:
+        with self.transaction() as c:
+            row = c.execute("SELECT value FROM kv WHERE key = 'last_audit_seq'").fetchone()
+        return int(row["value"]) if row else 0
+
+    # -- writes (each records the audit seq that authorised it) --------------------------
+
+    @staticmethod
+    def _mark(c: sqlite3.Connection, seq: int | None) -> None:
+        if seq is not None:
+            c.execute(
+                "INSERT INTO kv(key, value) VALUES('last_audit_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(kv.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(seq),),
+            )
+
+    @staticmethod
+    def _history(
+        c: sqlite3.Connection,
+        digest: str,
+        ts: str,
+        action: str,
+        from_state: str | None,
+        to_state: str | None,
+        principal: str | None,
+        reasons: list[str],
+        seq: int | None,
+    ) -> None:
+        c.execute(
+            "INSERT INTO history(digest, ts, action, from_state, to_state, principal, reasons,"
+            " audit_seq) VALUES (?,?,?,?,?,?,?,?)",
+            (digest, ts, action, from_state, to_state, principal, json.dumps(reasons), seq),
+        )
+
+    def insert(self, art: Artifact, seq: int | None) -> None:
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM artifacts WHERE digest = ?", (art.digest,)).fetchone():
+                self._mark(c, seq)
+                return
+            c.execute(
+                "INSERT INTO artifacts(digest, name, size, format, format_details, metadata,"
+                " state, integrity, created_at, updated_at, uploaded_by, state_changed_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    art.digest, art.name, art.size, art.format,
+                    json.dumps(art.format_details, sort_keys=True),
+                    json.dumps(art.metadata, sort_keys=True), art.state, art.integrity,
+                    art.created_at, art.updated_at, art.uploaded_by, art.state_changed_at,
+                ),
+            )  # fmt: skip
+            self._history(c, art.digest, art.created_at, "ingest", None, art.state,
+                          art.uploaded_by, [], seq)  # fmt: skip
+            self._mark(c, seq)
+
+    def set_state(
+        self,
+        art: Artifact,
+        to_state: str,
+        *,
+        action: str,
+        principal: str | None,
+        reasons: list[str],
+        ts: str,
+        seq: int | None,
+    ) -> Artifact:
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE artifacts SET state = ?, updated_at = ?, state_changed_at = ?"
+                " WHERE digest = ? AND state = ?",
+                (to_state, ts, ts, art.digest, art.state),
+            )
+            if cur.rowcount == 1:
+                self._history(c, art.digest, ts, action, art.state, to_state, principal,
+                              reasons, seq)  # fmt: skip
+            self._mark(c, seq)
+        return replace(art, state=to_state, updated_at=ts, state_changed_at=ts)
+
+    def add_approval(self, art: Artifact, principal: str, ts: str, seq: int | None) -> Artifact:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO approvals(digest, principal, ts) VALUES (?,?,?)",
+                (art.digest, principal, ts),
+            )
+            self._history(c, art.digest, ts, "approve", art.state, art.state, principal, [], seq)
+            self._mark(c, seq)
+        return replace(art, approvers=art.approvers | {principal})
+
+    def add_signature(self, digest: str, key_id: str, signature: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO signatures(digest, key_id, signature) VALUES (?,?,?)",
+                (digest, key_id, signature),
+            )
+
+    def set_integrity(
+        self, art: Artifact, integrity: str, ts: str, seq: int | None, principal: str | None
+    ) -> Artifact:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE artifacts SET integrity = ?, last_verified_at = ?, updated_at = ?"
+                " WHERE digest = ?",
+                (integrity, ts, ts, art.digest),
+            )
+            if integrity != art.integrity:
+                self._history(c, art.digest, ts, f"integrity.{integrity}", art.state, art.state,
+                              principal, [], seq)  # fmt: skip
+            self._mark(c, seq)
+        return replace(art, integrity=integrity, last_verified_at=ts, updated_at=ts)

@@ -1,0 +1,430 @@
+"""The registry's operations: ingest, promote, revoke, delete, approve.
+
+Ordering rule for every mutation (so a crash never leaves a change without its record):
+  1. decide with the pure core (transition table, policy) on the cached state;
+  2. append the audit record and wait until it is durable;
+  3. apply the change in one SQLite transaction that also stores the record's ``seq``;
+  4. update the in-memory view the read path serves from.
+A crash between 2 and 3 is repaired at startup by ``reconcile``, which replays records
+newer than the database's ``last_audit_seq``. Blocking work runs in ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from assay.core.errors import (
+    BadRequest,
+    FormatRefused,
+    NotFound,
+    NotTrusted,
+    PolicyRefused,
+    StoredBytesCorrupt,
+)
+from assay.core.tokens import Principal
+from assay.formats.inspect import inspect_file
+from assay.registry import policy as policy_mod
+from assay.registry.db import Artifact, RegistryDB
+from assay.registry.digests import parse_digest
+from assay.registry.states import INITIAL_STATE, Action, State, next_state
+from assay.registry.store import Ingest, ObjectStore
+
+log = logging.getLogger("assay.registry")
+
+Appender = Callable[[dict[str, Any]], Any]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A mutation's result: the artifact after it and the audit record that authorised it."""
+
+    artifact: Artifact
+    record: Mapping[str, Any]
+    created: bool = False
+    decision: policy_mod.Decision | None = None
+
+
+class Registry:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        db: RegistryDB,
+        policy: policy_mod.Policy,
+        audit_append: Callable[[dict[str, Any]], Any],
+        max_artifact_bytes: int,
+        events: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.policy = policy
+        self._append = audit_append
+        self.max_artifact_bytes = max_artifact_bytes
+        self._events = events or (lambda _kind, _fields: None)
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._locks: dict[str, trio.Lock] = {}
+        self.artifacts: dict[str, Artifact] = {}
+        self.last_sweep: dict[str, Any] | None = None
+
+    # -- startup ------------------------------------------------------------------------
+
+    def open_blocking(self) -> None:
+        self.store.open()
+        self.db.open()
+        self.artifacts = self.db.load_all()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args, **kwargs), limiter=self._db_limiter
+        )
+
+    def _lock(self, digest: str) -> trio.Lock:
+        return self._locks.setdefault(digest, trio.Lock())
+
+    # -- reads (sync, from memory: never block) -----------------------------------------
+
+    def get(self, digest: str) -> Artifact:
+        digest = parse_digest(digest)
+        art = self.artifacts.get(digest)
+        if art is None:
+            raise NotFound(f"no artifact {digest}", code="artifact.not_found")
+        return art
+
+    def list(self, *, state: str | None = None, name: str | None = None) -> list[Artifact]:
+        if state is not None and state not in {s.value for s in State}:
+            raise BadRequest(f"unknown state {state!r}", code="request.bad_state")
+        arts = [
+            a
+            for a in self.artifacts.values()
+            if (state is None or a.state == state) and (name is None or a.name == name)
+        ]
+        return sorted(arts, key=lambda a: (a.created_at, a.digest))
+
+    def resolve_trusted(self, name: str) -> Artifact:
+        """The most recently promoted trusted artifact with ``name``, intact on disk."""
+        candidates = [
+            a for a in self.artifacts.values()
+            if a.name == name and a.state == State.TRUSTED and a.integrity == "ok"
+        ]  # fmt: skip
+        if not candidates:
+            raise NotFound(f"no trusted artifact named {name!r}", code="artifact.not_found")
+        return max(candidates, key=lambda a: (a.state_changed_at, a.digest))
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for a in self.artifacts.values():
+            out[a.state] += 1
+        out["integrity_failed"] = sum(1 for a in self.artifacts.values() if a.integrity != "ok")
+        return out
+
+    # -- ingest -------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        metadata: dict[str, str],
+        declared: str | None,
+        chunks: AsyncIterator[bytes | bytearray],
+        route: str,
+        request_id: str,
+    ) -> Outcome:
+        """Stream ``chunks`` into the store, inspect, and register as quarantined."""
+        ingest: Ingest = await trio.to_thread.run_sync(self.store.begin, self.max_artifact_bytes)
+        try:
+            await self._pump(ingest, chunks)
+            inspection = await trio.to_thread.run_sync(
+                lambda: inspect_file(ingest.read_at, ingest.size)
+            )
+            digest = ingest.digest()
+            if declared is not None and declared != digest:
+                await trio.to_thread.run_sync(ingest.commit, declared)  # raises, removes temp
+            existing = self.artifacts.get(digest)
+            if existing is not None:
+                # Step ING-5 (idempotent): a known digest keeps its state; bytes not re-kept.
+                await trio.to_thread.run_sync(ingest.abort)
+                record = await self._append(
+                    _fields(principal, "artifact.ingest", route, request_id, digest,
+                            existing.state, existing.state, 200,
+                            reasons=["duplicate digest: existing record returned unchanged"])
+                )  # fmt: skip
+                return Outcome(existing, record, created=False)
+            await trio.to_thread.run_sync(ingest.commit, declared)
+        except BaseException:
+            await trio.to_thread.run_sync(ingest.abort)
+            raise
+        ts = now()
+        art = Artifact(
+            digest=digest,
+            name=name,
+            size=inspection.size,
+            format=inspection.format,
+            format_details=dict(inspection.details),
+            metadata=metadata,
+            state=INITIAL_STATE.value,
+            integrity="ok",
+            created_at=ts,
+            updated_at=ts,
+            uploaded_by=principal.id,
+            state_changed_at=ts,
+        )
+        record = await self._append(
+            _fields(principal, "artifact.ingest", route, request_id, digest, None,
+                    art.state, 201, extra=_ingest_extra(art))
+        )  # fmt: skip
+        await self._db(self.db.insert, art, record["seq"])
+        self.artifacts[digest] = art
+        self._events("ingest", {"digest": digest, "state": art.state, "principal": principal.id,
+                                "seq": record["seq"]})  # fmt: skip
+        return Outcome(art, record, created=True)
+
+    async def _pump(self, ingest: Ingest, chunks: AsyncIterator[bytes | bytearray]) -> None:
+        """Hash and write off the event loop, one buffer in flight while the next fills."""
+        send, receive = trio.open_memory_channel[bytes | bytearray](1)
+
+        async def writer() -> None:
+            async with receive:
+                async for buf in receive:
+                    await trio.to_thread.run_sync(ingest.write, buf)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            async with send:
+                async for buf in chunks:
+                    if ingest.size + len(buf) > self.max_artifact_bytes:
+                        ingest.write(buf)  # raises PayloadTooLarge without writing
+                    await send.send(buf)
+
+    # -- state changes ------------------------------------------------------------------
+
+    async def transition(
+        self,
+        principal: Principal,
+        digest: str,
+        action: Action,
+        *,
+        route: str,
+        request_id: str,
+        reason: str = "",
+        signatures: tuple[tuple[str, str], ...] = (),
+    ) -> Outcome:
+        digest = parse_digest(digest)
+        async with self._lock(digest):
+            art = self.get(digest)
+            to_state = next_state(State(art.state), action)
+            if action is Action.PROMOTE:
+                return await self._promote(principal, art, route, request_id, signatures)
+            reasons = [reason] if reason else []
+            record = await self._append(
+                _fields(principal, f"artifact.{action.value}", route, request_id, digest,
+                        art.state, to_state.value, 200, reasons=reasons)
+            )  # fmt: skip
+            updated = await self._db(
+                self.db.set_state, art, to_state.value, action=action.value,
+                principal=principal.id, reasons=reasons, ts=now(), seq=record["seq"],
+            )  # fmt: skip
+            self.artifacts[digest] = updated
+            if to_state is State.DELETED:
+                await trio.to_thread.run_sync(self.store.remove, digest)
+            self._events(action.value, {"digest": digest, "state": to_state.value,
+                                        "principal": principal.id, "seq": record["seq"]})  # fmt: skip
+            return Outcome(updated, record)
+
+    async def _promote(
+        self,
+        principal: Principal,
+        art: Artifact,
+        route: str,
+        request_id: str,
+        signatures: tuple[tuple[str, str], ...],
+    ) -> Outcome:
+        # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
+        actual, size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+        if actual != art.digest:
+            await self._integrity_failed(art, principal, actual, route, request_id)
+            raise StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
+        # Step PRO-2 (re-inspect): the format is judged again from content.
+        fd_path = self.store.path_for(art.digest)
+
+        def reinspect() -> tuple[str, int]:
+            with fd_path.open("rb") as f:
+
+                def read_at(offset: int, length: int) -> bytes:
+                    f.seek(offset)
+                    return f.read(length)
+
+                return inspect_file(read_at, size).format, size
+
+        try:
+            fmt, size = await trio.to_thread.run_sync(reinspect)
+        except FormatRefused as exc:
+            fmt = f"refused:{exc.reason}"
+        for key_id, sig in signatures:
+            await self._db(self.db.add_signature, art.digest, key_id, sig)
+        stored_sigs = await self._db(self.db.signatures, art.digest)
+        # Step PRO-3 (policy): every rule is evaluated; the caller's approval counts.
+        facts = policy_mod.Facts(
+            digest=art.digest, format=fmt, size=size, metadata=art.metadata,
+            approvers=art.approvers | {principal.id}, signatures=stored_sigs,
+        )  # fmt: skip
+        decision = policy_mod.evaluate(self.policy, facts)
+        if decision.awaiting_approvals:
+            # Step PRO-4 (two-person rule): record this approval; the state does not move.
+            record = await self._append(
+                _fields(principal, "artifact.approve", route, request_id, art.digest,
+                        art.state, art.state, 202, reasons=list(decision.failed),
+                        extra={"policy": self.policy.name})
+            )  # fmt: skip
+            updated = await self._db(self.db.add_approval, art, principal.id, now(), record["seq"])
+            self.artifacts[art.digest] = updated
+            return Outcome(updated, record, decision=decision)
+        if not decision.allowed:
+            raise PolicyRefused(
+                f"policy {self.policy.name!r} refused promotion: " + "; ".join(decision.failed),
+                reasons=list(decision.failed),
+                policy=self.policy.name,
+            )
+        record = await self._append(
+            _fields(principal, "artifact.promote", route, request_id, art.digest, art.state,
+                    State.TRUSTED.value, 200, reasons=list(decision.passed),
+                    extra={"policy": self.policy.name, "approvers": ",".join(sorted(facts.approvers))})
+        )  # fmt: skip
+        with_approval = await self._db(self.db.add_approval, art, principal.id, now(), None)
+        updated = await self._db(
+            self.db.set_state, with_approval, State.TRUSTED.value, action="promote",
+            principal=principal.id, reasons=list(decision.passed), ts=now(), seq=record["seq"],
+        )  # fmt: skip
+        self.artifacts[art.digest] = updated
+        self._events("promote", {"digest": art.digest, "state": "trusted",
+                                 "principal": principal.id, "seq": record["seq"]})  # fmt: skip
+        return Outcome(updated, record, decision=decision)
+
+    # -- integrity ----------------------------------------------------------------------
+
+    async def _integrity_failed(
+        self, art: Artifact, principal: Principal | None, actual: str, route: str | None,
+        request_id: str | None,
+    ) -> Artifact:  # fmt: skip
+        record = await self._append(
+            _fields(principal, "artifact.integrity_failed", route, request_id, art.digest,
+                    art.state, art.state, None, reasons=[f"stored bytes hash to {actual}"],
+                    decision="deny", error_code="artifact.integrity_failed")
+        )  # fmt: skip
+        updated = await self._db(
+            self.db.set_integrity, art, "failed", now(), record["seq"],
+            principal.id if principal else None,
+        )  # fmt: skip
+        self.artifacts[art.digest] = updated
+        self._events("integrity_failed", {"digest": art.digest, "state": art.state,
+                                          "principal": principal.id if principal else "",
+                                          "seq": record["seq"]})  # fmt: skip
+        log.error("integrity failure: %s hashes to %s", art.digest, actual)
+        return updated
+
+    async def verify(
+        self, digest: str, *, principal: Principal | None = None, route: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving."""
+        art = self.get(digest)
+        if art.state == State.DELETED:
+            return {"digest": art.digest, "ok": True, "skipped": "deleted"}
+        actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+        ok = actual == art.digest
+        if not ok:
+            if art.integrity == "ok":
+                await self._integrity_failed(art, principal, actual, route, request_id)
+        else:
+            updated = await self._db(self.db.set_integrity, art, "ok", now(), None, None)
+            self.artifacts[art.digest] = updated
+        return {"digest": art.digest, "ok": ok, "actual": actual}
+
+    async def sweep(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Verify every stored artifact; returns counts and the failures."""
+        started = now()
+        digests = sorted(self.artifacts)
+        failed: list[str] = []
+        checked = 0
+        for i, digest in enumerate(digests):
+            result = await self.verify(digest)
+            if "skipped" not in result:
+                checked += 1
+            if not result["ok"]:
+                failed.append(digest)
+            if progress is not None:
+                progress(i + 1, len(digests))
+        self.last_sweep = {"started": started, "finished": now(), "checked": checked,
+                           "failed": failed}  # fmt: skip
+        self._events("sweep", {"checked": checked, "failed": len(failed)})
+        return self.last_sweep
+
+    async def mark_corrupt_while_serving(self, digest: str, actual: str) -> None:
+        art = self.get(digest)
+        if art.integrity == "ok":
+            await self._integrity_failed(art, None, actual, None, None)
+
+    def check_consumable(self, digest: str) -> Artifact:
+        """Runtime consumption: trusted and intact only; checked on every request."""
+        art = self.get(digest)
+        if art.state != State.TRUSTED:
+            raise NotTrusted(f"{art.digest} is {art.state}; only trusted artifacts are served")
+        if art.integrity != "ok":
+            raise StoredBytesCorrupt(f"{art.digest} failed its integrity check; serving blocked")
+        return art
+
+
+def _ingest_extra(art: Artifact) -> dict[str, Any]:
+    """What replay needs to rebuild the row if the crash came before the DB commit."""
+    return {
+        "name": art.name,
+        "size": art.size,
+        "format": art.format,
+        "metadata": json.dumps(art.metadata, sort_keys=True),
+        "format_details": json.dumps(art.format_details, sort_keys=True),
+    }
+
+
+def _fields(
+    principal: Principal | None,
+    action: str,
+    route: str | None,
+    request_id: str | None,
+    target: str,
+    from_state: str | None,
+    to_state: str | None,
+    status: int | None,
+    *,
+    reasons: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    decision: str = "allow",
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "principal": principal.id if principal else None,
+        "auth_mode": principal.auth_mode if principal else "local",
+        "action": action,
+        "route": route,
+        "target": target,
+        "from_state": from_state,
+        "to_state": to_state,
+        "decision": decision,
+        "reasons": reasons or [],
+        "status": status,
+        "error_code": error_code,
+        "params": [],
+        "purpose": None,
+        "extra": extra or {},
+    }

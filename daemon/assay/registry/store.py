@@ -1,0 +1,156 @@
+"""The content-addressed object store: ``objects/sha256/<hex>``.
+
+Bytes enter through an ``Ingest``: hashed while written to a temp file in the same file
+system, fsynced, checked against a declared digest, then renamed into place and the
+directory fsynced. Every method here blocks; async callers use ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from assay.core.atomic import fsync_dir
+from assay.core.errors import DigestMismatch, PayloadTooLarge, StorageError
+from assay.registry.digests import hex_of
+
+READ_CHUNK = 1024 * 1024
+
+
+class Ingest:
+    """One upload in progress. Not thread-safe: one writer at a time."""
+
+    def __init__(self, store: ObjectStore, max_bytes: int) -> None:
+        self._store = store
+        self._max = max_bytes
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.tmp_path = store.tmp_dir / f"ingest-{secrets.token_hex(12)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd: int | None = os.open(self.tmp_path, flags, 0o600)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash and write one chunk; refuse before writing past the size cap."""
+        if self._fd is None:
+            raise StorageError("ingest already finished")
+        if self.size + len(data) > self._max:
+            raise PayloadTooLarge(f"artifact larger than the {self._max}-byte cap")
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.size += len(data)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Read back from the temp file for inspection before it is committed."""
+        if self._fd is None:
+            raise StorageError("ingest already finished")
+        return os.pread(self._fd_read(), length, offset)
+
+    def _fd_read(self) -> int:
+        if not hasattr(self, "_rfd"):
+            self._rfd = os.open(self.tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return self._rfd
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def commit(self, expected: str | None) -> tuple[str, bool]:
+        """fsync, check ``expected``, rename into place. Returns (digest, newly_stored)."""
+        if self._fd is None:
+            raise StorageError("ingest already finished")
+        digest = self.digest()
+        if expected is not None and expected != digest:
+            self.abort()
+            raise DigestMismatch(
+                f"declared {expected} but the body hashes to {digest}",
+                declared=expected,
+                actual=digest,
+            )
+        os.fsync(self._fd)
+        self._close()
+        final = self._store.path_for(digest)
+        if final.exists():
+            self.tmp_path.unlink(missing_ok=True)
+            return digest, False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_path, final)
+        fsync_dir(final.parent)
+        return digest, True
+
+    def abort(self) -> None:
+        self._close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if hasattr(self, "_rfd"):
+            os.close(self._rfd)
+            del self._rfd
+
+
+class ObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects" / "sha256"
+        self.tmp_dir = root / "tmp"
+
+    def open(self) -> None:
+        """Create the layout and sweep temp files left by a crash (never committed)."""
+        for d in (self.root, self.objects, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in self.tmp_dir.glob("ingest-*"):
+            leftover.unlink(missing_ok=True)
+        probe = self.tmp_dir / f".probe-{secrets.token_hex(4)}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"store {self.root} is not writable: {exc}") from None
+
+    def begin(self, max_bytes: int) -> Ingest:
+        return Ingest(self, max_bytes)
+
+    def path_for(self, digest: str) -> Path:
+        return self.objects / hex_of(digest)
+
+    def exists(self, digest: str) -> bool:
+        return self.path_for(digest).is_file()
+
+    def remove(self, digest: str) -> None:
+        path = self.path_for(digest)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            fsync_dir(path.parent)
+
+    def open_fd(self, digest: str) -> int:
+        return os.open(self.path_for(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def rehash(self, digest: str) -> tuple[str, int]:
+        """Hash the stored bytes from disk: (digest, size). Missing file -> ('missing', 0)."""
+        try:
+            fd = self.open_fd(digest)
+        except FileNotFoundError:
+            return "missing", 0
+        h = hashlib.sha256()
+        size = 0
+        try:
+            while chunk := os.read(fd, READ_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        return "sha256:" + h.hexdigest(), size
+
+    def iter_chunks(self, fd: int, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        while data := os.read(fd, chunk):
+            yield data
+
+    def usage(self) -> int:
+        return sum(p.stat().st_size for p in self.objects.iterdir() if p.is_file())

@@ -1,0 +1,167 @@
+"""``POST /v1/artifacts`` as a raw ASGI adapter, so uploads stream with backpressure.
+
+Why not a Quart view: Quart's request body buffers everything the client sends without
+backpressure, so a fast 4 GiB upload would sit in memory. Here each ``receive()`` pulls
+from hypercorn's bounded queue; chunks are coalesced into large buffers and handed to a
+worker thread that hashes and writes them, while the next buffer fills. Authentication,
+scope, problem rendering and the audit record are the shared core's, not copies.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from assay.core import problem
+from assay.core.authn import Authenticator
+from assay.core.errors import AssayError, BadRequest, PayloadTooLarge
+from assay.core.tokens import Principal
+from assay.core.web import AuditSink, RequestAudit, base_fields
+from assay.registry.digests import parse_digest
+from assay.registry.service import Registry
+from assay.registry.validate import check_metadata, check_name
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UPLOAD_PATH = "/v1/artifacts"
+UPLOAD_ROUTE = "POST /v1/artifacts"
+UPLOAD_SCOPE = "artifacts:write"
+MAX_QUERY_FIELDS = 80
+MAX_QUERY_BYTES = 64 * 1024
+
+#: Extra hook so the app can decorate mutation responses (receipts).
+ResponseHook = Callable[[dict[str, Any], MutableMapping[str, Any]], dict[str, str]]
+
+
+class UploadAdapter:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: Registry,
+        authenticator: Authenticator,
+        audit: AuditSink,
+        buffer_bytes: int,
+        max_name_chars: int,
+        max_metadata_entries: int,
+        response_hook: ResponseHook | None = None,
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.authenticator = authenticator
+        self.audit = audit
+        self.buffer_bytes = buffer_bytes
+        self.max_name_chars = max_name_chars
+        self.max_metadata_entries = max_metadata_entries
+        self.response_hook = response_hook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
+            await self._upload(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _chunks(self, receive: Receive) -> AsyncIterator[bytearray]:
+        """Coalesce ASGI body messages into buffers of ~``buffer_bytes``."""
+        buf = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("client disconnected mid-upload", code="request.incomplete")
+            buf += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(buf) >= self.buffer_bytes or (not more and buf):
+                yield buf
+                buf = bytearray()
+            if not more:
+                return
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
+        audit_state = RequestAudit(action="artifact.ingest")
+        principal: Principal | None = None
+        params: list[str] = []
+        try:
+            principal = self.authenticator.authenticate(headers)
+            principal.require(UPLOAD_SCOPE)
+            query = scope.get("query_string", b"")
+            if len(query) > MAX_QUERY_BYTES:
+                raise BadRequest("query string too long")
+            try:
+                pairs = parse_qsl(query.decode(), keep_blank_values=True, strict_parsing=False,
+                                  max_num_fields=MAX_QUERY_FIELDS)  # fmt: skip
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"bad query string: {exc}") from None
+            params = sorted({f"{k}:eq" for k, _ in pairs})
+            names = [v for k, v in pairs if k == "name"]
+            unknown = sorted({k for k, _ in pairs} - {"name", "meta", "digest"})
+            if unknown:
+                raise BadRequest(f"unknown query parameters: {', '.join(unknown)}")
+            if len(names) != 1:
+                raise BadRequest("exactly one name= query parameter is required")
+            name = check_name(names[0], max_chars=self.max_name_chars)
+            metadata = check_metadata(
+                (v for k, v in pairs if k == "meta"), max_entries=self.max_metadata_entries
+            )
+            declared_values = [v for k, v in pairs if k == "digest"]
+            if "assay-digest" in headers:
+                declared_values.append(headers["assay-digest"])
+            declared = parse_digest(declared_values[0]) if declared_values else None
+            if len(set(declared_values)) > 1:
+                raise BadRequest("conflicting declared digests")
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    raise BadRequest("bad Content-Length")
+                if int(length) > self.registry.max_artifact_bytes:
+                    raise PayloadTooLarge(
+                        f"artifact larger than the {self.registry.max_artifact_bytes}-byte cap"
+                    )
+            audit_state.target = declared
+            outcome = await self.registry.ingest(
+                principal, name=name, metadata=metadata, declared=declared,
+                chunks=self._chunks(receive), route=UPLOAD_ROUTE, request_id=request_id,
+            )  # fmt: skip
+        except AssayError as err:
+            status, body = problem.from_error(err, instance=UPLOAD_PATH, request_id=request_id)
+            audit_state.reasons = list(err.reasons)
+            fields = base_fields(principal, audit_state, status, err.code, UPLOAD_ROUTE,
+                                 request_id, params, headers.get("x-purpose"))  # fmt: skip
+            extra_headers: dict[str, str] = {}
+            try:
+                await self.audit.append(fields)
+            except AssayError as audit_err:
+                status, body = problem.from_error(audit_err, instance=UPLOAD_PATH,
+                                                  request_id=request_id)  # fmt: skip
+            if status == 401:
+                extra_headers["WWW-Authenticate"] = 'Bearer realm="assay"'
+            await _respond(send, status, problem.encode(body), problem.PROBLEM_TYPE,
+                           request_id, extra_headers)  # fmt: skip
+            return
+        body_obj: dict[str, Any] = {"artifact": outcome.artifact.public(), "created": outcome.created}
+        extra = self.response_hook(body_obj, outcome.record) if self.response_hook else {}
+        await _respond(send, 201 if outcome.created else 200,
+                       json.dumps(body_obj, sort_keys=True).encode(), "application/json",
+                       request_id, extra)  # fmt: skip
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: str, request_id: str,
+    extra: dict[str, str],
+) -> None:  # fmt: skip
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in problem.SECURITY_HEADERS]
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
