@@ -1,0 +1,40 @@
+"""The list of pure modules: decisions on bytes and values, no I/O.
+
+Why a list in code: ``tests/unit/test_purity.py`` walks each module's imports (and the
+assay modules they import, transitively) and fails if any reaches trio, Quart, hypercorn,
+the file system, processes or the network. I/O belongs to the thin adapters around them.
+"""
+
+from __future__ import annotations
+
+PURE_MODULES: tuple[str, ...] = (
+    "assay.core.errors",
+    "assay.core.tokens",
+    "assay.core.problem",
+    "assay.core.schema",
+    "assay.core.strict_yaml",
+    "assay.registry.states",
+    "assay.registry.policy",
+    "assay.registry.digests",
+    "assay.registry.validate",
+    "assay.formats.sniff",
+    "assay.formats.safetensors",
+    "assay.formats.gguf",
+    "assay.formats.inspect",
+    "assay.core.audit.schema",
+    "assay.core.audit.chain",
+    "assay.core.audit.verify",
+    "assay.core.audit.merkle",
+    "assay.core.audit.checkpoint",
+    "assay.core.audit.receipt",
+)
+
+#: Top-level modules a pure module may never import, directly or through assay modules.
+FORBIDDEN: frozenset[str] = frozenset(
+    {
+        "trio", "quart", "quart_trio", "hypercorn", "werkzeug", "sdnotify", "systemd",
+        "os", "pathlib", "shutil", "tempfile", "io", "socket", "ssl", "http", "urllib",
+        "subprocess", "sqlite3", "fcntl", "mmap", "signal", "threading", "asyncio",
+        "multiprocessing", "select", "selectors", "glob", "httpx", "requests",
+    }
+)  # fmt: skip

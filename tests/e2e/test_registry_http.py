@@ -1,0 +1,217 @@
+"""The real daemon over real HTTP: lifecycle, refusals and attacks."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import SAMPLES, Deployment, upload
+
+pytestmark = pytest.mark.e2e
+
+ST = (SAMPLES / "sample.safetensors").read_bytes()
+GG = (SAMPLES / "sample.gguf").read_bytes()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_full_lifecycle_quarantine_promote_fetch_revoke(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        r = upload(c, ST, digest=digest_of(ST))
+        assert r.status_code == 201, r.text
+        art = r.json()["artifact"]
+        assert art["state"] == "quarantined" and art["format"] == "safetensors"
+        d = art["digest"]
+        assert c.get(f"/v1/artifacts/{d}/content").status_code == 403  # not trusted yet
+        r = c.post(f"/v1/artifacts/{d}/promote")
+        assert r.status_code == 200, r.text
+        assert r.json()["artifact"]["state"] == "trusted"
+        assert "assay-receipt" in r.headers
+        r = c.get(f"/v1/artifacts/{d}/content")
+        assert r.status_code == 200 and r.content == ST
+        assert c.get("/v1/trusted/m/one").json()["digest"] == d
+        r = c.post(f"/v1/artifacts/{d}/revoke", json={"reason": "compromised"})
+        assert r.status_code == 200 and r.json()["artifact"]["state"] == "revoked"
+        # Takes effect on the very next request.
+        assert c.get(f"/v1/artifacts/{d}/content").status_code == 403
+        assert c.get("/v1/trusted/m/one").status_code == 404
+        hist = c.get(f"/v1/artifacts/{d}").json()["history"]
+        assert [h["action"] for h in hist] == ["ingest", "approve", "promote", "revoke"]
+
+
+def test_gguf_sample_is_accepted_as_gguf(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        r = upload(c, GG, name="m/gguf")
+        assert r.status_code == 201, r.text
+        assert r.json()["artifact"]["format"] == "gguf"
+
+
+def test_pickle_renamed_to_safetensors_is_refused(deployment: Deployment) -> None:
+    evil = pickle.dumps({"weights": [1, 2, 3]}, protocol=4)
+    with deployment.client() as c:
+        r = upload(c, evil, name="model.safetensors")
+        assert r.status_code == 422
+        body = r.json()
+        assert body["code"] == "artifact.format_refused" and body["reason"] == "pickle"
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert deployment.objects() == []
+
+
+def test_declared_digest_mismatch_keeps_nothing(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        r = upload(c, ST, digest="sha256:" + "0" * 64)
+        assert r.status_code == 422 and r.json()["code"] == "artifact.digest_mismatch"
+        assert c.get("/v1/artifacts").json()["count"] == 0
+    assert deployment.objects() == []
+    assert list((deployment.dir / "state" / "store" / "tmp").iterdir()) == []
+
+
+def test_oversized_body_is_refused_with_413(deployment: Deployment) -> None:
+    big = b"\0" * (1024 * 1024 + 1)
+    with deployment.client() as c:
+        r = upload(c, big)
+        assert r.status_code == 413 and r.json()["code"] == "request.too_large"
+    assert deployment.objects() == []
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/../b", "/abs", "a\nb", "", "a//b", "."])
+def test_path_traversal_in_names_is_refused(deployment: Deployment, name: str) -> None:
+    with deployment.client() as c:
+        r = upload(c, ST, name=name)
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "request.bad_name"
+
+
+@pytest.mark.parametrize("meta", ["../x=1", "k=v\x00", "K=upper", "noequals", "k=" + "v" * 2000])
+def test_hostile_metadata_is_refused(deployment: Deployment, meta: str) -> None:
+    with deployment.client() as c:
+        r = upload(c, ST, meta=(meta,))
+        assert r.status_code == 400 and r.json()["code"] == "request.bad_metadata"
+
+
+def test_duplicate_upload_creates_no_duplicate(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        first = upload(c, ST)
+        second = upload(c, ST, name="other/name")
+        assert first.status_code == 201 and second.status_code == 200
+        assert second.json()["created"] is False
+        assert c.get("/v1/artifacts").json()["count"] == 1
+
+
+def test_revoked_digest_stays_revoked_after_reupload(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        c.post(f"/v1/artifacts/{d}/revoke", json={"reason": "bad"})
+        r = upload(c, ST)
+        assert r.status_code == 200 and r.json()["artifact"]["state"] == "revoked"
+        assert c.post(f"/v1/artifacts/{d}/promote").status_code == 409
+
+
+def test_deleted_artifact_keeps_metadata_loses_bytes_and_cannot_be_promoted(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        assert len(deployment.objects()) == 1
+        r = c.request("DELETE", f"/v1/artifacts/{d}", json={"reason": "cleanup"})
+        assert r.status_code == 200 and r.json()["artifact"]["state"] == "deleted"
+        assert deployment.objects() == []
+        shown = c.get(f"/v1/artifacts/{d}").json()
+        assert shown["artifact"]["name"] == "m/one" and shown["history"]
+        r = c.post(f"/v1/artifacts/{d}/promote")
+        assert r.status_code == 409 and r.json()["code"] == "artifact.state_conflict"
+        # Re-upload of a deleted digest neither resurrects it nor keeps the bytes.
+        assert upload(c, ST).json()["artifact"]["state"] == "deleted"
+        assert deployment.objects() == []
+
+
+def test_illegal_transitions_give_409(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        assert c.post(f"/v1/artifacts/{d}/promote").status_code == 200
+        r = c.post(f"/v1/artifacts/{d}/promote")
+        assert r.status_code == 409 and r.json()["allowed_actions"] == ["delete", "revoke"]
+
+
+def test_policy_refusal_lists_every_failed_rule(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST, meta=()).json()["artifact"]["digest"]
+        r = c.post(f"/v1/artifacts/{d}/promote")
+        assert r.status_code == 422 and r.json()["code"] == "artifact.policy_refused"
+        assert any("required_metadata" in x for x in r.json()["reasons"])
+        assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["state"] == "quarantined"
+    denied = [x for x in deployment.audit_records() if x.get("error_code") == "artifact.policy_refused"]
+    assert denied and denied[-1]["decision"] == "deny" and denied[-1]["reasons"]
+
+
+def test_bytes_tampered_on_disk_after_promotion_are_never_served(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        c.post(f"/v1/artifacts/{d}/promote")
+        obj = deployment.objects()[0]
+        tampered = bytearray(obj.read_bytes())
+        tampered[-1] ^= 0xFF
+        obj.write_bytes(bytes(tampered))
+        # The stream is aborted before its last chunk: the client never gets it whole.
+        with pytest.raises(httpx.RemoteProtocolError):
+            c.get(f"/v1/artifacts/{d}/content")
+        after = c.get(f"/v1/artifacts/{d}")
+        assert after.json()["artifact"]["integrity"] == "failed"
+        r = c.get(f"/v1/artifacts/{d}/content")
+        assert r.status_code == 409 and r.json()["code"] == "artifact.integrity_failed"
+        v = c.post(f"/v1/artifacts/{d}/verify").json()
+        assert v["ok"] is False
+    assert any(x["action"] == "artifact.integrity_failed" for x in deployment.audit_records())
+
+
+def test_sweep_reports_tampering(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, GG, name="g").json()["artifact"]["digest"]
+        c.post(f"/v1/artifacts/{d}/promote")
+        deployment.objects()[0].write_bytes(b"GGUF" + b"\0" * 100)
+        out = c.post("/v1/sweep").json()
+        assert out["failed"] == [d]
+        assert c.get(f"/v1/artifacts/{d}/content").status_code == 409
+
+
+def test_security_headers_on_every_response(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        for r in (c.get("/healthz"), c.get("/v1/artifacts"), c.get("/nope"), upload(c, b"")):
+            assert r.headers["cache-control"] == "no-store"
+            assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_unknown_route_is_a_problem_document(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        r = c.get("/v1/does-not-exist")
+        assert r.status_code == 404 and r.json()["code"] == "request.not_found"
+
+
+def test_oversized_headers_are_refused(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        try:
+            r = c.get("/healthz", headers={"X-Big": "a" * 70_000})
+        except httpx.TransportError:
+            return  # connection refused mid-headers: also a refusal
+        assert r.status_code in (400, 431)
+
+
+def test_new_token_works_without_restart_and_revoked_stops(deployment: Deployment) -> None:
+    raw = deployment.create_token("reader", "artifacts:read")
+    for _ in range(50):  # the daemon polls the token file about once a second
+        if deployment.client(raw).get("/v1/artifacts").status_code == 200:
+            break
+        time.sleep(0.1)
+    assert deployment.client(raw).get("/v1/artifacts").status_code == 200
+    from tests.conftest import run_cli
+
+    run_cli("token", "revoke", "--config", str(deployment.config), "--id", "reader", check=True)
+    for _ in range(50):
+        if deployment.client(raw).get("/v1/artifacts").status_code == 401:
+            break
+        time.sleep(0.1)
+    assert deployment.client(raw).get("/v1/artifacts").status_code == 401
