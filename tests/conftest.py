@@ -29,15 +29,21 @@ def free_port() -> int:
         return port
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "assay", *args],
-        capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"assay {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"assay {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -74,8 +80,10 @@ class Deployment:
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "assay", "serve", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-            )  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         for _attempt in range(600):
             if self.proc.poll() is not None:
@@ -123,7 +131,9 @@ class Deployment:
         self.tokens[token_id] = out["token"]
         return str(out["token"])
 
-    def cli(self, *args: str, token: str = "admin", check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, token: str = "admin", check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         raw = self.admin_token if token == "admin" else self.tokens[token]
         return run_cli(*args, env={"ASSAY_URL": self.url, "ASSAY_TOKEN": raw}, check=check)
 
@@ -139,12 +149,17 @@ class Deployment:
 
 def init_deployment(tmp: Path, *, max_bytes: int | None = None) -> Deployment:
     port = free_port()
-    out = json.loads(run_cli("init", "--dir", str(tmp / "d"), "--bind", f"127.0.0.1:{port}",
-                             "--json", check=True).stdout)  # fmt: skip
+    out = json.loads(
+        run_cli(
+            "init", "--dir", str(tmp / "d"), "--bind", f"127.0.0.1:{port}", "--json", check=True
+        ).stdout
+    )
     dep = Deployment(dir=tmp / "d", port=port, admin_token=out["admin_token"])
     if max_bytes is not None:
-        dep.edit_config("  sweep_interval_seconds: 3600\n",
-                        f"  sweep_interval_seconds: 3600\n  max_artifact_bytes: {max_bytes}\n")  # fmt: skip
+        dep.edit_config(
+            "  sweep_interval_seconds: 3600\n",
+            f"  sweep_interval_seconds: 3600\n  max_artifact_bytes: {max_bytes}\n",
+        )
     return dep
 
 
@@ -168,10 +183,19 @@ def stopped_deployment(tmp_path: Path) -> Iterator[Deployment]:
         dep.stop()
 
 
-def upload(client: httpx.Client, data: bytes, name: str = "m/one", digest: str | None = None,
-           meta: tuple[str, ...] = ("source=test", "license=mit")) -> httpx.Response:  # fmt: skip
+def upload(
+    client: httpx.Client,
+    data: bytes,
+    name: str = "m/one",
+    digest: str | None = None,
+    meta: tuple[str, ...] = ("source=test", "license=mit"),
+) -> httpx.Response:
     params: list[tuple[str, str]] = [("name", name)] + [("meta", m) for m in meta]
     if digest:
         params.append(("digest", digest))
-    return client.post("/v1/artifacts", params=params, content=data,
-                       headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    return client.post(
+        "/v1/artifacts",
+        params=params,
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )

@@ -34,7 +34,7 @@ def test_route_list_covers_the_documented_api(deployment: Deployment) -> None:
 
 
 def test_every_route_without_a_token_is_401_and_audited(deployment: Deployment) -> None:
-    for method, path, scope in routes(deployment):
+    for method, path, _scope in routes(deployment):
         before = len(deployment.audit_records())
         with deployment.client(token=None) as c:
             r = c.request(method, path)
@@ -58,7 +58,7 @@ def test_every_route_with_the_wrong_scope_is_403_and_audited(deployment: Deploym
             if c.get("/v1/artifacts").status_code == 403:
                 break
         time.sleep(0.1)
-    for method, path, scope in routes(deployment):
+    for method, path, _scope in routes(deployment):
         if path in PUBLIC:
             continue
         before = len(deployment.audit_records())

@@ -113,7 +113,9 @@ def test_revoked_digest_stays_revoked_after_reupload(deployment: Deployment) -> 
         assert c.post(f"/v1/artifacts/{d}/promote").status_code == 409
 
 
-def test_deleted_artifact_keeps_metadata_loses_bytes_and_cannot_be_promoted(deployment: Deployment) -> None:
+def test_deleted_artifact_keeps_metadata_loses_bytes_and_cannot_be_promoted(
+    deployment: Deployment,
+) -> None:
     with deployment.client() as c:
         d = upload(c, ST).json()["artifact"]["digest"]
         assert len(deployment.objects()) == 1
@@ -144,7 +146,9 @@ def test_policy_refusal_lists_every_failed_rule(deployment: Deployment) -> None:
         assert r.status_code == 422 and r.json()["code"] == "artifact.policy_refused"
         assert any("required_metadata" in x for x in r.json()["reasons"])
         assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["state"] == "quarantined"
-    denied = [x for x in deployment.audit_records() if x.get("error_code") == "artifact.policy_refused"]
+    denied = [
+        x for x in deployment.audit_records() if x.get("error_code") == "artifact.policy_refused"
+    ]
     assert denied and denied[-1]["decision"] == "deny" and denied[-1]["reasons"]
 
 

@@ -57,8 +57,10 @@ def test_secret_ref_needs_exactly_one_source() -> None:
 def test_non_loopback_bind_is_refused_unless_allowed() -> None:
     with pytest.raises(ConfigError, match="not loopback"):
         parse_config(MINIMAL + "server: {bind: '0.0.0.0:8470'}\n", source=Path("c.yaml"))
-    ok = parse_config(MINIMAL + "server: {bind: '0.0.0.0:8470', allow_non_loopback: true}\n",
-                      source=Path("c.yaml"))  # fmt: skip
+    ok = parse_config(
+        MINIMAL + "server: {bind: '0.0.0.0:8470', allow_non_loopback: true}\n",
+        source=Path("c.yaml"),
+    )
     assert ok.server.allow_non_loopback
 
 

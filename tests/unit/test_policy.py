@@ -14,9 +14,12 @@ DIGEST = "sha256:" + "ab" * 32
 
 def facts(**kw: object) -> Facts:
     base: dict[str, object] = {
-        "digest": DIGEST, "format": "safetensors", "size": 100,
-        "metadata": {"source": "hf", "license": "mit"}, "approvers": frozenset({"alice"}),
-    }  # fmt: skip
+        "digest": DIGEST,
+        "format": "safetensors",
+        "size": 100,
+        "metadata": {"source": "hf", "license": "mit"},
+        "approvers": frozenset({"alice"}),
+    }
     base.update(kw)
     return Facts(**base)  # type: ignore[arg-type]
 

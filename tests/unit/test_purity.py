@@ -54,7 +54,5 @@ def _closure(module: str) -> dict[str, str]:
 def test_pure_module_imports_no_io(module: str) -> None:
     if not _is_module(module):
         pytest.fail(f"pure module {module} is listed but missing")
-    bad = {
-        name: via for name, via in _closure(module).items() if name.split(".")[0] in FORBIDDEN
-    }
+    bad = {name: via for name, via in _closure(module).items() if name.split(".")[0] in FORBIDDEN}
     assert not bad, f"{module} reaches I/O modules: {bad}"

@@ -15,7 +15,10 @@ from assay.core.errors import BadRequest, DigestMismatch
 
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     p.add_argument("--url", help="daemon URL (default $ASSAY_URL or http://127.0.0.1:8470)")
-    p.add_argument("--token-file", help="file holding the bearer token (default $ASSAY_TOKEN_FILE or $ASSAY_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        help="file holding the bearer token (default $ASSAY_TOKEN_FILE or $ASSAY_TOKEN)",
+    )
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -83,8 +86,17 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _print_artifact(art: dict[str, Any]) -> None:
-    for key in ("digest", "name", "state", "format", "size", "integrity", "created_at",
-                "state_changed_at", "uploaded_by"):  # fmt: skip
+    for key in (
+        "digest",
+        "name",
+        "state",
+        "format",
+        "size",
+        "integrity",
+        "created_at",
+        "state_changed_at",
+        "uploaded_by",
+    ):
         print(f"{key:>16}: {art.get(key)}")
     for k, v in sorted(art.get("metadata", {}).items()):
         print(f"{'meta ' + k:>16}: {v}")
@@ -123,8 +135,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(out)
         return 0
-    rows = [(a["digest"][:19], a["name"], a["state"], a["format"], str(a["size"]), a["integrity"])
-            for a in out["artifacts"]]  # fmt: skip
+    rows = [
+        (a["digest"][:19], a["name"], a["state"], a["format"], str(a["size"]), a["integrity"])
+        for a in out["artifacts"]
+    ]
     table(rows, ("DIGEST", "NAME", "STATE", "FORMAT", "SIZE", "INTEGRITY"))
     return 0
 
@@ -137,15 +151,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     _print_artifact(out["artifact"])
     print("history:")
     for h in out["history"]:
-        print(f"  {h['ts']}  {h['action']:<18} {h['from_state'] or '-':>11} -> "
-              f"{h['to_state'] or '-':<11} by {h['principal']}  seq={h['audit_seq']}")  # fmt: skip
+        print(
+            f"  {h['ts']}  {h['action']:<18} {h['from_state'] or '-':>11} -> "
+            f"{h['to_state'] or '-':<11} by {h['principal']}  seq={h['audit_seq']}"
+        )
     return 0
 
 
 def _mutation(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]) -> int:
     out, headers = _client(args).request(method, path, body=body)
     if args.json:
-        emit_json(out | ({"receipt": headers["assay-receipt"]} if "assay-receipt" in headers else {}))
+        emit_json(
+            out | ({"receipt": headers["assay-receipt"]} if "assay-receipt" in headers else {})
+        )
         return 0
     art = out["artifact"]
     print(f"{art['digest']}: {art['state']}")
@@ -222,14 +240,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     health, _ = client.request("GET", "/healthz")
     try:
         ready, _ = client.request("GET", "/readyz")
-    except Exception as exc:  # noqa: BLE001 - readiness failure is data here, not an error
+    except Exception as exc:
         ready = {"ready": False, "error": str(exc)}
     status, _ = client.request("GET", "/v1/status")
     out = {"healthz": health, "readyz": ready, "status": status}
     if args.json:
         emit_json(out)
         return 0
-    print(f"assay {status['version']}  up {status['uptime_seconds']:.0f}s  policy {status['policy']}")
+    print(
+        f"assay {status['version']}  up {status['uptime_seconds']:.0f}s  policy {status['policy']}"
+    )
     print(f"health: {health['status']}  ready: {ready.get('ready')}")
     for name, check in ready.get("checks", {}).items():
         print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")

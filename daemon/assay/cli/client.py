@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,15 @@ class Unreachable(Exception):
 
 def _error_classes() -> dict[int, type[errors.AssayError]]:
     return {
-        400: errors.BadRequest, 401: errors.InvalidCredential, 403: errors.ScopeDenied,
-        404: errors.NotFound, 409: errors.StateConflict, 413: errors.PayloadTooLarge,
-        422: errors.RejectedInput, 503: errors.StorageError,
-    }  # fmt: skip
+        400: errors.BadRequest,
+        401: errors.InvalidCredential,
+        403: errors.ScopeDenied,
+        404: errors.NotFound,
+        409: errors.StateConflict,
+        413: errors.PayloadTooLarge,
+        422: errors.RejectedInput,
+        503: errors.StorageError,
+    }
 
 
 def raise_problem(status: int, body: bytes) -> None:
@@ -45,8 +49,11 @@ def raise_problem(status: int, body: bytes) -> None:
     cls = _error_classes().get(status, errors.AssayError)
     if problem.get("code") == "artifact.digest_mismatch":
         cls = errors.DigestMismatch
-    err = cls(str(problem.get("detail", "")), code=str(problem.get("code", "http.error")),
-              reasons=list(problem.get("reasons", [])))  # fmt: skip
+    err = cls(
+        str(problem.get("detail", "")),
+        code=str(problem.get("code", "http.error")),
+        reasons=list(problem.get("reasons", [])),
+    )
     raise err
 
 
@@ -78,8 +85,9 @@ class Client:
         headers.update(extra or {})
         return headers
 
-    def request(self, method: str, path: str, body: Any = None,
-                query: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:  # fmt: skip
+    def request(
+        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         conn = self._conn()
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
@@ -96,14 +104,16 @@ class Client:
             raise_problem(resp.status, raw)
         return json.loads(raw or b"{}"), {k.lower(): v for k, v in resp.getheaders()}
 
-    def upload(self, path: Path, query: dict[str, Any],
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    def upload(
+        self, path: Path, query: dict[str, Any], progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
         size = path.stat().st_size
         conn = self._conn()
         try:
             conn.putrequest("POST", "/v1/artifacts?" + urlencode(query, doseq=True))
-            for k, v in self._headers({"Content-Type": "application/octet-stream",
-                                       "Content-Length": str(size)}).items():  # fmt: skip
+            for k, v in self._headers(
+                {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            ).items():
                 conn.putheader(k, v)
             conn.endheaders()
             sent = 0
@@ -118,7 +128,7 @@ class Client:
                         progress(sent, size)
             resp = conn.getresponse()
             raw = resp.read()
-        except (socket.timeout, http.client.HTTPException, ConnectionRefusedError) as exc:
+        except (TimeoutError, http.client.HTTPException, ConnectionRefusedError) as exc:
             raise Unreachable(f"{self.url}: {exc}") from None
         finally:
             conn.close()
@@ -141,7 +151,8 @@ class Client:
                 total += len(chunk)
                 yield total
         except (OSError, http.client.HTTPException) as exc:
-            raise errors.IntegrityError(f"download of {digest} aborted: {exc}",
-                                        code="artifact.download_aborted") from None  # fmt: skip
+            raise errors.IntegrityError(
+                f"download of {digest} aborted: {exc}", code="artifact.download_aborted"
+            ) from None
         finally:
             conn.close()

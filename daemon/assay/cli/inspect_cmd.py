@@ -30,16 +30,29 @@ def run(args: argparse.Namespace) -> int:
             result = inspect_file(read_at, size)
         except FormatRefused as exc:
             if args.json:
-                emit_json({"file": args.file, "accepted": False, "reason": exc.reason,
-                           "detail": exc.detail})  # fmt: skip
+                emit_json(
+                    {
+                        "file": args.file,
+                        "accepted": False,
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                    }
+                )
             else:
                 print(f"refused: {exc.reason}: {exc.detail}")
             return 1
     finally:
         os.close(fd)
     if args.json:
-        emit_json({"file": args.file, "accepted": True, "format": result.format,
-                   "size": result.size, "details": result.details})  # fmt: skip
+        emit_json(
+            {
+                "file": args.file,
+                "accepted": True,
+                "format": result.format,
+                "size": result.size,
+                "details": result.details,
+            }
+        )
     else:
         print(f"accepted: {result.format} ({result.size} bytes)")
     return 0

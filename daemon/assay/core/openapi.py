@@ -45,7 +45,11 @@ def build_openapi(
                 "200": {"description": "OK"},
                 "default": {
                     "description": "RFC 9457 problem",
-                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
                 },
             },
             "parameters": [

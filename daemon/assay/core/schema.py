@@ -46,7 +46,9 @@ def validate(model: type[M], data: Any, *, source: str = "<config>") -> M:
         paths: list[str] = []
         for err in exc.errors():
             # pydantic reports tagged-union branches and our own validators in the loc.
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = tuple(
+                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+            )
             path = _dotted(loc) or "<root>"
             paths.append(path)
             kind = err["type"]
@@ -99,7 +101,7 @@ class ServerConfig(Strict):
             if not value[5:].isdigit():
                 raise ValueError("fd:// needs a file descriptor number")
             return value
-        host, sep, port = value.rpartition(":")
+        _host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("bind must be HOST:PORT or fd://N")
         return value

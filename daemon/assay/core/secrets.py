@@ -58,7 +58,9 @@ def read_secret(ref: SecretRef, *, base: Path, min_bytes: int = MIN_SECRET_BYTES
                     "it must not be readable by group or others (chmod 600)"
                 )
             if info.st_size > MAX_SECRET_BYTES:
-                raise SecretError(f"secret {ref.describe()} is larger than {MAX_SECRET_BYTES} bytes")
+                raise SecretError(
+                    f"secret {ref.describe()} is larger than {MAX_SECRET_BYTES} bytes"
+                )
             data = os.read(fd, MAX_SECRET_BYTES + 1)
         finally:
             os.close(fd)

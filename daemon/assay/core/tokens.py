@@ -35,9 +35,7 @@ class Principal:
     def require(self, scope: str) -> None:
         """Raise ``ScopeDenied`` unless this principal holds ``scope``."""
         if scope not in self.scopes:
-            raise ScopeDenied(
-                f"token {self.id!r} lacks scope {scope!r}", required_scope=scope
-            )
+            raise ScopeDenied(f"token {self.id!r} lacks scope {scope!r}", required_scope=scope)
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,9 @@ def check_scopes(values: Iterable[str]) -> frozenset[str]:
     return scopes
 
 
-def authenticate(presented: str, records: Iterable[TokenRecord], *, auth_mode: str = "token") -> Principal:
+def authenticate(
+    presented: str, records: Iterable[TokenRecord], *, auth_mode: str = "token"
+) -> Principal:
     """Return the principal whose fingerprint matches ``presented``.
 
     Step 1 (TOK-1: bounded): the presented value is length-bounded before hashing.

@@ -88,9 +88,16 @@ def purpose() -> str | None:
     return value[:MAX_PURPOSE_CHARS] if value else None
 
 
-def base_fields(principal: Principal | None, audit: RequestAudit, status: int,
-                error_code: str | None, route: str, request_id: str,
-                params: list[str], purpose_value: str | None) -> dict[str, Any]:  # fmt: skip
+def base_fields(
+    principal: Principal | None,
+    audit: RequestAudit,
+    status: int,
+    error_code: str | None,
+    route: str,
+    request_id: str,
+    params: list[str],
+    purpose_value: str | None,
+) -> dict[str, Any]:
     """The shared record shape; also used by non-Quart adapters (the upload path)."""
     decision = audit.decision or ("allow" if status < 400 else "deny" if status < 500 else "error")
     return {
@@ -139,14 +146,16 @@ def install(
         if not hasattr(view, "required_scope"):
             # Fail closed: a route that never declared its scope is never served.
             raise ScopeDenied("route has no declared scope", code="auth.route_unscoped")
-        scope = view.required_scope
+        scope = getattr(view, "required_scope")  # noqa: B009 - checked just above
         if scope is None:
             return
-        principal = authenticator.authenticate(request.headers)
+        principal = authenticator.authenticate({k.lower(): v for k, v in request.headers.items()})
         g.principal = principal
         principal.require(scope)
 
-    def _problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    def _problem(
+        status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
         g.error_code = body.get("code")
         resp = Response(problem.encode(body), status=status, content_type=problem.PROBLEM_TYPE)
         if status == 401:
@@ -160,7 +169,9 @@ def install(
         audit_state: RequestAudit | None = g.get("audit")
         if audit_state is not None and err.reasons:
             audit_state.reasons = list(err.reasons)
-        status, body = problem.from_error(err, instance=request.path, request_id=g.get("request_id", ""))
+        status, body = problem.from_error(
+            err, instance=request.path, request_id=g.get("request_id", "")
+        )
         return _problem(status, body)
 
     @app.errorhandler(HTTPException)
@@ -169,7 +180,8 @@ def install(
         status, body = problem.from_status(
             code, err.description or "", instance=request.path, request_id=g.get("request_id", "")
         )
-        headers = {"Allow": ", ".join(err.valid_methods)} if getattr(err, "valid_methods", None) else None  # type: ignore[attr-defined]
+        methods = getattr(err, "valid_methods", None)
+        headers = {"Allow": ", ".join(methods)} if methods else None
         return _problem(status, body, headers)
 
     @app.errorhandler(Exception)
@@ -191,9 +203,15 @@ def install(
         if audit_state.written is not None:
             return response
         fields = base_fields(
-            g.get("principal"), audit_state, response.status_code, g.get("error_code"),
-            route_template(), g.get("request_id", ""), params(), purpose(),
-        )  # fmt: skip
+            g.get("principal"),
+            audit_state,
+            response.status_code,
+            g.get("error_code"),
+            route_template(),
+            g.get("request_id", ""),
+            params(),
+            purpose(),
+        )
         try:
             await audit.append(fields)
         except AuditWriteFailed as exc:

@@ -67,8 +67,12 @@ def _signatures(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         raise BadRequest("signatures must be a list of at most 16 {key_id, signature}")
     out: list[tuple[str, str]] = []
     for item in raw:
-        if not (isinstance(item, dict) and isinstance(item.get("key_id"), str)
-                and isinstance(item.get("signature"), str) and len(item["signature"]) <= 200):  # fmt: skip
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("key_id"), str)
+            and isinstance(item.get("signature"), str)
+            and len(item["signature"]) <= 200
+        ):
             raise BadRequest("each signature needs string key_id and signature")
         out.append((item["key_id"][:64], item["signature"]))
     return tuple(out)
@@ -110,8 +114,11 @@ def create_app(
         """Readiness: named checks for store, audit, config and policy."""
         checks = readiness()
         ok = all(c.get("ok") for c in checks.values())
-        return Response(_dumps({"ready": ok, "checks": checks}), status=200 if ok else 503,
-                        content_type="application/json")  # fmt: skip
+        return Response(
+            _dumps({"ready": ok, "checks": checks}),
+            status=200 if ok else 503,
+            content_type="application/json",
+        )
 
     @app.get("/v1/status")
     @requires("artifacts:read")
@@ -131,8 +138,9 @@ def create_app(
     @requires("artifacts:read")
     async def openapi() -> dict[str, Any]:
         """This API's OpenAPI 3.1 description."""
-        return build_openapi(app, title="assay registry", version=__version__,
-                             streaming=STREAMING_ROUTES)  # fmt: skip
+        return build_openapi(
+            app, title="assay registry", version=__version__, streaming=STREAMING_ROUTES
+        )
 
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
@@ -160,9 +168,13 @@ def create_app(
         current_audit().target = parse_digest(digest)
         body = await _json_body()
         out = await registry.transition(
-            current_principal(), digest, Action.PROMOTE, route=web.route_template(),
-            request_id=_rid(), signatures=_signatures(body),
-        )  # fmt: skip
+            current_principal(),
+            digest,
+            Action.PROMOTE,
+            route=web.route_template(),
+            request_id=_rid(),
+            signatures=_signatures(body),
+        )
         decision = out.decision
         payload = {
             "artifact": out.artifact.public(),
@@ -180,9 +192,14 @@ def create_app(
         """Revoke (terminal). A reason is required."""
         current_audit().target = parse_digest(digest)
         reason = _reason(await _json_body(), required=True)
-        out = await registry.transition(current_principal(), digest, Action.REVOKE,
-                                        route=web.route_template(), request_id=_rid(),
-                                        reason=reason)  # fmt: skip
+        out = await registry.transition(
+            current_principal(),
+            digest,
+            Action.REVOKE,
+            route=web.route_template(),
+            request_id=_rid(),
+            reason=reason,
+        )
         return mutation_response({"artifact": out.artifact.public()}, out.record, 200)
 
     @app.delete("/v1/artifacts/<digest>")
@@ -191,9 +208,14 @@ def create_app(
         """Soft delete: bytes removed, metadata and history kept."""
         current_audit().target = parse_digest(digest)
         reason = _reason(await _json_body(), required=False)
-        out = await registry.transition(current_principal(), digest, Action.DELETE,
-                                        route=web.route_template(), request_id=_rid(),
-                                        reason=reason)  # fmt: skip
+        out = await registry.transition(
+            current_principal(),
+            digest,
+            Action.DELETE,
+            route=web.route_template(),
+            request_id=_rid(),
+            reason=reason,
+        )
         return mutation_response({"artifact": out.artifact.public()}, out.record, 200)
 
     @app.post("/v1/artifacts/<digest>/verify")
@@ -202,8 +224,9 @@ def create_app(
         """Re-hash one artifact's stored bytes now."""
         current_audit().target = parse_digest(digest)
         current_audit().action = "artifact.verify"
-        result = await registry.verify(digest, principal=current_principal(),
-                                       route=web.route_template(), request_id=_rid())  # fmt: skip
+        result = await registry.verify(
+            digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
+        )
         current_audit().reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
         return result
 
@@ -224,8 +247,9 @@ def create_app(
         current_audit().target = art.digest
         current_audit().action = "artifact.fetch"
         fd = await trio.to_thread.run_sync(registry.store.open_fd, art.digest)
-        resp = Response(_serve(registry, art.digest, fd), status=200,
-                        content_type="application/octet-stream")  # fmt: skip
+        resp = Response(
+            _serve(registry, art.digest, fd), status=200, content_type="application/octet-stream"
+        )
         resp.headers["Content-Length"] = str(art.size)
         resp.headers["Digest"] = art.digest
         return resp

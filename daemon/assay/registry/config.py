@@ -69,8 +69,9 @@ class LoadedConfig:
 def load_policies(directory: Path) -> dict[str, Policy]:
     """Every ``*.yaml`` under ``directory``, keyed by the policy's ``name``."""
     if not directory.is_dir():
-        raise ConfigError(f"registry.policies_dir: {directory} is not a directory",
-                          path="registry.policies_dir")  # fmt: skip
+        raise ConfigError(
+            f"registry.policies_dir: {directory} is not a directory", path="registry.policies_dir"
+        )
     policies: dict[str, Policy] = {}
     for file in sorted(directory.glob("*.yaml")):
         policy = validate(Policy, load_yaml(file.read_bytes(), source=str(file)), source=str(file))
@@ -97,8 +98,7 @@ def load_config(path: Path) -> LoadedConfig:
     if config.registry.policy not in policies:
         known = ", ".join(sorted(policies)) or "none"
         raise ConfigError(
-            f"{path}: registry.policy: no policy named {config.registry.policy!r} "
-            f"(known: {known})",
+            f"{path}: registry.policy: no policy named {config.registry.policy!r} (known: {known})",
             path="registry.policy",
         )
     return LoadedConfig(config, base, path, policies[config.registry.policy], policies)

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -31,7 +31,7 @@ from assay.registry.config import LoadedConfig
 from assay.registry.db import RegistryDB
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
-from assay.registry.upload import UploadAdapter
+from assay.registry.upload import ASGIApp, UploadAdapter
 
 log = logging.getLogger("assay.daemon")
 
@@ -64,7 +64,9 @@ def _events(kind: str, fields: dict[str, Any]) -> None:
     logsetup.event(kind, f"{kind} {fields.get('digest', '')}".strip(), priority=priority, **fields)
 
 
-async def run(loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+async def run(
+    loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
     cfg = loaded.config
     notifier = Notifier()
     notifier.status("starting")
@@ -102,7 +104,7 @@ async def run(loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] =
         receipt_hook=audit.receipt_headers,
     )
     asgi = UploadAdapter(
-        app,
+        cast(ASGIApp, app),
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,
@@ -131,8 +133,12 @@ async def run(loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] =
             nursery.start_soon(_fault_switch, loaded)
         counts = registry.counts()
         notifier.ready(_status_line(counts, registry.last_sweep))
-        logsetup.event("startup", f"assay {__version__} serving on {', '.join(binds)}",
-                       state="ready", seq=audit.writer.head_seq)  # fmt: skip
+        logsetup.event(
+            "startup",
+            f"assay {__version__} serving on {', '.join(binds)}",
+            state="ready",
+            seq=audit.writer.head_seq,
+        )
         task_status.started(binds)
         await shutdown.wait()
         notifier.stopping()
@@ -140,8 +146,12 @@ async def run(loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] =
         with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
             await audit.writer.drain()
         await audit.writer.close()
-        logsetup.event("shutdown", "assay stopped", seq=audit.writer.head_seq,
-                       uptime=round(time.monotonic() - started))  # fmt: skip
+        logsetup.event(
+            "shutdown",
+            "assay stopped",
+            seq=audit.writer.head_seq,
+            uptime=round(time.monotonic() - started),
+        )
         nursery.cancel_scope.cancel()
     registry.db.close()
 
@@ -156,15 +166,22 @@ def _token_path(loaded: LoadedConfig) -> Any:
 
 
 def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:
-    logsetup.event("checkpoint", f"audit checkpoint size={checkpoint.get('size')}",
-                   seq=checkpoint.get("size"), head=checkpoint.get("head_hash"))  # fmt: skip
+    logsetup.event(
+        "checkpoint",
+        f"audit checkpoint size={checkpoint.get('size')}",
+        seq=checkpoint.get("size"),
+        head=checkpoint.get("head_hash"),
+    )
 
 
 def _status_line(counts: dict[str, int], sweep: dict[str, Any] | None) -> str:
-    text = (f"{counts['trusted']} trusted, {counts['quarantined']} quarantined, "
-            f"{counts['revoked']} revoked, {counts['deleted']} deleted")  # fmt: skip
+    text = (
+        f"{counts['trusted']} trusted, {counts['quarantined']} quarantined, "
+        f"{counts['revoked']} revoked, {counts['deleted']} deleted"
+    )
     if sweep:
-        text += f"; last sweep {sweep['finished']}: {sweep['checked']} checked, {len(sweep['failed'])} failed"
+        failed = len(sweep["failed"])
+        text += f"; last sweep {sweep['finished']}: {sweep['checked']} checked, {failed} failed"
     return text
 
 
@@ -187,7 +204,9 @@ async def _sweeper(registry: Registry, interval: float, notifier: Notifier) -> N
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
 
-async def _watchdog(notifier: Notifier, interval: float, registry: Registry, audit: AuditRuntime) -> None:
+async def _watchdog(
+    notifier: Notifier, interval: float, registry: Registry, audit: AuditRuntime
+) -> None:
     """Ping only when the loop runs and the store and audit log can still be written."""
     while True:
         healthy = await trio.to_thread.run_sync(

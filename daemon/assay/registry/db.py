@@ -236,14 +236,23 @@ class RegistryDB:
                 " state, integrity, created_at, updated_at, uploaded_by, state_changed_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    art.digest, art.name, art.size, art.format,
+                    art.digest,
+                    art.name,
+                    art.size,
+                    art.format,
                     json.dumps(art.format_details, sort_keys=True),
-                    json.dumps(art.metadata, sort_keys=True), art.state, art.integrity,
-                    art.created_at, art.updated_at, art.uploaded_by, art.state_changed_at,
+                    json.dumps(art.metadata, sort_keys=True),
+                    art.state,
+                    art.integrity,
+                    art.created_at,
+                    art.updated_at,
+                    art.uploaded_by,
+                    art.state_changed_at,
                 ),
-            )  # fmt: skip
-            self._history(c, art.digest, art.created_at, "ingest", None, art.state,
-                          art.uploaded_by, [], seq)  # fmt: skip
+            )
+            self._history(
+                c, art.digest, art.created_at, "ingest", None, art.state, art.uploaded_by, [], seq
+            )
             self._mark(c, seq)
 
     def set_state(
@@ -264,8 +273,9 @@ class RegistryDB:
                 (to_state, ts, ts, art.digest, art.state),
             )
             if cur.rowcount == 1:
-                self._history(c, art.digest, ts, action, art.state, to_state, principal,
-                              reasons, seq)  # fmt: skip
+                self._history(
+                    c, art.digest, ts, action, art.state, to_state, principal, reasons, seq
+                )
             self._mark(c, seq)
         return replace(art, state=to_state, updated_at=ts, state_changed_at=ts)
 
@@ -296,7 +306,16 @@ class RegistryDB:
                 (integrity, ts, ts, art.digest),
             )
             if integrity != art.integrity:
-                self._history(c, art.digest, ts, f"integrity.{integrity}", art.state, art.state,
-                              principal, [], seq)  # fmt: skip
+                self._history(
+                    c,
+                    art.digest,
+                    ts,
+                    f"integrity.{integrity}",
+                    art.state,
+                    art.state,
+                    principal,
+                    [],
+                    seq,
+                )
             self._mark(c, seq)
         return replace(art, integrity=integrity, last_verified_at=ts, updated_at=ts)

@@ -77,7 +77,9 @@ def _signature_valid(policy: Policy, digest: str, key_id: str, sig_b64: str) -> 
         if key.id != key_id:
             continue
         try:
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public_key, validate=True))
+            public = Ed25519PublicKey.from_public_bytes(
+                base64.b64decode(key.public_key, validate=True)
+            )
             public.verify(base64.b64decode(sig_b64, validate=True), signed_message(digest))
         except (InvalidSignature, ValueError, binascii.Error):
             return False
@@ -94,9 +96,7 @@ def evaluate(policy: Policy, facts: Facts) -> Decision:
     if facts.format in policy.allowed_formats:
         passed.append(f"allowed_formats: {facts.format}")
     else:
-        failed.append(
-            f"allowed_formats: {facts.format} not in {', '.join(policy.allowed_formats)}"
-        )
+        failed.append(f"allowed_formats: {facts.format} not in {', '.join(policy.allowed_formats)}")
 
     # Step 2 (POL-2 max_size_bytes): the stored size is within the limit.
     if facts.size <= policy.max_size_bytes:
@@ -114,7 +114,11 @@ def evaluate(policy: Policy, facts: Facts) -> Decision:
     # Step 4 (POL-4 publisher_signature): a configured publisher key signed the digest.
     if policy.publisher_signature.required:
         good = sorted(
-            {kid for kid, sig in facts.signatures if _signature_valid(policy, facts.digest, kid, sig)}
+            {
+                kid
+                for kid, sig in facts.signatures
+                if _signature_valid(policy, facts.digest, kid, sig)
+            }
         )
         if good:
             passed.append(f"publisher_signature: valid from {', '.join(good)}")

@@ -85,9 +85,7 @@ class Registry:
         self.artifacts = self.db.load_all()
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await trio.to_thread.run_sync(
-            lambda: fn(*args, **kwargs), limiter=self._db_limiter
-        )
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
 
     def _lock(self, digest: str) -> trio.Lock:
         return self._locks.setdefault(digest, trio.Lock())
@@ -114,9 +112,10 @@ class Registry:
     def resolve_trusted(self, name: str) -> Artifact:
         """The most recently promoted trusted artifact with ``name``, intact on disk."""
         candidates = [
-            a for a in self.artifacts.values()
+            a
+            for a in self.artifacts.values()
             if a.name == name and a.state == State.TRUSTED and a.integrity == "ok"
-        ]  # fmt: skip
+        ]
         if not candidates:
             raise NotFound(f"no trusted artifact named {name!r}", code="artifact.not_found")
         return max(candidates, key=lambda a: (a.state_changed_at, a.digest))
@@ -156,10 +155,18 @@ class Registry:
                 # Step ING-5 (idempotent): a known digest keeps its state; bytes not re-kept.
                 await trio.to_thread.run_sync(ingest.abort)
                 record = await self._append(
-                    _fields(principal, "artifact.ingest", route, request_id, digest,
-                            existing.state, existing.state, 200,
-                            reasons=["duplicate digest: existing record returned unchanged"])
-                )  # fmt: skip
+                    _fields(
+                        principal,
+                        "artifact.ingest",
+                        route,
+                        request_id,
+                        digest,
+                        existing.state,
+                        existing.state,
+                        200,
+                        reasons=["duplicate digest: existing record returned unchanged"],
+                    )
+                )
                 return Outcome(existing, record, created=False)
             await trio.to_thread.run_sync(ingest.commit, declared)
         except BaseException:
@@ -181,13 +188,24 @@ class Registry:
             state_changed_at=ts,
         )
         record = await self._append(
-            _fields(principal, "artifact.ingest", route, request_id, digest, None,
-                    art.state, 201, extra=_ingest_extra(art))
-        )  # fmt: skip
+            _fields(
+                principal,
+                "artifact.ingest",
+                route,
+                request_id,
+                digest,
+                None,
+                art.state,
+                201,
+                extra=_ingest_extra(art),
+            )
+        )
         await self._db(self.db.insert, art, record["seq"])
         self.artifacts[digest] = art
-        self._events("ingest", {"digest": digest, "state": art.state, "principal": principal.id,
-                                "seq": record["seq"]})  # fmt: skip
+        self._events(
+            "ingest",
+            {"digest": digest, "state": art.state, "principal": principal.id, "seq": record["seq"]},
+        )
         return Outcome(art, record, created=True)
 
     async def _pump(self, ingest: Ingest, chunks: AsyncIterator[bytes | bytearray]) -> None:
@@ -228,18 +246,40 @@ class Registry:
                 return await self._promote(principal, art, route, request_id, signatures)
             reasons = [reason] if reason else []
             record = await self._append(
-                _fields(principal, f"artifact.{action.value}", route, request_id, digest,
-                        art.state, to_state.value, 200, reasons=reasons)
-            )  # fmt: skip
+                _fields(
+                    principal,
+                    f"artifact.{action.value}",
+                    route,
+                    request_id,
+                    digest,
+                    art.state,
+                    to_state.value,
+                    200,
+                    reasons=reasons,
+                )
+            )
             updated = await self._db(
-                self.db.set_state, art, to_state.value, action=action.value,
-                principal=principal.id, reasons=reasons, ts=now(), seq=record["seq"],
-            )  # fmt: skip
+                self.db.set_state,
+                art,
+                to_state.value,
+                action=action.value,
+                principal=principal.id,
+                reasons=reasons,
+                ts=now(),
+                seq=record["seq"],
+            )
             self.artifacts[digest] = updated
             if to_state is State.DELETED:
                 await trio.to_thread.run_sync(self.store.remove, digest)
-            self._events(action.value, {"digest": digest, "state": to_state.value,
-                                        "principal": principal.id, "seq": record["seq"]})  # fmt: skip
+            self._events(
+                action.value,
+                {
+                    "digest": digest,
+                    "state": to_state.value,
+                    "principal": principal.id,
+                    "seq": record["seq"],
+                },
+            )
             return Outcome(updated, record)
 
     async def _promote(
@@ -276,17 +316,30 @@ class Registry:
         stored_sigs = await self._db(self.db.signatures, art.digest)
         # Step PRO-3 (policy): every rule is evaluated; the caller's approval counts.
         facts = policy_mod.Facts(
-            digest=art.digest, format=fmt, size=size, metadata=art.metadata,
-            approvers=art.approvers | {principal.id}, signatures=stored_sigs,
-        )  # fmt: skip
+            digest=art.digest,
+            format=fmt,
+            size=size,
+            metadata=art.metadata,
+            approvers=art.approvers | {principal.id},
+            signatures=stored_sigs,
+        )
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
             # Step PRO-4 (two-person rule): record this approval; the state does not move.
             record = await self._append(
-                _fields(principal, "artifact.approve", route, request_id, art.digest,
-                        art.state, art.state, 202, reasons=list(decision.failed),
-                        extra={"policy": self.policy.name})
-            )  # fmt: skip
+                _fields(
+                    principal,
+                    "artifact.approve",
+                    route,
+                    request_id,
+                    art.digest,
+                    art.state,
+                    art.state,
+                    202,
+                    reasons=list(decision.failed),
+                    extra={"policy": self.policy.name},
+                )
+            )
             updated = await self._db(self.db.add_approval, art, principal.id, now(), record["seq"])
             self.artifacts[art.digest] = updated
             return Outcome(updated, record, decision=decision)
@@ -297,46 +350,96 @@ class Registry:
                 policy=self.policy.name,
             )
         record = await self._append(
-            _fields(principal, "artifact.promote", route, request_id, art.digest, art.state,
-                    State.TRUSTED.value, 200, reasons=list(decision.passed),
-                    extra={"policy": self.policy.name, "approvers": ",".join(sorted(facts.approvers))})
-        )  # fmt: skip
+            _fields(
+                principal,
+                "artifact.promote",
+                route,
+                request_id,
+                art.digest,
+                art.state,
+                State.TRUSTED.value,
+                200,
+                reasons=list(decision.passed),
+                extra={"policy": self.policy.name, "approvers": ",".join(sorted(facts.approvers))},
+            )
+        )
         with_approval = await self._db(self.db.add_approval, art, principal.id, now(), None)
         updated = await self._db(
-            self.db.set_state, with_approval, State.TRUSTED.value, action="promote",
-            principal=principal.id, reasons=list(decision.passed), ts=now(), seq=record["seq"],
-        )  # fmt: skip
+            self.db.set_state,
+            with_approval,
+            State.TRUSTED.value,
+            action="promote",
+            principal=principal.id,
+            reasons=list(decision.passed),
+            ts=now(),
+            seq=record["seq"],
+        )
         self.artifacts[art.digest] = updated
-        self._events("promote", {"digest": art.digest, "state": "trusted",
-                                 "principal": principal.id, "seq": record["seq"]})  # fmt: skip
+        self._events(
+            "promote",
+            {
+                "digest": art.digest,
+                "state": "trusted",
+                "principal": principal.id,
+                "seq": record["seq"],
+            },
+        )
         return Outcome(updated, record, decision=decision)
 
     # -- integrity ----------------------------------------------------------------------
 
     async def _integrity_failed(
-        self, art: Artifact, principal: Principal | None, actual: str, route: str | None,
+        self,
+        art: Artifact,
+        principal: Principal | None,
+        actual: str,
+        route: str | None,
         request_id: str | None,
-    ) -> Artifact:  # fmt: skip
+    ) -> Artifact:
         record = await self._append(
-            _fields(principal, "artifact.integrity_failed", route, request_id, art.digest,
-                    art.state, art.state, None, reasons=[f"stored bytes hash to {actual}"],
-                    decision="deny", error_code="artifact.integrity_failed")
-        )  # fmt: skip
-        updated = await self._db(
-            self.db.set_integrity, art, "failed", now(), record["seq"],
+            _fields(
+                principal,
+                "artifact.integrity_failed",
+                route,
+                request_id,
+                art.digest,
+                art.state,
+                art.state,
+                None,
+                reasons=[f"stored bytes hash to {actual}"],
+                decision="deny",
+                error_code="artifact.integrity_failed",
+            )
+        )
+        updated: Artifact = await self._db(
+            self.db.set_integrity,
+            art,
+            "failed",
+            now(),
+            record["seq"],
             principal.id if principal else None,
-        )  # fmt: skip
+        )
         self.artifacts[art.digest] = updated
-        self._events("integrity_failed", {"digest": art.digest, "state": art.state,
-                                          "principal": principal.id if principal else "",
-                                          "seq": record["seq"]})  # fmt: skip
+        self._events(
+            "integrity_failed",
+            {
+                "digest": art.digest,
+                "state": art.state,
+                "principal": principal.id if principal else "",
+                "seq": record["seq"],
+            },
+        )
         log.error("integrity failure: %s hashes to %s", art.digest, actual)
         return updated
 
     async def verify(
-        self, digest: str, *, principal: Principal | None = None, route: str | None = None,
+        self,
+        digest: str,
+        *,
+        principal: Principal | None = None,
+        route: str | None = None,
         request_id: str | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving."""
         art = self.get(digest)
         if art.state == State.DELETED:
@@ -365,8 +468,12 @@ class Registry:
                 failed.append(digest)
             if progress is not None:
                 progress(i + 1, len(digests))
-        self.last_sweep = {"started": started, "finished": now(), "checked": checked,
-                           "failed": failed}  # fmt: skip
+        self.last_sweep = {
+            "started": started,
+            "finished": now(),
+            "checked": checked,
+            "failed": failed,
+        }
         self._events("sweep", {"checked": checked, "failed": len(failed)})
         return self.last_sweep
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -36,7 +36,7 @@ MAX_QUERY_FIELDS = 80
 MAX_QUERY_BYTES = 64 * 1024
 
 #: Extra hook so the app can decorate mutation responses (receipts).
-ResponseHook = Callable[[dict[str, Any], MutableMapping[str, Any]], dict[str, str]]
+ResponseHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
 
 
 class UploadAdapter:
@@ -95,8 +95,12 @@ class UploadAdapter:
             if len(query) > MAX_QUERY_BYTES:
                 raise BadRequest("query string too long")
             try:
-                pairs = parse_qsl(query.decode(), keep_blank_values=True, strict_parsing=False,
-                                  max_num_fields=MAX_QUERY_FIELDS)  # fmt: skip
+                pairs = parse_qsl(
+                    query.decode(),
+                    keep_blank_values=True,
+                    strict_parsing=False,
+                    max_num_fields=MAX_QUERY_FIELDS,
+                )
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BadRequest(f"bad query string: {exc}") from None
             params = sorted({f"{k}:eq" for k, _ in pairs})
@@ -126,36 +130,63 @@ class UploadAdapter:
                     )
             audit_state.target = declared
             outcome = await self.registry.ingest(
-                principal, name=name, metadata=metadata, declared=declared,
-                chunks=self._chunks(receive), route=UPLOAD_ROUTE, request_id=request_id,
-            )  # fmt: skip
+                principal,
+                name=name,
+                metadata=metadata,
+                declared=declared,
+                chunks=self._chunks(receive),
+                route=UPLOAD_ROUTE,
+                request_id=request_id,
+            )
         except AssayError as err:
             status, body = problem.from_error(err, instance=UPLOAD_PATH, request_id=request_id)
             audit_state.reasons = list(err.reasons)
-            fields = base_fields(principal, audit_state, status, err.code, UPLOAD_ROUTE,
-                                 request_id, params, headers.get("x-purpose"))  # fmt: skip
+            fields = base_fields(
+                principal,
+                audit_state,
+                status,
+                err.code,
+                UPLOAD_ROUTE,
+                request_id,
+                params,
+                headers.get("x-purpose"),
+            )
             extra_headers: dict[str, str] = {}
             try:
                 await self.audit.append(fields)
             except AssayError as audit_err:
-                status, body = problem.from_error(audit_err, instance=UPLOAD_PATH,
-                                                  request_id=request_id)  # fmt: skip
+                status, body = problem.from_error(
+                    audit_err, instance=UPLOAD_PATH, request_id=request_id
+                )
             if status == 401:
                 extra_headers["WWW-Authenticate"] = 'Bearer realm="assay"'
-            await _respond(send, status, problem.encode(body), problem.PROBLEM_TYPE,
-                           request_id, extra_headers)  # fmt: skip
+            await _respond(
+                send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, extra_headers
+            )
             return
-        body_obj: dict[str, Any] = {"artifact": outcome.artifact.public(), "created": outcome.created}
+        body_obj: dict[str, Any] = {
+            "artifact": outcome.artifact.public(),
+            "created": outcome.created,
+        }
         extra = self.response_hook(body_obj, outcome.record) if self.response_hook else {}
-        await _respond(send, 201 if outcome.created else 200,
-                       json.dumps(body_obj, sort_keys=True).encode(), "application/json",
-                       request_id, extra)  # fmt: skip
+        await _respond(
+            send,
+            201 if outcome.created else 200,
+            json.dumps(body_obj, sort_keys=True).encode(),
+            "application/json",
+            request_id,
+            extra,
+        )
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: str, request_id: str,
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    request_id: str,
     extra: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     headers = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),

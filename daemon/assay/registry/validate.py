@@ -36,7 +36,9 @@ def check_metadata(pairs: Iterable[str], *, max_entries: int) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise BadRequest(f"metadata {pair[:80]!r} is not key=value", code="request.bad_metadata")
+            raise BadRequest(
+                f"metadata {pair[:80]!r} is not key=value", code="request.bad_metadata"
+            )
         if not _META_KEY.match(key):
             raise BadRequest(
                 f"metadata key {key[:80]!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}",
@@ -51,5 +53,7 @@ def check_metadata(pairs: Iterable[str], *, max_entries: int) -> dict[str, str]:
             raise BadRequest(f"metadata key {key!r} given twice", code="request.bad_metadata")
         metadata[key] = value
         if len(metadata) > max_entries:
-            raise BadRequest(f"more than {max_entries} metadata entries", code="request.bad_metadata")
+            raise BadRequest(
+                f"more than {max_entries} metadata entries", code="request.bad_metadata"
+            )
     return metadata

@@ -1,0 +1,269 @@
+"""Bounded reads, and signature detection for the formats assay refuses.
+
+Why this module exists: the safetensors and GGUF validators decide whether a file *is* a
+model; this module decides what else it *also* looks like (pickle, zip, gzip, 7z). A file
+that validates as a model but also carries another format's live signature is a polyglot:
+a different loader pointed at the same bytes would read something else, so it is refused.
+
+Everything here reads through a caller-supplied ``read_at`` and never asks it for more than
+``MAX_HEAD_BYTES`` at once; every probe is bounded (see the SN-* checks in docs/formats.md).
+Pure: no I/O imports, no pickle import; the pickle opcode table below is plain data.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+from assay.core.errors import FormatRefused
+
+
+class ReadAt(Protocol):
+    """Read up to ``length`` bytes at ``offset`` (fewer only at end of file)."""
+
+    def __call__(self, offset: int, length: int) -> bytes: ...
+
+
+#: The most any inspector asks ``read_at`` for in one call: the largest safetensors header
+#: the reference implementation accepts (its MAX_HEADER_SIZE). Every other read is smaller.
+MAX_HEAD_BYTES = 100_000_000
+#: How much of the start of a file is probed for signatures.
+HEAD_PROBE_BYTES = 64 * 1024
+#: A zip end-of-central-directory record is 22 bytes plus a comment of up to 64 KiB.
+ZIP_EOCD_MIN = 22
+TAIL_PROBE_BYTES = 0xFFFF + ZIP_EOCD_MIN
+
+
+def read_exact(read_at: ReadAt, offset: int, length: int, truncated: str) -> bytes:
+    """Read exactly ``length`` bytes or refuse with reason ``truncated``.
+
+    Short reads are retried (an adapter may return less than asked); a read that returns
+    nothing before ``length`` is reached means the file is shorter than it claimed.
+    """
+    if not 0 <= length <= MAX_HEAD_BYTES:
+        raise FormatRefused(truncated, f"refusing to read {length} bytes at once")
+    parts: list[bytes] = []
+    got = 0
+    while got < length:
+        chunk = bytes(read_at(offset + got, length - got)[: length - got])
+        if not chunk:
+            raise FormatRefused(truncated, f"file ended {length - got} bytes early")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+# --- Signatures at offset 0 ----------------------------------------------------------------
+
+_START_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "zip"),  # local file header: every ordinary zip, PyTorch .pt/.bin
+    (b"PK\x05\x06", "zip"),  # end of central directory first: an empty zip
+    (b"PK\x07\x08", "zip"),  # spanned/split archive marker
+    (b"\x1f\x8b", "gzip"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+)
+
+
+def signature_at_start(head: bytes) -> str | None:
+    """Step SN-1: the refused-format reason whose magic bytes open the file, if any."""
+    for magic, reason in _START_SIGNATURES:
+        if head.startswith(magic):
+            return reason
+    return None
+
+
+def starts_with_pickle_proto(head: bytes) -> bool:
+    """Step SN-2: a PROTO opcode (0x80) naming a protocol the unpickler accepts (0-5)."""
+    return len(head) >= 2 and head[0] == 0x80 and head[1] <= 5
+
+
+# --- Pickle opcode walk --------------------------------------------------------------------
+
+_LINE, _PAIR, _LEN1, _LEN4S, _LEN4U, _LEN8U = -1, -2, -3, -4, -5, -6
+# opcode -> argument: a fixed byte count (>= 0) or one of the kinds above. Taken from the
+# stdlib pickletools.opcodes table (a unit test checks they agree); copied so this pure
+# module need not import the pickle machinery.
+_ARGS: dict[int, int] = {
+    **dict.fromkeys(b"NR]ae)lt}dsu01(2.bo\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94", 0),
+    **dict.fromkeys(b"\x97\x98\x81Q", 0),
+    **dict.fromkeys(b"ILSVFgpP", _LINE),
+    **dict.fromkeys(b"ci", _PAIR),
+    **dict.fromkeys(b"Khq\x80\x82", 1),
+    **dict.fromkeys(b"M\x83", 2),
+    **dict.fromkeys(b"Jjr\x84", 4),
+    **dict.fromkeys(b"G\x95", 8),
+    **dict.fromkeys(b"\x8aUC\x8c", _LEN1),
+    **dict.fromkeys(b"\x8bT", _LEN4S),
+    **dict.fromkeys(b"BX", _LEN4U),
+    **dict.fromkeys(b"\x8e\x96\x8d", _LEN8U),
+}
+# Lines the unpickler parses as numbers (or ASCII ids) are short; longer ones cannot load.
+_SHORT_LINE_OPS = frozenset(b"ILFgpP")
+_SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
+_NAME_LINE_MAX = 1024
+_IMPORTING_OPS = frozenset(b"ci\x93")  # GLOBAL, INST, STACK_GLOBAL: import a callable
+_STOP = ord(".")
+_PROTO = 0x80
+_HIGHEST_PROTOCOL = 5
+_LEN_WIDTH = {_LEN1: 1, _LEN4S: 4, _LEN4U: 4, _LEN8U: 8}
+_MAX_OPS = 1 << 16
+_MAX_READS = 64
+_MAX_LINE_SCAN = 1 << 20
+
+
+class _Probe:
+    """A cached, budgeted window over ``read_at`` for the opcode walk."""
+
+    def __init__(self, read_at: ReadAt, size: int, head: bytes) -> None:
+        self._read_at = read_at
+        self.size = size
+        self._start = 0
+        self._buf = head
+        self.reads = 0
+        self.scanned = 0
+
+    def spent(self) -> bool:
+        return self.reads > _MAX_READS or self.scanned > _MAX_LINE_SCAN
+
+    def take(self, pos: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``pos`` (fewer only at end of file)."""
+        if not (self._start <= pos and pos + n <= self._start + len(self._buf)):
+            self.reads += 1
+            length = max(0, min(max(n, HEAD_PROBE_BYTES), self.size - pos))
+            self._buf = read_exact(self._read_at, pos, length, "unknown")
+            self._start = pos
+        return self._buf[pos - self._start : pos - self._start + n]
+
+    def line_end(self, pos: int, cap: int) -> int | None:
+        """Offset of the first newline in ``[pos, pos + cap)``, or None."""
+        limit = min(self.size, pos + cap)
+        while pos < limit and not self.spent():
+            chunk = self.take(pos, min(HEAD_PROBE_BYTES, limit - pos))
+            found = chunk.find(b"\n")
+            if found >= 0:
+                return pos + found
+            if not chunk:
+                return None
+            self.scanned += len(chunk)
+            pos += len(chunk)
+        return None
+
+
+def _is_dotted_name(raw: bytes) -> bool:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def pickle_stream_is_live(read_at: ReadAt, size: int, head: bytes) -> bool:
+    """Step SN-3: does the file, read from offset 0, unpickle far enough to matter?
+
+    Walks opcodes without executing anything. Live means it reaches an opcode that imports
+    a callable (GLOBAL/INST with importable-looking names, STACK_GLOBAL), reaches STOP after
+    at least one other opcode (a complete pickle), or is still valid when the walk's budget
+    runs out (conservative). An unknown opcode, an argument the unpickler would reject, or
+    the end of the file means no unpickler gets anywhere with these bytes.
+    """
+    probe = _Probe(read_at, size, head)
+    pos = 0
+    for count in range(_MAX_OPS):
+        if pos >= size:
+            return False
+        if probe.spent():
+            return True
+        op = probe.take(pos, 1)[0]
+        kind = _ARGS.get(op)
+        if kind is None:
+            return False
+        if op == _STOP:
+            return count > 0
+        if op in _IMPORTING_OPS and kind == 0:
+            return True
+        pos += 1
+        if op == _PROTO:
+            arg = probe.take(pos, 1)
+            if not arg or arg[0] > _HIGHEST_PROTOCOL:
+                return False
+        if kind >= 0:
+            pos += kind
+        elif kind in (_LINE, _PAIR):
+            lines = _lines(probe, pos, op, kind)
+            if lines is None:
+                return probe.spent()
+            if kind == _PAIR:
+                return True
+            pos = lines
+        else:
+            width = _LEN_WIDTH[kind]
+            raw = probe.take(pos, width)
+            if len(raw) < width:
+                return False
+            n = int.from_bytes(raw, "little", signed=kind == _LEN4S)
+            if n < 0:
+                return False
+            pos += width + n
+    return True
+
+
+def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
+    """Skip an opcode's newline-terminated argument(s); None if the unpickler would fail.
+
+    GLOBAL and INST carry two lines, a module and a name; they only import something when
+    both look like dotted Python identifiers.
+    """
+    for _ in range(2 if kind == _PAIR else 1):
+        if kind == _PAIR:
+            cap = _NAME_LINE_MAX
+        elif op in _SHORT_LINE_OPS:
+            cap = _SHORT_LINE_MAX
+        else:
+            cap = probe.size
+        end = probe.line_end(pos, cap)
+        if end is None:
+            return None
+        if kind == _PAIR and not _is_dotted_name(probe.take(pos, end - pos)):
+            return None
+        pos = end + 1
+    return pos
+
+
+# --- Zip end of central directory in the tail -----------------------------------------------
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_EOCD_SIG = b"PK\x05\x06"
+_CDH_SIG = b"PK\x01\x02"
+_MAX_EOCD_CANDIDATES = 64
+
+
+def zip_directory_in_tail(read_at: ReadAt, size: int) -> bool:
+    """Step SN-4: does the tail hold a zip end-of-central-directory a zip reader would use?
+
+    Zip readers find an archive from its end: the last 64 KiB + 22 bytes. A bare 4-byte
+    signature turns up by chance in tensor data, so a candidate only counts when the central
+    directory it points at (absolute, as miniz in PyTorch reads it, or relative to the
+    record, as Python's zipfile does) starts with a central-directory header, or when it
+    uses the zip64 escape values. More candidates than the budget is itself suspicious.
+    """
+    start = max(0, size - TAIL_PROBE_BYTES)
+    tail = read_exact(read_at, start, size - start, "unknown")
+    pos = tail.rfind(_EOCD_SIG)
+    for _ in range(_MAX_EOCD_CANDIDATES):
+        if pos < 0:
+            return False
+        if pos + _EOCD.size <= len(tail):
+            _, _, _, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, pos)
+            if entries == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
+                return True
+            for where in {cd_offset, start + pos - cd_size}:
+                if 0 <= where <= size - 4 and _bytes_at(read_at, tail, start, where) == _CDH_SIG:
+                    return True
+        pos = tail.rfind(_EOCD_SIG, 0, pos)
+    return pos >= 0
+
+
+def _bytes_at(read_at: ReadAt, tail: bytes, tail_start: int, where: int) -> bytes:
+    if tail_start <= where and where + 4 <= tail_start + len(tail):
+        return tail[where - tail_start : where - tail_start + 4]
+    return read_exact(read_at, where, 4, "unknown")
