@@ -198,8 +198,8 @@ class RelayServerConfig(ServerConfig):
     bind: str = "127.0.0.1:8480"
     openapi_requires_auth: bool = True
     max_query_bytes: int = Field(default=4096, ge=256, le=64 * 1024)
-    max_filters: int = Field(default=20, ge=1, le=64)
-    max_in_values: int = Field(default=100, ge=1, le=1000)
+    max_filters: int = Field(default=20, ge=1, le=32)
+    max_in_values: int = Field(default=100, ge=1, le=500)
     max_value_chars: int = Field(default=256, ge=8, le=4096)
     max_cursor_chars: int = Field(default=256, ge=64, le=1024)
     max_source_bytes: int = Field(default=512 * MiB, ge=1, le=64 * 1024 * MiB)

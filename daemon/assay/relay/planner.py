@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -270,21 +270,35 @@ def plan_records(
     return Plan(conditions, projection, limit, cursor)
 
 
-def audit_filters(conditions: Sequence[Condition], redact: Any) -> list[dict[str, Any]]:
-    """Filters for the audit record: names and ops, values only as keyed hashes if sensitive.
+#: Bounds from the audit record schema: extra values are scalars of at most 4096 chars.
+AUDIT_TEXT = 4000
+AUDIT_ENTRIES = 40
 
-    ``redact`` is ``(field, canonical value) -> str``; non-sensitive values are kept as
-    given, because an auditor needs to see what was asked when it is not personal.
+
+def audit_extra(conditions: Sequence[Condition], redact: Callable[[str], str]) -> dict[str, str]:
+    """Flat audit ``extra`` entries for the filters: names and ops, and values.
+
+    Sensitive values appear only as keyed hashes (``redact``), one per value so an auditor
+    holding the key can test "was this id asked for?". Non-sensitive values are kept as
+    given, truncated, since an auditor needs to see what was asked when it is not personal.
+    Long hash lists are split over numbered keys; the entry count stays bounded.
     """
-    out: list[dict[str, Any]] = []
+    out: dict[str, str] = {"filters": ",".join(f"{c.field}:{c.op}" for c in conditions)}
     for c in conditions:
-        entry: dict[str, Any] = {"field": c.field, "op": c.op}
-        values = [canonical(v) for v in c.values]
-        if c.sensitive:
-            entry["value_hashes"] = [redact(c.field, str(v)) for v in values]
-        else:
-            entry["values"] = values
-        out.append(entry)
+        if len(out) >= AUDIT_ENTRIES:
+            break
+        values = [str(canonical(v)) for v in c.values]
+        if not c.sensitive:
+            out[f"value.{c.field}.{c.op}"] = ",".join(values)[:AUDIT_TEXT]
+            continue
+        chunk: list[str] = []
+        part = 1
+        for tag in (redact(v) for v in values):
+            if sum(len(t) + 1 for t in chunk) + len(tag) > AUDIT_TEXT:
+                out[f"hash.{c.field}.{c.op}.{part}"] = ",".join(chunk)
+                chunk, part = [], part + 1
+            chunk.append(tag)
+        out[f"hash.{c.field}.{c.op}.{part}"] = ",".join(chunk)
     return out
 
 
@@ -293,8 +307,8 @@ def param_names(keys: Sequence[str], limit: int = 64) -> list[str]:
     out: list[str] = []
     for key in keys[:limit]:
         if key in RESERVED:
-            out.append(key)
+            out.append(f"{key}:page")
             continue
         match = _NAME.match(key)
-        out.append(f"{match.group(1)}:{match.group(2) or 'eq'}" if match else "<malformed>")
+        out.append(f"{match.group(1)}:{match.group(2) or 'eq'}" if match else "param:malformed")
     return sorted(set(out))

@@ -1,0 +1,284 @@
+"""The relay's HTTP routes (Quart on trio), on the core's web edge.
+
+Scopes here are per dataset (``access.metadata_scope`` and friends), so a route cannot
+name its scope in a decorator. Routes are marked with ``dataset_route(kind)``; the core
+edge then leaves them to this module's ``before_request`` hook, which runs right after
+the core's, authenticates with the same ``Authenticator``, resolves the dataset and calls
+``principal.require(scope)`` before any handler (and so before any data) runs. A startup
+check refuses an app where any unmarked route would be served without a credential.
+Everything else (problems, security headers, the one audit record per request) is the
+core's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from assay import __version__
+from assay.core import web
+from assay.core.authn import Authenticator
+from assay.core.errors import BadRequest, ScopeDenied
+from assay.core.openapi import build_openapi
+from assay.core.web import AuditSink, current_audit, current_principal, public
+from assay.relay import planner
+from assay.relay.errors import NotAcceptable, QueryTooLarge
+from assay.relay.service import Relay, dumps
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+JOSE = "application/jose"
+PUBLIC_ROUTES = frozenset({"/healthz", "/readyz"})
+KINDS = ("metadata", "read", "aggregate", "authenticated")
+
+
+def dataset_route(kind: str) -> Callable[[F], F]:
+    """Mark a route whose scope is the dataset's ``<kind>_scope`` (or any credential)."""
+    assert kind in KINDS
+
+    def mark(fn: F) -> F:
+        fn.required_scope = None  # type: ignore[attr-defined]  # the core skips it...
+        fn.relay_scope = kind  # type: ignore[attr-defined]  # ...and this module checks it
+        return fn
+
+    return mark
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status=status, content_type="application/json")
+
+
+def _wants_jose() -> bool:
+    return any(v == JOSE and q > 0 for v, q in request.accept_mimetypes)
+
+
+def _purpose(required: bool) -> None:
+    value = request.headers.get(web.PURPOSE_HEADER)
+    if value is None or not value.strip():
+        if required:
+            raise BadRequest(
+                f"this entity requires an {web.PURPOSE_HEADER} header",
+                code="request.purpose_required",
+            )
+        return
+    if len(value) > web.MAX_PURPOSE_CHARS or any(ord(c) < 32 for c in value):
+        raise BadRequest(
+            f"{web.PURPOSE_HEADER} must be at most {web.MAX_PURPOSE_CHARS} printable characters",
+            code="request.purpose_invalid",
+        )
+
+
+def create_app(
+    relay: Relay,
+    *,
+    authenticator: Authenticator,
+    audit: AuditSink,
+    readiness: Callable[[], dict[str, Any]],
+) -> QuartTrio:
+    app = QuartTrio("assay.relay")
+    app.config["MAX_CONTENT_LENGTH"] = 1024  # every route is a GET
+    app.config["BODY_TIMEOUT"] = 10
+    server = relay.config.server
+    web.install(
+        app,
+        authenticator=authenticator,
+        audit=audit,
+        param_names=lambda: planner.param_names(list(request.args.keys())),
+    )
+
+    @app.before_request
+    async def _dataset_scope() -> None:
+        view = app.view_functions.get(request.endpoint or "")
+        kind = getattr(view, "relay_scope", None)
+        if kind is None:
+            return
+        principal = authenticator.authenticate({k.lower(): v for k, v in request.headers.items()})
+        g.principal = principal
+        if len(request.query_string) > server.max_query_bytes:
+            raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
+        if kind == "authenticated":
+            return
+        ds = relay.dataset((request.view_args or {}).get("dataset", ""))
+        scope: str = getattr(ds.access, f"{kind}_scope")
+        audit_state = current_audit()
+        audit_state.target = ds.id
+        audit_state.extra["dataset"] = ds.id
+        audit_state.extra["scopes_used"] = scope
+        principal.require(scope)
+
+    def answer(
+        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snapshot: str
+    ) -> Response:
+        if not _wants_jose():
+            return _json(body)
+        if relay.signing_key is None:
+            raise NotAcceptable(
+                "this relay has no answer signing key", code="answer.signing_unavailable"
+            )
+        current_audit().extra["signed"] = True
+        route = web.route_template().split(" ", 1)[1]
+        token = relay.sign(dataset, route, snapshot, query_doc, body, g.get("request_id", ""))
+        return Response(token, status=200, content_type=JOSE)
+
+    @app.get("/healthz")
+    @public
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the event loop answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    @public
+    async def readyz() -> Response:
+        """Readiness: every table loaded (stale ones named) and the audit log writable."""
+        checks = readiness()
+        ok = all(c.get("ok") for c in checks.values())
+        return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+    async def openapi() -> Response:
+        """This API's OpenAPI 3.1 description."""
+        current_audit().action = "relay.openapi"
+        return _json(openapi_doc(app))
+
+    if server.openapi_requires_auth:
+        openapi = dataset_route("authenticated")(openapi)
+    else:
+        openapi = public(openapi)
+    app.get("/openapi.json")(openapi)
+
+    @app.get("/v1/datasets")
+    @dataset_route("authenticated")
+    async def list_datasets() -> Response:
+        """Datasets whose metadata scope the caller holds."""
+        principal = current_principal()
+        audit_state = current_audit()
+        audit_state.action = "relay.datasets"
+        visible = [d for d in relay.config.datasets if d.access.metadata_scope in principal.scopes]
+        if not visible:
+            raise ScopeDenied("no dataset's metadata scope is held by this credential")
+        audit_state.extra["scopes_used"] = ",".join(
+            sorted({d.access.metadata_scope for d in visible})
+        )
+        return _json(
+            {
+                "catalog": relay.config.catalog.model_dump(),
+                "instance": relay.config.instance.id,
+                "datasets": [
+                    {"id": d.id, "title": d.title, "sensitivity": d.sensitivity} for d in visible
+                ],
+            }
+        )
+
+    @app.get("/v1/datasets/<dataset>")
+    @dataset_route("metadata")
+    async def get_dataset(dataset: str) -> Response:
+        """One dataset's catalog metadata, entities and aggregates."""
+        current_audit().action = "relay.dataset"
+        return _json(relay.dataset_doc(relay.dataset(dataset)))
+
+    @app.get("/v1/datasets/<dataset>/entities")
+    @dataset_route("metadata")
+    async def list_entities(dataset: str) -> Response:
+        """A dataset's entities with their public fields."""
+        current_audit().action = "relay.entities"
+        ds = relay.dataset(dataset)
+        return _json(
+            {"entities": [relay.entity_doc(relay.entity(ds, e.name)) for e in ds.entities]}
+        )
+
+    @app.get("/v1/datasets/<dataset>/entities/<entity>")
+    @dataset_route("metadata")
+    async def get_entity(dataset: str, entity: str) -> Response:
+        """An entity's public fields, filters, limits and current snapshot digest."""
+        current_audit().action = "relay.entity"
+        return _json(relay.entity_doc(relay.entity(relay.dataset(dataset), entity)))
+
+    @app.get("/v1/datasets/<dataset>/entities/<entity>/records")
+    @dataset_route("read")
+    async def list_records(dataset: str, entity: str) -> Response:
+        """A page of records matching allowed filters; only declared fields."""
+        audit_state = current_audit()
+        audit_state.action = "relay.records"
+        view = relay.entity(relay.dataset(dataset), entity)
+        audit_state.target = f"{dataset}/{entity}"
+        audit_state.extra["entity"] = entity
+        _purpose(view.entity.require_purpose_header)
+        body, query_doc, snap = await relay.records(
+            view, list(request.args.items(multi=True)), audit_state
+        )
+        audit_state.extra["snapshot"] = snap.digest
+        return answer(body, dataset, query_doc, snap.digest)
+
+    @app.get("/v1/datasets/<dataset>/entities/<entity>/records/<record_id>")
+    @dataset_route("read")
+    async def get_record(dataset: str, entity: str, record_id: str) -> Response:
+        """One record by primary key; only declared fields."""
+        audit_state = current_audit()
+        audit_state.action = "relay.record"
+        view = relay.entity(relay.dataset(dataset), entity)
+        audit_state.target = f"{dataset}/{entity}"
+        audit_state.extra["entity"] = entity
+        _purpose(view.entity.require_purpose_header)
+        if request.args:
+            raise BadRequest("a record lookup takes no parameters", code="request.invalid")
+        body, query_doc, snap = relay.record(view, record_id, audit_state)
+        audit_state.extra["snapshot"] = snap.digest
+        return answer(body, dataset, query_doc, snap.digest)
+
+    @app.get("/v1/datasets/<dataset>/aggregates/<aggregate>")
+    @dataset_route("aggregate")
+    async def get_aggregate(dataset: str, aggregate: str) -> Response:
+        """Grouped counts, sums and averages with small cells suppressed."""
+        audit_state = current_audit()
+        audit_state.action = "relay.aggregate"
+        ds = relay.dataset(dataset)
+        agg, view = relay.aggregate_spec(ds, aggregate)
+        audit_state.target = f"{dataset}/{aggregate}"
+        audit_state.extra["aggregate"] = aggregate
+        body, query_doc, snap = await relay.aggregate(
+            ds, agg, view, list(request.args.items(multi=True)), audit_state
+        )
+        audit_state.extra["snapshot"] = snap.digest
+        return answer(body, dataset, query_doc, snap.digest)
+
+    check_routes(app)
+    return app
+
+
+def check_routes(app: QuartTrio) -> None:
+    """Fail closed: only the health checks (and a public OpenAPI) may skip credentials."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        if getattr(view, "required_scope", "<undeclared>") is None and not (
+            getattr(view, "relay_scope", None) in KINDS
+            or rule.rule in PUBLIC_ROUTES
+            or rule.rule == "/openapi.json"
+        ):
+            raise RuntimeError(f"route {rule.rule} would be served without a credential")
+
+
+def openapi_doc(app: QuartTrio) -> dict[str, Any]:
+    doc = build_openapi(app, title="assay relay", version=__version__, streaming={})
+    doc["components"]["securitySchemes"]["apiKey"] = {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    for rule in app.url_map.iter_rules():
+        kind = getattr(app.view_functions[rule.endpoint], "relay_scope", None)
+        if kind is None:
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for op in doc["paths"].get(path, {}).values():
+            op["security"] = [{"bearer": []}, {"apiKey": []}]
+            op["x-required-scope"] = (
+                "any credential" if kind == "authenticated" else f"datasets[].access.{kind}_scope"
+            )
+            if kind == "read":
+                op["parameters"].append(
+                    {"name": web.PURPOSE_HEADER, "in": "header", "schema": {"type": "string"}}
+                )
+    return doc

@@ -1,0 +1,90 @@
+"""Reading the relay's config file and the secrets it names, failing closed.
+
+Why separate from ``config``: that module is pure; this one touches the file system and
+the environment. Every secret is read once at startup through the core's ``read_secret``
+(mode checks, size bounds, no secret in a message), and every API key's fingerprint is
+checked against its commitment before the relay serves anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from assay.core.errors import ConfigError, SecretError
+from assay.core.secrets import read_secret, resolve_path
+from assay.core.tokens import TokenRecord
+from assay.relay import apikeys, jws
+from assay.relay.config import RelayConfig, parse_config
+from assay.relay.snapshot import TableState
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: RelayConfig
+    base: Path
+    source: Path
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+
+@dataclass(frozen=True)
+class RelaySecrets:
+    audit_key: bytes
+    api_keys: tuple[TokenRecord, ...]
+    signing_key: Ed25519PrivateKey | None
+
+
+def load_config(path: Path) -> LoadedConfig:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config {path} unreadable: {exc.strerror}") from None
+    config = parse_config(text, source=str(path))
+    return LoadedConfig(config, path.resolve().parent, path)
+
+
+def load_secrets(loaded: LoadedConfig) -> RelaySecrets:
+    """Audit key, API-key fingerprints (checked against commitments) and signing key."""
+    cfg, base = loaded.config, loaded.base
+    audit_key = read_secret(cfg.audit.hmac_key, base=base)
+    records: list[TokenRecord] = []
+    for i, key in enumerate(cfg.auth.api_keys):
+        where = f"auth.api_keys[{i}]"
+        try:
+            fp = read_secret(key.fingerprint, base=base, min_bytes=1).decode()
+        except SecretError as exc:
+            raise SecretError(f"{where}.fingerprint: {exc.detail}", path=where) from None
+        except UnicodeDecodeError:
+            raise SecretError(f"{where}.fingerprint: not text", path=where) from None
+        apikeys.check(key.id, fp, key.commitment, where=where)
+        records.append(TokenRecord(id=key.id, fingerprint=fp, scopes=frozenset(key.scopes)))
+    signing: Ed25519PrivateKey | None = None
+    if cfg.instance.answer_signing is not None:
+        raw = read_secret(cfg.instance.answer_signing.key, base=base)
+        signing = jws.load_private_key(raw)
+    return RelaySecrets(audit_key, tuple(records), signing)
+
+
+def token_path(loaded: LoadedConfig) -> Path | None:
+    ref = loaded.config.auth.token_file
+    if ref is None:
+        return None
+    path = resolve_path(ref, base=loaded.base)
+    if path is None:
+        raise SecretError("auth.token_file must be a file or a credential, not an env variable")
+    return path
+
+
+def table_states(loaded: LoadedConfig) -> list[TableState]:
+    cfg = loaded.config
+    states: list[TableState] = []
+    for ds in cfg.datasets:
+        for table in ds.tables:
+            cap = min(table.max_bytes or cfg.server.max_source_bytes, cfg.server.max_source_bytes)
+            states.append(TableState(ds.id, table, loaded.path(table.source.path), cap))
+    return states
