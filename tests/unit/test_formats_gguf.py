@@ -228,6 +228,30 @@ def test_gguf_header_bigger_than_the_budget_is_refused_without_reading_it() -> N
     assert fake.total < 4 << 20
 
 
+def test_gguf_bad_string_deep_inside_a_long_string_array_is_refused() -> None:
+    vocab = ["tok"] * 5000
+    bad = small_gguf().kv("tokens", ARRAY, (STRING, [*vocab, b"\xff\xfe", *vocab])).build()
+    assert reason(bad) == "gguf.bad_utf8"
+    long = small_gguf().kv("tokens", ARRAY, (STRING, [*vocab, "x" * (gguf.MAX_STRING_BYTES + 1)]))
+    assert reason(long.build()) == "gguf.string_too_long"
+    cut = GGUF(kv_count=1).build() + gguf_string("k") + struct.pack("<IIQ", ARRAY, STRING, 3)
+    assert reason(cut + gguf_string("a") + gguf_string("b") + struct.pack("<Q", 9)) == (
+        "gguf.truncated"
+    )
+
+
+def test_gguf_string_array_spanning_many_read_chunks_is_accepted() -> None:
+    vocab = [f"token-{i}-" + "é" * (i % 50) for i in range(40_000)]  # ~3 MiB of strings
+    g = small_gguf().kv("tokenizer.ggml.tokens", ARRAY, (STRING, vocab))
+    assert inspect_bytes(g.build()).details["metadata_count"] == 3
+
+
+def test_gguf_too_many_nested_arrays_are_refused() -> None:
+    inner = (UINT8, [])
+    g = small_gguf().kv("k", ARRAY, (ARRAY, [inner] * (gguf.MAX_NESTED_ARRAYS + 1)))
+    assert reason(g.build()) == "gguf.array_too_long"
+
+
 def test_gguf_array_nesting_too_deep_is_refused() -> None:
     value: tuple[int, list[object]] = (UINT8, [1])
     for _ in range(gguf.MAX_ARRAY_DEPTH):

@@ -27,6 +27,9 @@ MAX_KEY_BYTES = 0xFFFF  # the spec's limit on key length
 MAX_TENSOR_NAME_BYTES = 63  # ggml's GGML_MAX_NAME (64) includes the terminating NUL
 MAX_ARRAY_LEN = 1 << 24
 MAX_ARRAY_DEPTH = 4
+#: Arrays inside arrays, in the whole file. llama.cpp refuses nested arrays outright; this
+#: keeps the per-element walk over them cheap.
+MAX_NESTED_ARRAYS = 1 << 16
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ALIGNMENT = 1 << 16
 DEFAULT_ALIGNMENT = 32
@@ -34,6 +37,7 @@ DEFAULT_ALIGNMENT = 32
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 1 << 20
 I64_MAX = (1 << 63) - 1
+_U64 = struct.Struct("<Q")
 
 # Value types (gguf.md "gguf_metadata_value_type").
 _UINT32, _BOOL, _STRING, _ARRAY = 4, 7, 8, 9
@@ -102,6 +106,7 @@ class _Cursor:
         self._buf = b""
         self._buf_start = 0
         self.pos = 0
+        self.nested_arrays = 0
 
     def room(self) -> int:
         """Bytes the header may still use."""
@@ -146,6 +151,31 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _refuse("bad_utf8", f"{what} at {self.pos - length} is not UTF-8") from None
+
+    def skip_strings(self, count: int, limit: int) -> None:
+        """``count`` strings in a row (a tokenizer vocabulary): the hot loop, kept tight.
+
+        Strings wholly inside the buffer are checked in place; anything else (a refill, an
+        over-long or non-UTF-8 string) goes through ``string``, which reads or refuses it.
+        """
+        unpack = _U64.unpack_from
+        done = 0
+        while done < count:
+            self.string(limit, "string value")
+            done += 1
+            buf, p = self._buf, self.pos - self._buf_start
+            end = len(buf)
+            while done < count and p + 8 <= end:
+                (length,) = unpack(buf, p)
+                if length > limit or p + 8 + length > end:
+                    break
+                try:
+                    buf[p + 8 : p + 8 + length].decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+                p += 8 + length
+                done += 1
+            self.pos = self._buf_start + p
 
 
 def inspect_gguf(read_at: ReadAt, size: int) -> dict[str, object]:
@@ -244,9 +274,14 @@ def _skip_array(cur: _Cursor, depth: int) -> None:
         _check_bools(cur.take(length))
     elif itype in _SCALAR_BYTES:
         cur.skip(length * _SCALAR_BYTES[itype])
+    elif itype == _STRING:
+        cur.skip_strings(length, MAX_STRING_BYTES)
     else:
+        cur.nested_arrays += length
+        if cur.nested_arrays > MAX_NESTED_ARRAYS:
+            raise _refuse("array_too_long", f"more than {MAX_NESTED_ARRAYS} nested arrays")
         for _ in range(length):
-            _skip_value(cur, itype, depth + 1)
+            _skip_array(cur, depth + 1)
 
 
 def _check_bools(raw: bytes) -> None:
@@ -272,14 +307,13 @@ def _read_tensor_infos(
         n_dims = cur.u32()
         if n_dims > MAX_DIMS:
             raise _refuse("bad_dims", f"tensor {name!r} has {n_dims} dimensions (max {MAX_DIMS})")
-        dims = [cur.u64() for _ in range(n_dims)]
+        *dims, type_id, offset = struct.unpack(f"<{n_dims}QIQ", cur.take(8 * n_dims + 12))
         elements = 1
         for dim in dims:
             elements *= dim
             if not 0 < dim <= I64_MAX or elements > I64_MAX:
                 raise _refuse("bad_dims", f"tensor {name!r} has dimensions {dims}")
         # Step 12 (GG-12: known ggml type)
-        type_id = cur.u32()
         if type_id not in GGML_TYPES:
             raise _refuse("bad_tensor_type", f"tensor {name!r} has unknown ggml type {type_id}")
         type_name, block, block_bytes = GGML_TYPES[type_id]
@@ -287,7 +321,6 @@ def _read_tensor_infos(
         if (dims[0] if dims else 1) % block:
             raise _refuse("bad_block", f"tensor {name!r} row is not a multiple of {block}")
         # Step 14 (GG-14: offset aligned, relative to the data section)
-        offset = cur.u64()
         if offset % alignment:
             raise _refuse("bad_tensor_offset", f"tensor {name!r} offset {offset} is unaligned")
         tensors.append((offset, elements // block * block_bytes, name))

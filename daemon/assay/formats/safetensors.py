@@ -25,7 +25,9 @@ MAX_TENSORS = 1 << 18
 MAX_RANK = 32
 MAX_DIM = (1 << 63) - 1  # numpy and torch keep dimensions in a signed 64-bit integer
 U64_MAX = (1 << 64) - 1
-#: Upper bound on ``,`` in a header: about 4 + rank per tensor, generous for metadata.
+#: Upper bounds on ``:`` (object members: 4 per tensor) and ``,`` (about 4 + rank per
+#: tensor) in a header, with room for metadata; they cap what parsing can allocate.
+MAX_COLONS = 5 * MAX_TENSORS
 MAX_COMMAS = 1 << 22
 PREFIX_BYTES = 8
 
@@ -108,8 +110,8 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     # blow up memory: every tensor entry is an object, every extra value needs a comma)
     if raw.count(b"{") > MAX_TENSORS + 2:
         raise _refuse("too_many_tensors", f"header has more than {MAX_TENSORS} objects")
-    if raw.count(b",") > MAX_COMMAS:
-        raise _refuse("header_too_complex", f"header has more than {MAX_COMMAS} values")
+    if raw.count(b":") > MAX_COLONS or raw.count(b",") > MAX_COMMAS:
+        raise _refuse("header_too_complex", "header has too many members or values")
     # Step 7 (ST-7: strict JSON: no duplicate keys, NaN, floats, negatives, huge ints)
     try:
         parsed = json.loads(
@@ -130,19 +132,24 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _refuse("duplicate_key", f"JSON key {key[:64]!r} appears twice")
-        _check_text(key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: only then look for the culprit
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _refuse("duplicate_key", f"JSON key {key[:64]!r} appears twice")
+            seen.add(key)
     return out
 
 
-def _check_text(value: str) -> None:
-    """JSON escapes can spell lone surrogates, which are not Unicode text (serde refuses)."""
+def _check_text(strings: list[str]) -> None:
+    """JSON escapes can spell lone surrogates, which are not Unicode text (serde refuses).
+
+    Only strings that survive into a valid header are checked (names, metadata); one
+    joined encode keeps it fast. Surrogates never combine in a Python ``str``.
+    """
     try:
-        value.encode("utf-8")
+        "".join(strings).encode("utf-8")
     except UnicodeEncodeError:
         raise _refuse("bad_json", "header string holds a lone surrogate") from None
 
@@ -168,8 +175,8 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
     if _METADATA_KEY in header:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise _refuse("bad_metadata", "__metadata__ must map strings to strings")
-        for value in metadata.values():
-            _check_text(value)
+        _check_text([*metadata, *metadata.values()])
+    _check_text(list(header))
     entries = [(k, v) for k, v in header.items() if k != _METADATA_KEY]
     spans: list[tuple[int, int, str]] = []
     dtypes: set[str] = set()
