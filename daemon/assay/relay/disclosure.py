@@ -7,7 +7,8 @@ The rules (docs/relay.md explains why each is needed):
 2. Filters may only name dimension fields (enforced in config), so a filter selects whole
    cells and never splits one: every number published is a cell of one fixed table.
 3. A cell whose row count is below ``min_group_size`` is suppressed (omitted or masked);
-   a sum or average whose non-null contributors are below it is masked on its own.
+   a sum or average whose non-null contributors are below it is masked on its own, and so
+   is a count of a field's values when it or its complement (the nulls) is below it.
 4. Totals are computed over the published values only, so ``total - sum(published)`` is
    always zero, and the response says how many groups were suppressed, never their sum.
 5. One aggregate per source population (enforced in config), so two groupings cannot be
@@ -65,9 +66,12 @@ def _value(row: dict[str, Any], ind_fn: str, field: str | None) -> tuple[Any, An
     return (total / n if n else None), total, n
 
 
-def _too_few(rows: int, contributors: int, k: int) -> bool:
-    """Fewer than k contributors, or fewer than k rows left out (the complement)."""
-    return contributors < k or 0 < rows - contributors < k
+def _too_few(fn: str, rows: int, contributors: int, k: int) -> bool:
+    """Fewer than k contributors; for a count of a field's values, also fewer than k left
+    out, since ``rows - count`` would publish the small complement (e.g. "3 unknown")."""
+    if contributors < k:
+        return True
+    return fn == "count" and 0 < rows - contributors < k
 
 
 def aggregate(
@@ -113,7 +117,7 @@ def aggregate(
             continue
         for ind in agg.indicators:
             value, raw_sum, contributors = _value(row, ind.function, ind.field)
-            if value is not None and _too_few(row[ROWS], contributors, k):
+            if value is not None and _too_few(ind.function, row[ROWS], contributors, k):
                 value = None  # a value over too few people is itself a disclosure
                 suppressed_values += 1
             cell[ind.id] = value

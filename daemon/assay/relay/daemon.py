@@ -1,0 +1,147 @@
+"""``assay relay serve``: the relay as its own process, own socket, own audit writer.
+
+Mirrors the registry daemon: startup fails closed (a missing or mismatched API-key
+fingerprint, a weak secret, a table that does not load, a non-loopback bind not allowed);
+READY=1 is sent only once every table is loaded, the audit writer runs and hypercorn
+serves the socket. Each table is watched by its refresh mode; SIGHUP reloads every table
+(the ``manual`` mode's trigger); SIGTERM and SIGINT drain and close the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from assay import __version__
+from assay.core import logsetup
+from assay.core.audit.runtime import AuditRuntime, open_audit
+from assay.core.systemd import Notifier, listen_fds, watchdog_interval
+from assay.relay.settings import LoadedConfig, load_secrets
+from assay.relay.snapshot import SnapshotStore
+from assay.relay.wiring import assemble, tables_check
+
+log = logging.getLogger("assay.relay")
+
+
+def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
+    server = loaded.config.server
+    hc = HyperConfig()
+    fds = listen_fds()
+    hc.bind = [f"fd://{fds[0]}"] if fds else [server.bind]
+    if server.unix_socket:
+        hc.bind.append(f"unix:{loaded.path(server.unix_socket)}")
+    hc.h11_max_incomplete_size = server.max_header_bytes
+    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
+    hc.graceful_timeout = server.shutdown_timeout_seconds
+    hc.include_server_header = False
+    hc.include_date_header = True
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("assay.hypercorn")
+    hc.alpn_protocols = ["http/1.1"]
+    return hc
+
+
+def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:
+    logsetup.event(
+        "checkpoint",
+        f"relay audit checkpoint size={checkpoint.get('size')}",
+        seq=checkpoint.get("size"),
+        head=checkpoint.get("head_hash"),
+    )
+
+
+def _status_line(store: SnapshotStore) -> str:
+    status = store.status()
+    stale = sum(1 for t in status.values() if t["stale"])
+    return f"{len(status)} tables loaded" + (f", {stale} stale" if stale else "")
+
+
+async def run(
+    loaded: LoadedConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    cfg = loaded.config
+    notifier = Notifier()
+    notifier.status("starting")
+    secrets = await trio.to_thread.run_sync(load_secrets, loaded)
+    audit: AuditRuntime = await trio.to_thread.run_sync(
+        partial(open_audit, cfg.audit, base=loaded.base, on_checkpoint=_on_checkpoint)
+    )
+
+    def readiness(store: SnapshotStore) -> dict[str, Any]:
+        return {
+            "tables": tables_check(store),
+            "audit": {"ok": audit.writer.healthy, "seq": audit.writer.head_seq},
+        }
+
+    parts = await trio.to_thread.run_sync(
+        partial(assemble, loaded, secrets, audit=audit.writer, readiness=readiness)
+    )
+    started = time.monotonic()
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.writer.run)
+        if parts.has_token_file:
+            nursery.start_soon(parts.authenticator.watch)
+        for state in parts.store.tables():
+            nursery.start_soon(parts.store.watch, state)
+        binds: list[str] = await nursery.start(
+            partial(
+                hypercorn_serve, parts.app, hypercorn_config(loaded), shutdown_trigger=shutdown.wait
+            )  # type: ignore[arg-type]
+        )
+        nursery.start_soon(_signals, shutdown, notifier, parts.store)
+        interval = watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(_watchdog, notifier, interval, audit)
+        notifier.ready(_status_line(parts.store))
+        logsetup.event(
+            "startup",
+            f"assay relay {__version__} serving on {', '.join(binds)}",
+            state="ready",
+            seq=audit.writer.head_seq,
+        )
+        task_status.started(binds)
+        await shutdown.wait()
+        notifier.stopping()
+        with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
+            await audit.writer.drain()
+        await audit.writer.close()
+        logsetup.event(
+            "shutdown",
+            "assay relay stopped",
+            seq=audit.writer.head_seq,
+            uptime=round(time.monotonic() - started),
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def _signals(shutdown: trio.Event, notifier: Notifier, store: SnapshotStore) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: reloading every table")
+                await store.reload_all()
+                notifier.status(_status_line(store))
+                continue
+            log.info("shutdown requested")
+            notifier.stopping()
+            shutdown.set()
+            return
+
+
+async def _watchdog(notifier: Notifier, interval: float, audit: AuditRuntime) -> None:
+    """Ping only while the loop runs and the audit log can still be written."""
+    while True:
+        if await trio.to_thread.run_sync(audit.writable) and audit.writer.healthy:
+            notifier.watchdog()
+        else:
+            log.error("watchdog: audit log not writable; withholding ping")
+        await trio.sleep(interval)

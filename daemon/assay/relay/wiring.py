@@ -1,0 +1,81 @@
+"""Assembling a relay from a loaded config: snapshots, service, authenticator, app.
+
+Why its own module: the daemon and the tests build the relay the same way, and the tests
+must not depend on the process-level pieces (sockets, signals, the audit writer task).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quart_trio import QuartTrio
+
+from assay.core.authn import Authenticator
+from assay.core.web import AuditSink
+from assay.relay import apikeys
+from assay.relay.app import create_app
+from assay.relay.service import Relay
+from assay.relay.settings import LoadedConfig, RelaySecrets, table_states, token_path
+from assay.relay.snapshot import SnapshotStore
+
+#: Used when no token file is configured: never loaded, so it holds no tokens.
+NO_TOKEN_FILE = Path("/nonexistent/assay-relay-no-token-file")
+
+
+@dataclass
+class Assembled:
+    relay: Relay
+    store: SnapshotStore
+    authenticator: Authenticator
+    app: QuartTrio
+    has_token_file: bool
+
+
+def tables_check(store: SnapshotStore) -> dict[str, Any]:
+    """Ready while every table has a snapshot; a failed reload shows as ``stale``."""
+    status = store.status()
+    return {
+        "ok": all(t["ok"] for t in status.values()),
+        "stale": sorted(name for name, t in status.items() if t["stale"]),
+        "tables": status,
+    }
+
+
+def authenticator_for(loaded: LoadedConfig, secrets: RelaySecrets) -> tuple[Authenticator, bool]:
+    verify = apikeys.verifier(secrets.api_keys)
+    path = token_path(loaded)
+    authn = Authenticator(path or NO_TOKEN_FILE, extra={"x-api-key": verify, "bearer": verify})
+    return authn, path is not None
+
+
+def assemble(
+    loaded: LoadedConfig,
+    secrets: RelaySecrets,
+    *,
+    audit: AuditSink,
+    readiness: Callable[[SnapshotStore], dict[str, Any]] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Assembled:
+    """Blocking (loads every table and the token file): run it in a worker thread."""
+    store = SnapshotStore(table_states(loaded))
+    store.load_all_blocking()
+    extra = {} if clock is None else {"clock": clock}
+    relay = Relay(
+        loaded.config,
+        store,
+        audit_key=secrets.audit_key,
+        signing_key=secrets.signing_key,
+        **extra,
+    )
+    authn, has_tokens = authenticator_for(loaded, secrets)
+    if has_tokens:
+        authn.load()
+
+    def ready() -> dict[str, Any]:
+        return readiness(store) if readiness is not None else {"tables": tables_check(store)}
+
+    app = create_app(relay, authenticator=authn, audit=audit, readiness=ready)
+    return Assembled(relay, store, authn, app, has_tokens)
