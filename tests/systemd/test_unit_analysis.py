@@ -1,0 +1,174 @@
+"""Static checks of the shipped units: exposure score, ``systemd-analyze verify``, and the
+settings the appliance relies on. No systemd is booted; ``systemd-analyze`` is needed for
+the first two (skipped without it)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "units"
+SERVICES = ["assay.service", "assay-relay.service"]
+SOCKETS = {"assay.socket": "127.0.0.1:8470", "assay-relay.socket": "127.0.0.1:8480"}
+MAX_EXPOSURE = 0.5
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+
+pytestmark = pytest.mark.systemd
+
+
+def directives(unit: str) -> dict[str, list[str]]:
+    """``Key=value`` lines of a unit file (all sections), in order, keyed by name."""
+    out: dict[str, list[str]] = {}
+    for line in (UNITS / unit).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def exposure(unit: str) -> tuple[float, str]:
+    proc = subprocess.run(
+        [
+            ANALYZE or "systemd-analyze",
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            str(UNITS / unit),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout)
+    assert match, f"no exposure line:\n{proc.stdout}\n{proc.stderr}"
+    return float(match.group(1)), proc.stdout
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", SERVICES)
+def test_exposure_is_at_most_half(unit: str) -> None:
+    score, report = exposure(unit)
+    assert score <= MAX_EXPOSURE, f"{unit} scores {score} > {MAX_EXPOSURE}:\n{report}"
+
+
+@needs_analyze
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    """Verify in a scratch root: the real unit directory for dependencies (sysinit.target,
+    sockets.target...), the units as a package installs them, and a stand-in for the
+    /opt/assay/bin/assay executable that verify insists exists (the booted tests run the
+    real one)."""
+    root = tmp_path / "root"
+    system_dir = Path("/lib/systemd/system")
+    if not (system_dir / "sysinit.target").exists():
+        pytest.skip("no system unit directory with sysinit.target to verify against")
+    (root / "lib" / "systemd").mkdir(parents=True)
+    shutil.copytree(system_dir, root / "lib" / "systemd" / "system", symlinks=True)
+    exe = root / "opt" / "assay" / "bin" / "assay"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    target = root / "etc" / "systemd" / "system"
+    target.mkdir(parents=True)
+    names = [*SERVICES, *SOCKETS]
+    for name in names:
+        shutil.copy(UNITS / name, target / name)
+    proc = subprocess.run(
+        [ANALYZE or "systemd-analyze", "verify", f"--root={root}", "--man=no", *names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.parametrize(("unit", "listen"), sorted(SOCKETS.items()))
+def test_sockets_listen_on_loopback(unit: str, listen: str) -> None:
+    d = directives(unit)
+    assert d["ListenStream"] == [listen]
+    assert d.get("Accept", ["no"]) == ["no"]
+    assert d["Service"] == [unit.replace(".socket", ".service")]
+
+
+REQUIRED = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "Restart": "on-failure",
+    "DynamicUser": "yes",
+    "UMask": "0077",
+    "PrivateNetwork": "yes",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "IPAddressDeny": "any",
+    "MemoryDenyWriteExecute": "yes",
+    "CapabilityBoundingSet": "",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "PrivateUsers": "yes",
+    "NoNewPrivileges": "yes",
+    "RestrictNamespaces": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectProc": "invisible",
+    "SystemCallArchitectures": "native",
+    "StateDirectory": "assay",
+    "LogsDirectory": "assay",
+    "ConfigurationDirectory": "assay",
+}
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_service_carries_the_required_settings(unit: str) -> None:
+    d = directives(unit)
+    for key, value in REQUIRED.items():
+        assert d.get(key) == [value], f"{unit}: {key}={d.get(key)} (want {value!r})"
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert d["WatchdogSec"], "WatchdogSec= missing"
+    for limit in ("MemoryMax", "TasksMax", "LimitNOFILE"):
+        assert d.get(limit), f"{unit}: {limit}= missing"
+    assert d["Requires"] == [unit.replace(".service", ".socket")]
+
+
+def credential_refs(obj: object) -> set[str]:
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        if set(obj) == {"credential"}:
+            found.add(str(obj["credential"]))
+        for value in obj.values():
+            found |= credential_refs(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            found |= credential_refs(value)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("unit", "config"), [("assay.service", "config.yaml"), ("assay-relay.service", "relay.yaml")]
+)
+def test_every_credential_the_config_names_is_loaded(unit: str, config: str) -> None:
+    """Each ``{credential: NAME}`` in the packaged config has a LoadCredential=NAME:... line
+    whose source is root-only /etc/assay/credentials/NAME; no secret comes from a file path
+    or the environment in the packaged configs."""
+    path = ROOT / "packaging" / config
+    if not path.exists():
+        pytest.skip(f"packaging/{config} not shipped yet")
+    doc = yaml.safe_load(path.read_text())
+    refs = credential_refs(doc)
+    assert refs, f"{config} names no credentials"
+    loaded = dict(v.split(":", 1) for v in directives(unit).get("LoadCredential", []))
+    for name in refs:
+        assert loaded.get(name) == f"/etc/assay/credentials/{name}", (unit, name, loaded)
+    text = path.read_text()
+    assert "{file:" not in text and "{env:" not in text
