@@ -214,6 +214,25 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
     assert sniff.pickle_stream_is_live(fake, len(data), data[: sniff.HEAD_PROBE_BYTES])
 
 
+@pytest.mark.parametrize(
+    ("stream", "live"),
+    [
+        (b"S'abc'\n.", True),
+        (b"Sabc\n.", False),  # STRING's argument must be quoted
+        (b"cos\nsystem\n", True),
+        (b"c\x00os\nsystem\n", False),  # not an importable module name
+        (b"I" + b"1" * 5000 + b"\n.", False),  # int() refuses that many digits
+        (b"\x80\x06.", False),  # protocol 6 does not exist
+        (b"\x80\x05\x93", True),
+        (b".", False),  # STOP on an empty stack
+        (b"N.", True),
+        (b"\x95" + bytes(8) + b"N", False),  # ends mid-stream
+    ],
+)
+def test_pickle_walk_verdicts(stream: bytes, live: bool) -> None:
+    assert sniff.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
+
+
 # --- read discipline ----------------------------------------------------------------------------
 
 

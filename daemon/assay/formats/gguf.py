@@ -108,10 +108,6 @@ class _Cursor:
         self.pos = 0
         self.nested_arrays = 0
 
-    def room(self) -> int:
-        """Bytes the header may still use."""
-        return self._limit - self.pos
-
     def need(self, n: int) -> None:
         """Refuse unless ``n`` more header bytes exist in the file and in the budget."""
         if self.pos + n > self._size:

@@ -103,6 +103,7 @@ _SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
 _NAME_LINE_MAX = 1024
 _IMPORTING_OPS = frozenset(b"ci\x93")  # GLOBAL, INST, STACK_GLOBAL: import a callable
 _STOP = ord(".")
+_STRING_NL = ord("S")
 _PROTO = 0x80
 _HIGHEST_PROTOCOL = 5
 _LEN_WIDTH = {_LEN1: 1, _LEN4S: 4, _LEN4U: 4, _LEN8U: 8}
@@ -220,6 +221,8 @@ def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
             cap = _SHORT_LINE_MAX
         else:
             cap = probe.size
+        if op == _STRING_NL and probe.take(pos, 1) not in (b"'", b'"'):
+            return None  # STRING's argument must be quoted
         end = probe.line_end(pos, cap)
         if end is None:
             return None
