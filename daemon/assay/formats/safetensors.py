@@ -63,8 +63,18 @@ def _refuse(what: str, detail: str) -> FormatRefused:
 
 
 def looks_like_safetensors(head: bytes, size: int) -> bool:
-    """Whether to judge the file as safetensors: a JSON-ish byte right after the length."""
-    return size > PREFIX_BYTES and head[PREFIX_BYTES : PREFIX_BYTES + 1] in (b"{", b" ", b"\n")
+    """Whether to judge the file as safetensors (and so report ``safetensors.*`` reasons).
+
+    A ``{`` right after the 8-byte length; or whitespace there (which the reference would
+    skip) when the length also fits the file, so plain text is not mistaken for a header.
+    """
+    if size <= PREFIX_BYTES or len(head) <= PREFIX_BYTES:
+        return False
+    first = head[PREFIX_BYTES : PREFIX_BYTES + 1]
+    if first == b"{":
+        return True
+    (n,) = struct.unpack_from("<Q", head)
+    return first in (b" ", b"\t", b"\n", b"\r") and n <= size - PREFIX_BYTES
 
 
 def inspect_safetensors(read_at: ReadAt, size: int) -> dict[str, object]:
