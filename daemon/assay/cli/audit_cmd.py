@@ -1,0 +1,298 @@
+"""``assay audit ...``, ``assay receipt verify`` and ``assay keys generate`` (all offline).
+
+``audit verify`` exits 0 when the log is intact, 1 with every break listed by seq and
+file:line, 2 on a usage or I/O problem (missing file, unreadable key). The other commands
+raise typed errors and let ``assay.cli.main`` map them to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from assay.cli.output import emit_json
+from assay.core.audit import files
+from assay.core.audit.checkpoint import Checkpoint, parse_checkpoint, parse_proof, verify_proof
+from assay.core.audit.receipt import verify_receipt
+from assay.core.audit.verify import verify_stream
+from assay.core.errors import AssayError, ChainBroken, ConfigError
+
+#: Breaks printed in text mode (``--json`` lists up to ``--max-breaks``).
+SHOW_BREAKS = 50
+
+
+class AuditInputError(ConfigError):
+    """A CLI input (log file, key, checkpoint) is missing or unusable: exit code 2.
+
+    Defined here until it moves to ``assay.core.errors``.
+    """
+
+    code = "audit.input_invalid"
+    title = "Audit command input unusable"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    audit = sub.add_parser("audit", help="verify, prove and recover the audit log (offline)")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    p = asub.add_parser("verify", help="verify log files; exit 0 intact, 1 broken, 2 error")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="log files in order, or audit dirs")
+    p.add_argument("--key-file", type=Path, help="HMAC key file (without it: not authenticated)")
+    p.add_argument("--checkpoint", type=Path, help="file of signed checkpoints (JSON lines)")
+    p.add_argument("--public-key", type=Path, action="append", default=[],
+                   help="trusted Ed25519 public key (PEM); repeat for rotated keys")  # fmt: skip
+    p.add_argument("--max-breaks", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = asub.add_parser("recover", help="move a torn tail aside and record the recovery")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--key-file", type=Path, required=True)
+    p.add_argument("--signing-key", type=Path, help="sign a checkpoint after recovering")
+    p.add_argument("--log-id", default="assay")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recover)
+
+    p = asub.add_parser("prove", help="inclusion proof of record SEQ against the latest checkpoint")
+    p.add_argument("seq", type=int)
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="print the proof object only")
+    p.set_defaults(func=cmd_prove)
+
+    p = asub.add_parser("verify-proof", help="check an inclusion proof with a public key")
+    p.add_argument("proof", help="proof JSON file, or - for stdin")
+    p.add_argument("--public-key", type=Path, action="append", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify_proof)
+
+    receipt = sub.add_parser("receipt", help="verify a signed mutation receipt (offline)")
+    rsub = receipt.add_subparsers(dest="receipt_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("verify", help="check a receipt's signature (and that the log has it)")
+    p.add_argument("receipt", help="header value, JSON, a file holding either, or - for stdin")
+    p.add_argument("--public-key", type=Path, action="append", required=True)
+    p.add_argument("--log", type=Path, metavar="DIR", help="also find the record in this log")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_receipt_verify)
+
+    keys = sub.add_parser("keys", help="audit signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser("generate", help="create audit-signing.key (0600) and .pub (0644)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_generate)
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def _log_paths(args: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            segments = files.segment_paths(path)
+            if not segments:
+                raise AuditInputError(f"{path} holds no audit log files")
+            out.extend(segments)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise AuditInputError(f"{path}: no such log file or directory")
+    return out
+
+
+def _public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
+    from assay.core.audit.keys import load_public_key
+
+    try:
+        return [load_public_key(p) for p in paths]
+    except AssayError as exc:
+        raise AuditInputError(exc.detail) from None
+
+
+def _hmac_key(path: Path | None) -> bytes | None:
+    from assay.core.audit.keys import load_hmac_key
+
+    if path is None:
+        return None
+    try:
+        return load_hmac_key(path)
+    except AssayError as exc:
+        raise AuditInputError(exc.detail) from None
+
+
+def _checkpoints(path: Path) -> list[Checkpoint]:
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise AuditInputError(f"checkpoint file {path}: {exc.strerror}") from None
+    cps: list[Checkpoint] = []
+    for line in lines:
+        if line.strip():
+            try:
+                cps.append(parse_checkpoint(line))
+            except AssayError as exc:
+                raise AuditInputError(f"{path}: {exc.detail}") from None
+    if not cps:
+        raise AuditInputError(f"{path} holds no checkpoint")
+    return cps
+
+
+def _text_arg(value: str) -> str:
+    """A literal argument, ``-`` for stdin, or the contents of the file it names."""
+    if value == "-":
+        return sys.stdin.read()
+    path = Path(value)
+    if len(value) < 4096 and path.is_file():
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuditInputError(f"{path}: {exc}") from None
+    return value
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    key = _hmac_key(args.key_file)
+    cps = _checkpoints(args.checkpoint) if args.checkpoint else []
+    if cps and not args.public_key:
+        raise AuditInputError("--checkpoint needs --public-key to authenticate it")
+    public = _public_keys(args.public_key)
+    paths = _log_paths(args.logs)
+    try:
+        report = verify_stream(((str(p), files.file_chunks(p)) for p in paths), key, cps, public,
+                               max_breaks=args.max_breaks)  # fmt: skip
+    except OSError as exc:
+        raise AuditInputError(f"reading the log failed: {exc}") from None
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        auth = "authenticated" if report.authenticated else "NOT authenticated (no --key-file)"
+        state = "intact" if report.ok else f"BROKEN: {report.breaks_total} break(s)"
+        print(f"audit log {state}: {report.records} records in {len(report.files)} file(s), "
+              f"head seq {report.head_seq}, {auth}, "
+              f"{report.checkpoints_checked} checkpoint(s) checked")  # fmt: skip
+        shown = report.breaks[:SHOW_BREAKS]
+        for b in shown:
+            print(f"  {b}")
+        if report.breaks_total > len(shown):
+            print(f"  ... and {report.breaks_total - len(shown)} more (--json lists them)")
+        mismatched = sum(1 for b in report.breaks if b.kind == "self_mismatch")
+        if report.records and mismatched == min(report.records, len(report.breaks)):
+            print("  hint: every record fails its HMAC; is --key-file the log's key?")
+    return 0 if report.ok else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from assay.core.audit.keys import load_private_key
+    from assay.core.audit.log import AuditLog
+
+    key = _hmac_key(args.key_file)
+    assert key is not None
+    signing = load_private_key(args.signing_key) if args.signing_key else None
+    if not files.is_log_dir(args.dir):
+        raise AuditInputError(f"{args.dir} is not an audit log directory")
+    record = AuditLog.recover(args.dir, key, log_id=args.log_id, signing_key=signing)
+    if args.json:
+        emit_json({"recovered": record is not None, "record": record})
+    elif record is None:
+        print("nothing to recover: the log ends cleanly")
+    else:
+        extra: dict[str, Any] = record["extra"]
+        print(f"recovered: {extra['torn_bytes']} torn byte(s) moved to {extra['torn_file']} "
+              f"(sha256 {extra['torn_sha256']}); recorded as seq {record['seq']}")  # fmt: skip
+    return 0
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    from assay.core.audit.reader import prove
+
+    if not files.is_log_dir(args.dir):
+        raise AuditInputError(f"{args.dir} is not an audit log directory")
+    proof = prove(args.dir, args.seq)
+    if args.json:
+        emit_json(proof.to_dict())
+    else:
+        print(f"record {proof.seq} is included in checkpoint size {proof.size} "
+              f"(root {proof.checkpoint.merkle_root}, {len(proof.path)} path hashes)")  # fmt: skip
+        print("use --json to save the proof for `assay audit verify-proof`")
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    proof = parse_proof(_text_arg(args.proof))
+    record = verify_proof(proof, _public_keys(args.public_key))
+    if args.json:
+        emit_json({"ok": True, "seq": proof.seq, "checkpoint_size": proof.size, "record": record})
+    else:
+        print(
+            f"proof ok: record {proof.seq} ({record.get('action')}) is in the log "
+            f"under checkpoint size {proof.size} signed by {proof.checkpoint.key_id}"
+        )
+    return 0
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    receipt = verify_receipt(_text_arg(args.receipt), _public_keys(args.public_key))
+    in_log = None
+    if args.log is not None:
+        in_log = _receipt_in_log(args.log, receipt.seq, receipt.record_hash)
+    if args.json:
+        emit_json({"ok": True, "receipt": receipt.to_dict(), "in_log": in_log})
+    else:
+        present = " and present in the log" if in_log else ""
+        print(
+            f"receipt ok: seq {receipt.seq} {receipt.action} {receipt.target or ''} "
+            f"signed by {receipt.key_id}{present}"
+        )
+    return 0
+
+
+def _receipt_in_log(directory: Path, seq: int, record_hash: str) -> bool:
+    """Find line ``seq`` and compare its hash; ``ChainBroken`` if missing or different."""
+    import json
+    import os
+
+    if not files.is_log_dir(directory):
+        raise AuditInputError(f"{directory} is not an audit log directory")
+    needle = f'"seq":{seq},'.encode()
+    for path in files.segment_paths(directory):
+        fd = os.open(path, files.O_READ)
+        try:
+            found = [line for _end, line in files.lines(fd, 0) if needle in line]
+        finally:
+            os.close(fd)
+        for line in found:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("seq") == seq:
+                if rec.get("record_hash") != record_hash:
+                    raise ChainBroken(f"log record {seq} differs from the receipt: history "
+                                      "was rewritten", code="audit.receipt_mismatch")  # fmt: skip
+                return True
+    raise ChainBroken(f"log has no record {seq}: it was truncated or rolled back",
+                      code="audit.receipt_mismatch")  # fmt: skip
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from assay.core.audit.keys import generate_keypair, key_id_of
+
+    try:
+        priv, pub = generate_keypair(args.out, overwrite=args.force)
+    except OSError as exc:
+        raise AuditInputError(f"{args.out}: {exc.strerror}") from None
+    kid = key_id_of(pub)
+    if args.json:
+        emit_json({"private_key": str(priv), "public_key": str(pub), "key_id": kid})
+    else:
+        print(f"wrote {priv} (0600) and {pub} (0644); key_id {kid}")
+    return 0

@@ -1,0 +1,165 @@
+"""Reading an audit directory: inclusion proofs, Merkle state on open, replay.
+
+Lines before the head never change once written, so these read without the writers'
+lock (callers snapshot sizes under it when they need a consistent end). Memory is
+O(log n) throughout: leaves stream through compact ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+from assay.core.audit import files
+from assay.core.audit.chain import MAX_LINE, Record
+from assay.core.audit.checkpoint import Checkpoint, InclusionProof
+from assay.core.audit.merkle import CompactRange, inclusion_proof, leaf_hash, verify_inclusion
+from assay.core.audit.verify import StreamVerifier
+from assay.core.errors import BadRequest, ChainBroken
+
+#: Parses and authenticates one line: the record, None if unparseable (raises if forged).
+ParseFn = Callable[[bytes], dict[str, Any] | None]
+
+
+def prove(directory: Path | str, seq: int, checkpoint: Checkpoint | None = None) -> InclusionProof:
+    """Inclusion proof for record ``seq`` against ``checkpoint`` (default: the latest).
+
+    Needs no key: it reads the files once (O(log n) memory) and checks its own answer
+    against the checkpoint root, so a log that no longer matches raises ``ChainBroken``.
+    """
+    directory = Path(directory)
+    if checkpoint is None:
+        latest = files.read_latest_checkpoint(directory)
+        if latest is None:
+            raise BadRequest("no checkpoint yet to prove against", code="audit.no_checkpoint")
+        checkpoint = latest[0]
+    if not 1 <= seq <= checkpoint.size:
+        raise BadRequest(f"seq {seq} is not covered by the checkpoint (size "
+                         f"{checkpoint.size}); retry after the next checkpoint",
+                         code="audit.not_checkpointed")  # fmt: skip
+    found: list[bytes] = []
+
+    def leaves() -> Generator[bytes, None, None]:
+        n = 0
+        for path in files.segment_paths(directory):
+            for line in _path_lines(path):
+                n += 1
+                if n == seq:
+                    found.append(line)
+                yield leaf_hash(line)
+
+    with contextlib.closing(leaves()) as stream:
+        try:
+            path_hashes = inclusion_proof(seq - 1, checkpoint.size, stream)
+        except ValueError as exc:
+            raise ChainBroken(f"log shorter than its checkpoint: {exc}") from None
+    root = bytes.fromhex(checkpoint.merkle_root)
+    if not verify_inclusion(seq - 1, checkpoint.size, leaf_hash(found[0]), path_hashes, root):
+        raise ChainBroken("the log no longer matches its checkpoint; run `assay audit verify`")
+    return InclusionProof(seq, checkpoint.size, found[0].decode("utf-8", "replace"),
+                          [h.hex() for h in path_hashes], checkpoint)  # fmt: skip
+
+
+def _path_lines(path: Path) -> Iterator[bytes]:
+    fd = os.open(path, files.O_READ)
+    try:
+        for _end, line in files.lines(fd, 0):
+            yield line
+    finally:
+        os.close(fd)
+
+
+def line_ending_at(fd: int, off: int) -> bytes | None:
+    """The line whose newline is the byte before ``off``, or None."""
+    if off <= 0 or os.pread(fd, 1, off - 1) != b"\n":
+        return None
+    start = files.last_line_start(fd, off, MAX_LINE + 1)
+    return None if start is None else os.pread(fd, off - 1 - start, start)
+
+
+def saved_state(
+    directory: Path, *, log_id: str, head_seq: int, segment: int, parse: ParseFn
+) -> tuple[CompactRange, int, int] | None:
+    """The latest checkpoint's persisted Merkle state ``(range, segment, offset)``.
+
+    Used only if the log still agrees with it: the record ending at the saved position
+    authenticates and is the checkpoint's head. Otherwise None (the caller rebuilds).
+    """
+    latest = files.read_latest_checkpoint(directory)
+    if latest is None:
+        return None
+    cp, state = latest
+    if state is None:
+        return None
+    try:
+        seg, off = int(state["segment"]), int(state["offset"])
+        cr = CompactRange(int(state["size"]), [bytes.fromhex(h) for h in state["range"]])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if cr.size != cp.size or cp.size > head_seq or cp.log_id != log_id:
+        return None
+    if not 1 <= seg <= segment or off < 0:
+        return None
+    if cp.size == 0:
+        return cr, seg, off
+    name = files.CURRENT if seg == segment else files.rotated_name(seg)
+    try:
+        fd = os.open(directory / name, files.O_READ)
+    except OSError:
+        return None
+    try:
+        line = line_ending_at(fd, off)
+    finally:
+        os.close(fd)
+    rec = parse(line) if line else None
+    if rec is None or rec["seq"] != cp.size or rec["record_hash"] != cp.head_hash:
+        return None
+    return cr, seg, off
+
+
+def lines_from(
+    directory: Path, segment: int, offset: int, current: int, current_fd: int, current_end: int
+) -> Iterator[bytes]:
+    """Every line from ``(segment, offset)`` to the current file's ``current_end``."""
+    for index in range(segment, current + 1):
+        start = offset if index == segment else 0
+        if index == current:
+            for _end, line in files.lines(current_fd, start, current_end):
+                yield line
+            return
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(directory / files.rotated_name(index), files.O_READ)
+            try:
+                for _end, line in files.lines(fd, start):
+                    yield line
+            finally:
+                os.close(fd)
+
+
+def replay(
+    plan: list[tuple[int, int | None]],
+    key: bytes,
+    after: int,
+    head: int,
+    start_seq: int,
+    start_hash: str,
+) -> Iterator[Record]:
+    """Verify the files in ``plan`` (open fds, closed here) and yield records in
+    ``(after, head]``; ``ChainBroken`` at the first line that does not verify."""
+    v = StreamVerifier(key, start_seq=start_seq, start_hash=start_hash)
+    try:
+        for fd, end in plan:
+            for _off, line in files.lines(fd, 0, end):
+                rec = v.check_line(line)
+                if rec is None:
+                    raise ChainBroken(f"audit replay stopped: {v.report.breaks[0]}")
+                if after < rec["seq"] <= head:
+                    yield rec
+                if rec["seq"] >= head:
+                    return
+    finally:
+        for fd, _end in plan:
+            os.close(fd)
