@@ -247,7 +247,7 @@ def test_gguf_string_array_spanning_many_read_chunks_is_accepted() -> None:
 
 
 def test_gguf_too_many_nested_arrays_are_refused() -> None:
-    inner = (UINT8, [])
+    inner: tuple[int, list[int]] = (UINT8, [])
     g = small_gguf().kv("k", ARRAY, (ARRAY, [inner] * (gguf.MAX_NESTED_ARRAYS + 1)))
     assert reason(g.build()) == "gguf.array_too_long"
 
