@@ -145,9 +145,14 @@ def cmd_generate_signing_key(args: argparse.Namespace) -> int:
 
 
 def _read_jws(value: str) -> str:
+    """The JWS from stdin (``-``), from a file of that name, or the argument itself."""
     if value == "-":
         return sys.stdin.read(8 * 1024 * 1024 + 1)
-    if value.count(".") == 2 and not Path(value).exists():
+    try:
+        is_file = len(value) < 4096 and Path(value).is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
         return value
     try:
         return Path(value).read_text()[: 8 * 1024 * 1024 + 1]

@@ -92,11 +92,10 @@ async def run(
             nursery.start_soon(parts.authenticator.watch)
         for state in parts.store.tables():
             nursery.start_soon(parts.store.watch, state)
-        binds: list[str] = await nursery.start(
-            partial(
-                hypercorn_serve, parts.app, hypercorn_config(loaded), shutdown_trigger=shutdown.wait
-            )  # type: ignore[arg-type]
+        serve = partial(
+            hypercorn_serve, parts.app, hypercorn_config(loaded), shutdown_trigger=shutdown.wait
         )
+        binds: list[str] = await nursery.start(serve)
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
         if interval is not None:

@@ -1,0 +1,177 @@
+"""Relay fixtures: a synthetic registry in a temp dir, keys for every scope, an in-process app.
+
+The audit sink is a small in-memory fake (not a mock) that validates each record against
+the audit core's schema, so a field the real chain would refuse fails the test here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from assay.core.audit.schema import check_fields
+from assay.relay import apikeys, jws
+from assay.relay.settings import load_config, load_secrets
+from assay.relay.wiring import Assembled, assemble
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "relay" / "example"
+
+_spec = importlib.util.spec_from_file_location("relay_example_gen", EXAMPLE / "generate_dataset.py")
+assert _spec is not None and _spec.loader is not None
+GEN: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GEN)
+
+#: Keys for the scope matrix: one per single scope, all civil scopes, another dataset's.
+KEYS: dict[str, list[str]] = {
+    "meta": ["civil:metadata"],
+    "read": ["civil:read"],
+    "agg": ["civil:aggregate"],
+    "all": ["civil:metadata", "civil:read", "civil:aggregate"],
+    "other": ["housing:metadata", "housing:read", "housing:aggregate"],
+}
+PURPOSE = {"X-Purpose": "benefit-eligibility-check"}
+
+
+class FakeAudit:
+    """In-memory audit sink: validates like the real chain, keeps records in order."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
+        record = {"seq": len(self.records) + 1, **check_fields(fields)}
+        self.records.append(record)
+        return record
+
+
+def _secret(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+@dataclass
+class RelayEnv:
+    dir: Path
+    data: Path
+    config_path: Path
+    doc: dict[str, Any]
+    keys: dict[str, str] = field(default_factory=dict)
+    signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    def write(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+
+    def headers(
+        self, key: str | None, *, purpose: bool = True, scheme: str = "bearer"
+    ) -> dict[str, str]:
+        out = dict(PURPOSE) if purpose else {}
+        if key is not None:
+            raw = self.keys.get(key, key)
+            if scheme == "bearer":
+                out["Authorization"] = f"Bearer {raw}"
+            else:
+                out["X-API-Key"] = raw
+        return out
+
+    @property
+    def public_pem(self) -> bytes:
+        return jws.public_pem(self.signing_key)
+
+
+def example_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLE / "relay.yaml").read_text())
+    return doc
+
+
+def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
+    data = tmp / "data"
+    GEN.write(data, people, seed)
+    sec = tmp / "secrets"
+    sec.mkdir(mode=0o700)
+    _secret(sec / "audit-hmac.key", secrets.token_hex(32).encode())
+    env = RelayEnv(tmp, data, tmp / "relay.yaml", example_doc())
+    _secret(sec / "answer-signing.key", jws.private_pem(env.signing_key))
+    doc = env.doc
+    doc["server"]["bind"] = "127.0.0.1:8480"
+    doc["audit"]["dir"] = str(tmp / "state" / "audit")
+    doc["audit"]["hmac_key"] = {"file": str(sec / "audit-hmac.key")}
+    doc["instance"]["answer_signing"]["key"] = {"file": str(sec / "answer-signing.key")}
+    civil = doc["datasets"][0]
+    for table in civil["tables"]:
+        table["source"]["path"] = str(data / Path(table["source"]["path"]).name)
+    housing = copy.deepcopy(civil)
+    housing.update(id="housing", title="Housing", aggregates=[])
+    housing["access"] = {
+        "metadata_scope": "housing:metadata",
+        "read_scope": "housing:read",
+        "aggregate_scope": "housing:aggregate",
+    }
+    housing["tables"] = [t for t in housing["tables"] if t["id"] == "households"]
+    housing["entities"] = [e for e in housing["entities"] if e["table"] == "households"]
+    doc["datasets"].append(housing)
+    doc["auth"]["api_keys"] = []
+    for key_id, scopes in KEYS.items():
+        made = apikeys.new_key(key_id)
+        _secret(sec / f"{key_id}.fp", made["fingerprint"].encode())
+        env.keys[key_id] = made["key"]
+        doc["auth"]["api_keys"].append(
+            {
+                "id": key_id,
+                "fingerprint": {"file": str(sec / f"{key_id}.fp")},
+                "commitment": made["commitment"],
+                "scopes": scopes,
+            }
+        )
+    env.write()
+    return env
+
+
+@pytest.fixture
+def relay_env(tmp_path: Path) -> RelayEnv:
+    return build_env(tmp_path)
+
+
+@dataclass
+class Running:
+    env: RelayEnv
+    parts: Assembled
+    audit: FakeAudit
+    client: Any
+
+    async def get(self, path: str, key: str | None = "all", **kw: Any) -> Any:
+        headers = kw.pop("headers", None)
+        if headers is None:
+            headers = self.env.headers(key, purpose=kw.pop("purpose", True))
+        return await self.client.get(path, headers=headers, **kw)
+
+
+def start(env: RelayEnv, clock: Callable[[], float] | None = None) -> tuple[Assembled, FakeAudit]:
+    loaded = load_config(env.config_path)
+    audit = FakeAudit()
+    return assemble(loaded, load_secrets(loaded), audit=audit, clock=clock), audit
+
+
+@pytest.fixture
+async def running(relay_env: RelayEnv) -> AsyncIterator[Running]:
+    parts, audit = start(relay_env)
+    async with parts.app.test_app() as test_app:
+        yield Running(relay_env, parts, audit, test_app.test_client())
+
+
+def all_text(records: list[dict[str, Any]]) -> str:
+    return "\n".join(repr(r) for r in records)
+
+
+def source_state(path: Path) -> tuple[int, bytes]:
+    return os.stat(path).st_mtime_ns, path.read_bytes()
