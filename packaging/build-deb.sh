@@ -98,9 +98,12 @@ for p in "$ROOT"/policies/*.yaml; do
     install -m 0644 "$p" "$D/etc/assay/policies/"
     install -m 0644 "$p" "$D/usr/share/assay/policies/"
 done
-if [ -f "$ROOT/packaging/relay.yaml" ]; then
-    install -m 0644 "$ROOT/packaging/relay.yaml" "$D/etc/assay/relay.yaml"
-fi
+# The relay's config template and example-data generator; `assay-system relay-init` makes
+# /etc/assay/relay.yaml (with fresh API-key commitments) and the dataset from them.
+install -d -m 0755 "$D/usr/share/assay/relay-example"
+install -m 0644 "$ROOT/packaging/relay.yaml" "$D/usr/share/assay/relay-example/relay.yaml"
+install -m 0644 "$ROOT/relay/example/generate_dataset.py" \
+    "$D/usr/share/assay/relay-example/generate_dataset.py"
 install -m 0755 "$ROOT/packaging/assay-system" "$D/usr/sbin/assay-system"
 ln -s assay-system "$D/usr/sbin/assay-init-system"
 ln -s "$PREFIX/bin/assay" "$D/usr/bin/assay"
@@ -121,7 +124,6 @@ for s in postinst prerm postrm; do
 done
 {
     echo /etc/assay/config.yaml
-    [ -f "$D/etc/assay/relay.yaml" ] && echo /etc/assay/relay.yaml
     for p in "$D"/etc/assay/policies/*.yaml; do echo "/etc/assay/policies/$(basename "$p")"; done
 } > "$D/DEBIAN/conffiles"
 SIZE=$(du -sk --exclude=DEBIAN "$D" | cut -f1)

@@ -63,22 +63,27 @@ def test_exposure_is_at_most_half(unit: str) -> None:
 @needs_analyze
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     """Verify in a scratch root: the real unit directory for dependencies (sysinit.target,
-    sockets.target...), the units as a package installs them, and a stand-in for the
-    /opt/assay/bin/assay executable that verify insists exists (the booted tests run the
-    real one)."""
+    sockets.target...), the units as a package installs them, and stand-ins for the
+    executables verify insists exist (/opt/assay/bin/assay; the booted tests run the real
+    one)."""
     root = tmp_path / "root"
     system_dir = Path("/lib/systemd/system")
     if not (system_dir / "sysinit.target").exists():
         pytest.skip("no system unit directory with sysinit.target to verify against")
     (root / "lib" / "systemd").mkdir(parents=True)
     shutil.copytree(system_dir, root / "lib" / "systemd" / "system", symlinks=True)
-    exe = root / "opt" / "assay" / "bin" / "assay"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\nexit 0\n")
-    exe.chmod(0o755)
+    names = [*SERVICES, *SOCKETS]
+    for name in names:
+        for key, values in directives(name).items():
+            if not key.startswith("Exec"):
+                continue
+            for value in values:
+                exe = root / value.lstrip("-+!@:").split()[0].lstrip("/")
+                exe.parent.mkdir(parents=True, exist_ok=True)
+                exe.write_text("#!/bin/sh\nexit 0\n")
+                exe.chmod(0o755)
     target = root / "etc" / "systemd" / "system"
     target.mkdir(parents=True)
-    names = [*SERVICES, *SOCKETS]
     for name in names:
         shutil.copy(UNITS / name, target / name)
     proc = subprocess.run(
@@ -123,10 +128,9 @@ REQUIRED = {
     "ProtectControlGroups": "yes",
     "ProtectProc": "invisible",
     "SystemCallArchitectures": "native",
-    "StateDirectory": "assay",
-    "LogsDirectory": "assay",
     "ConfigurationDirectory": "assay",
 }
+STATE = {"assay.service": "assay", "assay-relay.service": "assay-relay"}
 
 
 @pytest.mark.parametrize("unit", SERVICES)
@@ -134,6 +138,7 @@ def test_service_carries_the_required_settings(unit: str) -> None:
     d = directives(unit)
     for key, value in REQUIRED.items():
         assert d.get(key) == [value], f"{unit}: {key}={d.get(key)} (want {value!r})"
+    assert d["StateDirectory"] == d["LogsDirectory"] == [STATE[unit]]
     assert d["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert d["WatchdogSec"], "WatchdogSec= missing"
     for limit in ("MemoryMax", "TasksMax", "LimitNOFILE"):
@@ -169,6 +174,39 @@ def test_every_credential_the_config_names_is_loaded(unit: str, config: str) -> 
     assert refs, f"{config} names no credentials"
     loaded = dict(v.split(":", 1) for v in directives(unit).get("LoadCredential", []))
     for name in refs:
+        # LoadCredential=ID:DIR loads every file of DIR as ID_<file>.
+        prefix, sep, rest = name.partition("_")
+        if sep and prefix in loaded and name not in loaded:
+            assert loaded[prefix] == f"/etc/assay/credentials/{prefix}", (unit, name, loaded)
+            assert "/" not in rest
+            continue
         assert loaded.get(name) == f"/etc/assay/credentials/{name}", (unit, name, loaded)
+    for source in loaded.values():
+        assert source.startswith("/etc/assay/credentials/"), source
     text = path.read_text()
     assert "{file:" not in text and "{env:" not in text
+
+
+def test_packaged_registry_config_validates() -> None:
+    from assay.registry.config import parse_config
+
+    path = ROOT / "packaging" / "config.yaml"
+    cfg = parse_config(path.read_bytes(), source=path)
+    assert cfg.audit.dir.startswith("/var/lib/assay/")
+    assert cfg.registry.store_dir.startswith("/var/lib/assay/")
+    assert cfg.registry.db_path.startswith("/var/lib/assay/")
+    assert cfg.registry.policies_dir == "/etc/assay/policies"
+    assert not cfg.watchdog.allow_fault_injection
+
+
+def test_packaged_relay_config_validates() -> None:
+    """The template, with the commitments relay-init fills in, passes the relay's parser
+    (shape and cross-references); its sources lie under the read-only dataset path."""
+    relay_config = pytest.importorskip("assay.relay.config")
+    text = (ROOT / "packaging" / "relay.yaml").read_text()
+    filled = re.sub(r"@COMMITMENT_[a-z]+@", "commit:sha256:" + "ab" * 32, text)
+    cfg = relay_config.parse_config(filled, source="packaging/relay.yaml")
+    for ds in cfg.datasets:
+        for table in ds.tables:
+            assert table.source.path.startswith("/srv/assay/datasets/"), table.source.path
+    assert cfg.audit.dir.startswith("/var/lib/assay-relay/")
