@@ -51,6 +51,9 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _wants_jose() -> bool:
+    """Signed only when asked by name: ``*/*`` never selects a JWS."""
+    if JOSE not in request.headers.get("accept", ""):
+        return False
     return any(v == JOSE and q > 0 for v, q in request.accept_mimetypes)
 
 
