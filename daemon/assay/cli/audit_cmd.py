@@ -132,12 +132,12 @@ def _checkpoints(path: Path) -> list[Checkpoint]:
     except OSError as exc:
         raise AuditInputError(f"checkpoint file {path}: {exc.strerror}") from None
     cps: list[Checkpoint] = []
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 cps.append(parse_checkpoint(line))
-            except AssayError as exc:
-                raise AuditInputError(f"{path}: {exc.detail}") from None
+            except AssayError as exc:  # e.g. a line torn by a crash mid-append
+                print(f"assay: skipping {path}:{n}: {exc.detail}", file=sys.stderr)
     if not cps:
         raise AuditInputError(f"{path} holds no checkpoint")
     return cps
@@ -148,7 +148,11 @@ def _text_arg(value: str) -> str:
     if value == "-":
         return sys.stdin.read()
     path = Path(value)
-    if len(value) < 4096 and path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a header value longer than a file name may be
+        is_file = False
+    if is_file:
         try:
             return path.read_text()
         except (OSError, UnicodeDecodeError) as exc:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.atomic import atomic_write
 from assay.core.audit import files, reader
-from assay.core.audit.chain import GENESIS, MAX_LINE, Chain, Record, canonical, format_ts, seal_line
+from assay.core.audit.chain import MAX_LINE, Chain, Record, canonical, format_ts, seal_line
 from assay.core.audit.checkpoint import Checkpoint as Checkpoint
 from assay.core.audit.checkpoint import InclusionProof, sign_checkpoint
 from assay.core.audit.keys import hmac_key_from_bytes
@@ -109,11 +109,14 @@ class AuditLog:
         self._latest: Checkpoint | None = None
         self._cp_file_size = -1
         self._fd = -1
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock_fd = files.open_nofollow(self.directory / files.LOCK, os.O_RDWR | os.O_CREAT)
         try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = files.open_nofollow(self.directory / files.LOCK, os.O_RDWR | os.O_CREAT)
             with self._flock():
                 self._open_locked(_recover)
+        except OSError as exc:  # a symlink (ELOOP), permissions, a full disk
+            self.close()
+            raise AuditWriteFailed(f"cannot open the audit log in {self.directory}: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -174,39 +177,13 @@ class AuditLog:
         self._open_current()
         if recover:
             self._recover_tail_locked()
-        self._head_seq, self._head_hash = self._find_head()
+        self._head_seq, self._head_hash = reader.find_head(
+            self.directory, self._fd, self._known_size, self._parse
+        )
         self._range = self._restore_range()
         self._refresh_latest()
         if self.recovered is not None:
             self.recovered = self._append_locked([self.recovered])[0]
-
-    def _find_head(self) -> tuple[int, str]:
-        """The last record of the current file, else of the newest non-empty rotated one."""
-        if self._known_size:
-            return self._tail_record(self._fd, self._known_size, files.CURRENT)
-        for i in reversed(files.rotated_indexes(self.directory)):
-            fd = os.open(self.directory / files.rotated_name(i), files.O_READ)
-            try:
-                size = os.fstat(fd).st_size
-                if size:
-                    return self._tail_record(fd, size, files.rotated_name(i))
-            finally:
-                os.close(fd)
-        return 0, GENESIS
-
-    def _tail_record(self, fd: int, size: int, name: str) -> tuple[int, str]:
-        if os.pread(fd, 1, size - 1) != b"\n":
-            torn = size - files.tail_start(fd, size)
-            raise AuditNeedsRecovery(
-                f"{name} ends in a torn write ({torn} bytes without a newline); "
-                f"run `assay audit recover {self.directory}`"
-            )
-        start = files.last_line_start(fd, size, MAX_LINE + 1)
-        rec = None if start is None else self._parse(os.pread(fd, size - 1 - start, start))
-        if rec is None:
-            raise AuditNeedsRecovery(f"{name} ends in an unparseable line; "
-                                     f"run `assay audit recover {self.directory}`")  # fmt: skip
-        return rec["seq"], rec["record_hash"]
 
     def _parse(self, line: bytes) -> dict[str, Any] | None:
         """Parse and authenticate one line: None if unparseable, ChainBroken if forged."""
@@ -222,8 +199,10 @@ class AuditLog:
         return files.CURRENT if index == self._segment else files.rotated_name(index)
 
     def _restore_range(self) -> CompactRange:
+        public = self._signing_key.public_key() if self._signing_key is not None else None
         saved = reader.saved_state(self.directory, log_id=self.log_id, head_seq=self._head_seq,
-                                   segment=self._segment, parse=self._parse)  # fmt: skip
+                                   segment=self._segment, parse=self._parse,
+                                   public_key=public)  # fmt: skip
         cr, segment, offset = saved if saved is not None else (CompactRange(), 1, 0)
         for line in reader.lines_from(self.directory, segment, offset, self._segment,
                                       self._fd, self._known_size):  # fmt: skip
@@ -304,9 +283,12 @@ class AuditLog:
                 raise AuditWriteFailed("audit log is closed")
             if self.poisoned is not None:
                 raise AuditWriteFailed(f"audit log refuses writes: {self.poisoned}")
-            with self._flock():
-                self._sync_locked()
-                return self._append_locked(checked)
+            try:
+                with self._flock():
+                    self._sync_locked()
+                    return self._append_locked(checked)
+            except OSError as exc:  # reading another process's lines, rotating, ...
+                raise AuditWriteFailed(f"audit append failed: {exc}") from exc
 
     def _append_locked(self, checked: list[dict[str, Any]]) -> list[Record]:
         if self._known_size >= self._rotate_bytes:
@@ -385,11 +367,18 @@ class AuditLog:
         with self._mutex:
             if self._fd < 0:
                 raise AuditWriteFailed("audit log is closed")
-            with self._flock():
-                self._sync_locked()
-                if self._latest is not None and self._latest.size == self._head_seq and not force:
-                    return None
-                return self._checkpoint_locked()
+            try:
+                with self._flock():
+                    self._sync_locked()
+                    if (
+                        self._latest is not None
+                        and self._latest.size == self._head_seq
+                        and not force
+                    ):
+                        return None
+                    return self._checkpoint_locked()
+            except OSError as exc:
+                raise AuditWriteFailed(f"audit checkpoint failed: {exc}") from exc
 
     def _checkpoint_locked(self) -> Checkpoint:
         assert self._signing_key is not None
@@ -425,21 +414,9 @@ class AuditLog:
             head = self._head_seq
             if seq >= head:
                 return iter(())
-            plan: list[tuple[int, int | None]] = []  # (fd, end) per segment to read
-            start_seq, start_hash = 0, GENESIS
-            try:
-                for index in files.rotated_indexes(self.directory):
-                    fd = os.open(self.directory / files.rotated_name(index), files.O_READ)
-                    plan.append((fd, os.fstat(fd).st_size))
-                    last = self._tail_record(fd, plan[-1][1] or 0, "") if plan[-1][1] else None
-                    if last is not None and last[0] <= seq and len(plan) == 1:
-                        start_seq, start_hash = last  # skip a whole segment before ``seq``
-                        os.close(plan.pop()[0])
-                plan.append((os.dup(self._fd), self._known_size))
-            except BaseException:
-                for fd, _end in plan:
-                    os.close(fd)
-                raise
+            plan, start_seq, start_hash = reader.replay_plan(
+                self.directory, seq, self._parse, self._fd, self._known_size
+            )
         return reader.replay(plan, self._key, seq, head, start_seq, start_hash)
 
     def close(self) -> None:

@@ -13,12 +13,14 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from assay.core.audit import files
-from assay.core.audit.chain import MAX_LINE, Record
-from assay.core.audit.checkpoint import Checkpoint, InclusionProof
+from assay.core.audit.chain import GENESIS, MAX_LINE, Record
+from assay.core.audit.checkpoint import Checkpoint, InclusionProof, keyring, signature_problem
 from assay.core.audit.merkle import CompactRange, inclusion_proof, leaf_hash, verify_inclusion
 from assay.core.audit.verify import StreamVerifier
-from assay.core.errors import BadRequest, ChainBroken
+from assay.core.errors import AuditNeedsRecovery, BadRequest, ChainBroken
 
 #: Parses and authenticates one line: the record, None if unparseable (raises if forged).
 ParseFn = Callable[[bytes], dict[str, Any] | None]
@@ -81,12 +83,19 @@ def line_ending_at(fd: int, off: int) -> bytes | None:
 
 
 def saved_state(
-    directory: Path, *, log_id: str, head_seq: int, segment: int, parse: ParseFn
+    directory: Path,
+    *,
+    log_id: str,
+    head_seq: int,
+    segment: int,
+    parse: ParseFn,
+    public_key: Ed25519PublicKey | None = None,
 ) -> tuple[CompactRange, int, int] | None:
     """The latest checkpoint's persisted Merkle state ``(range, segment, offset)``.
 
-    Used only if the log still agrees with it: the record ending at the saved position
-    authenticates and is the checkpoint's head. Otherwise None (the caller rebuilds).
+    Used only if everything agrees: the checkpoint verifies (when we hold the key), the
+    unsigned compact range hashes to its signed root, and the record ending at the saved
+    position authenticates and is the checkpoint's head. Otherwise None: rebuild.
     """
     latest = files.read_latest_checkpoint(directory)
     if latest is None:
@@ -100,6 +109,10 @@ def saved_state(
     except (ValueError, TypeError, KeyError):
         return None
     if cr.size != cp.size or cp.size > head_seq or cp.log_id != log_id:
+        return None
+    if cr.root().hex() != cp.merkle_root:
+        return None
+    if public_key is not None and signature_problem(cp, keyring([public_key])) is not None:
         return None
     if not 1 <= seg <= segment or off < 0:
         return None
@@ -163,3 +176,61 @@ def replay(
     finally:
         for fd, _end in plan:
             os.close(fd)
+
+
+def tail_record(directory: Path, fd: int, size: int, name: str, parse: ParseFn) -> tuple[int, str]:
+    """``(seq, record_hash)`` of the file's last line; ``AuditNeedsRecovery`` if torn."""
+    if os.pread(fd, 1, size - 1) != b"\n":
+        torn = size - files.tail_start(fd, size)
+        raise AuditNeedsRecovery(
+            f"{name} ends in a torn write ({torn} bytes without a newline); "
+            f"run `assay audit recover {directory}`"
+        )
+    line = line_ending_at(fd, size)
+    rec = parse(line) if line is not None else None
+    if rec is None:
+        raise AuditNeedsRecovery(
+            f"{name} ends in an unparseable line; run `assay audit recover {directory}`"
+        )
+    return rec["seq"], rec["record_hash"]
+
+
+def find_head(directory: Path, fd: int, size: int, parse: ParseFn) -> tuple[int, str]:
+    """The last record of the current file, else of the newest non-empty rotated one."""
+    if size:
+        return tail_record(directory, fd, size, files.CURRENT, parse)
+    for i in reversed(files.rotated_indexes(directory)):
+        rfd = os.open(directory / files.rotated_name(i), files.O_READ)
+        try:
+            rsize = os.fstat(rfd).st_size
+            if rsize:
+                return tail_record(directory, rfd, rsize, files.rotated_name(i), parse)
+        finally:
+            os.close(rfd)
+    return 0, GENESIS
+
+
+def replay_plan(
+    directory: Path, after: int, parse: ParseFn, current_fd: int, current_end: int
+) -> tuple[list[tuple[int, int | None]], int, str]:
+    """Open fds (and end offsets) of the segments holding records after ``after``, plus
+    the ``(seq, hash)`` the first of them must chain from. Whole earlier segments are
+    skipped by reading only their last line. Call under the writers' lock."""
+    plan: list[tuple[int, int | None]] = []
+    start_seq, start_hash = 0, GENESIS
+    try:
+        for index in files.rotated_indexes(directory):
+            name = files.rotated_name(index)
+            fd = os.open(directory / name, files.O_READ)
+            size = os.fstat(fd).st_size
+            plan.append((fd, size))
+            last = tail_record(directory, fd, size, name, parse) if size else None
+            if last is not None and last[0] <= after and len(plan) == 1:
+                start_seq, start_hash = last
+                os.close(plan.pop()[0])
+        plan.append((os.dup(current_fd), current_end))
+    except BaseException:
+        for fd, _end in plan:
+            os.close(fd)
+        raise
+    return plan, start_seq, start_hash

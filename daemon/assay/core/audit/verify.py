@@ -78,7 +78,8 @@ def _decode(text: str) -> Any:
 @dataclass(frozen=True, slots=True)
 class Break:
     """One verification failure. ``line`` is 1-based within ``file``; ``seq`` is the
-    sequence number the break is about (the record's own, or the expected one)."""
+    sequence number that belongs at that line (the expected one: a damaged record's own
+    claim cannot be trusted), or the checkpoint size for checkpoint breaks."""
 
     kind: BreakKind
     seq: int | None
@@ -285,7 +286,7 @@ class StreamVerifier:
             extra = f"; and {problem[1]}" if problem else ""
             problem = ("truncated", f"last line has no newline (torn write){extra}")
         if problem is not None:
-            self._break(problem[0], claims[0] if claims else hint, problem[1])
+            self._break(problem[0], hint, problem[1])
         self.report.records = self._pos
         if self._cps and self._cps[0].size == self._pos:
             self._check_checkpoints(claims[2] if claims else None)
