@@ -146,7 +146,7 @@ datasets:
           - {{id: people, function: count}}
           - {{id: mean_income, function: avg, field: monthly_income}}
         allowed_filters: [{{field: municipality, ops: [eq, in]}}]
-        disclosure_control: {{min_group_size: 10, suppression: omit}}
+        disclosure_control: {{min_group_size: 100, suppression: omit}}
 """
 
 
@@ -362,7 +362,7 @@ def main() -> None:
             args.clients,
             auth,
         )
-        results["relay: grouped aggregate (k=10)"] = run_load(
+        results["relay: grouped aggregate (k=100)"] = run_load(
             base,
             ["/v1/datasets/bench/aggregates/by_municipality"] * args.aggregates,
             args.clients,

@@ -1,0 +1,126 @@
+"""The real relay process on loopback, with the real audit log, verified by `assay audit verify`.
+
+Skipped until ``assay.core.audit.runtime`` (the daemon's audit glue) exists. Started through
+``assay relay serve`` once the CLI registers the relay group, else through the same
+``relay_cmd`` entry point directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, run_cli
+from tests.relay.conftest import RelayEnv, build_env, source_state
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("assay.core.audit.runtime") is None,
+        reason="assay.core.audit.runtime not present yet",
+    ),
+]
+
+LAUNCH = (
+    "import sys, argparse\n"
+    "from assay.cli import relay_cmd\n"
+    "p = argparse.ArgumentParser(); relay_cmd.register(p.add_subparsers())\n"
+    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+)
+
+
+def _command(config: Path) -> list[str]:
+    from assay.cli.main import build_parser
+
+    try:
+        build_parser().parse_args(["relay", "serve", "--config", str(config)])
+    except SystemExit:
+        return [sys.executable, "-c", LAUNCH, "relay", "serve", "--config", str(config)]
+    return [sys.executable, "-m", "assay", "relay", "serve", "--config", str(config)]
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[RelayEnv, str, subprocess.Popen[bytes]]]:
+    env = build_env(tmp_path, people=800)
+    port = free_port()
+    env.doc["server"]["bind"] = f"127.0.0.1:{port}"
+    env.write()
+    log = (tmp_path / "relay.log").open("wb")
+    proc = subprocess.Popen(_command(env.config_path), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "relay.log").read_text())
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError("relay did not become ready")
+        yield env, url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def test_real_relay_answers_audits_and_leaves_a_verifiable_chain(
+    live: tuple[RelayEnv, str, subprocess.Popen[bytes]],
+) -> None:
+    env, url, proc = live
+    sources = sorted(env.data.glob("*"))
+    before = {p: source_state(p) for p in sources}
+    nid = "SYN-"  # any national id prefix: the answer may be empty, the audit must hash it
+    with httpx.Client(base_url=url, timeout=30) as c:
+        h = env.headers("all")
+        assert c.get("/v1/datasets/civil/entities/household/records/H0000001", headers=h
+                     ).status_code == 200  # fmt: skip
+        r = c.get(f"/v1/datasets/civil/entities/person/records?national_id={nid}12345", headers=h)
+        assert r.status_code == 200
+        assert c.get("/v1/datasets/civil/aggregates/people_by_municipality",
+                     headers=env.headers("agg")).status_code == 200  # fmt: skip
+        assert c.get("/v1/datasets/civil/aggregates/people_by_municipality",
+                     headers=env.headers("read")).status_code == 403  # fmt: skip
+        assert c.get("/v1/datasets/civil").status_code == 401
+        signed = c.get("/v1/datasets/civil/entities/household/records/H0000001",
+                       headers=h | {"Accept": "application/jose"})  # fmt: skip
+        assert signed.headers["content-type"] == "application/jose"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    audit_dir = Path(env.doc["audit"]["dir"])
+    key = env.doc["audit"]["hmac_key"]["file"]
+    out = run_cli("audit", "verify", str(audit_dir), "--key-file", key, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = [
+        json.loads(line)
+        for f in sorted(audit_dir.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
+    relay_records = [r for r in records if r["route"] and r["route"].startswith("GET /v1")]
+    assert len(relay_records) == 6
+    assert f"{nid}12345" not in json.dumps(records)
+    assert any("hash.national_id.eq.1" in r["extra"] for r in relay_records)
+    assert {p: source_state(p) for p in sources} == before
+    pub = env.dir / "answer.pub"
+    pub.write_bytes(env.public_pem)
+    verify = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "relay", "verify-answer", signed.text,
+         "--public-key", str(pub)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
