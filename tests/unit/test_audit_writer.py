@@ -222,6 +222,22 @@ async def test_a_cancelled_caller_still_learns_nothing_was_lost(tmp_path: Path) 
     assert verify_bytes(read_files(tmp_path)).ok
 
 
+async def test_receipt_headers_verify_with_the_public_key(tmp_path: Path) -> None:
+    from assay.core.audit.receipt import verify_receipt
+
+    writer = _writer(tmp_path, Faults())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        record = await writer.append(fields(0))
+        await writer.checkpoint_now()
+        headers = writer.receipt_headers(await writer.append(fields(1)))
+        receipt = verify_receipt(headers["Assay-Receipt"], SIGNING.public_key())
+        assert receipt.seq == 2 and receipt.checkpoint is not None
+        assert receipt.checkpoint.head_hash == record["record_hash"]
+        assert writer.receipt_headers({**record, "seq": None}) == {}
+        await writer.close()
+
+
 def test_unknown_policy_is_refused(tmp_path: Path) -> None:
     with open_log(tmp_path) as log, pytest.raises(ValueError):
         AuditWriter(log, write_policy="yolo")  # type: ignore[arg-type]

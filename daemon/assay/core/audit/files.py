@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from assay.core.audit.checkpoint import STATE_MEMBER, Checkpoint, parse_checkpoint
+from assay.core.audit.schema import MAX_LINE
 from assay.core.errors import AssayError
 
 CURRENT: Final = "audit.jsonl"
@@ -212,3 +213,26 @@ def write_evidence(directory: Path, stem: str, data: bytes) -> str:
         os.close(fd)
     fsync_dir(directory)
     return name
+
+
+def cut_torn_tail(
+    directory: Path, fd: int, size: int, parses: Callable[[bytes], bool], stamp: str
+) -> tuple[int, str, bytes] | None:
+    """Move a torn tail to ``audit.torn.<stamp>`` and cut it off; ``(offset, name, bytes)``.
+
+    Torn = the bytes after the last newline, plus the last complete line if it does not
+    parse. Evidence first (fsynced), then the truncation (fsynced): a crash in between
+    leaves the tail in both places, never in neither. None if the log ends cleanly.
+    """
+    cut = tail_start(fd, size)
+    if cut:
+        start = last_line_start(fd, cut, MAX_LINE + 1)
+        if start is None or not parses(os.pread(fd, cut - 1 - start, start)):
+            cut = start if start is not None else tail_start(fd, cut - 1)
+    if cut == size:
+        return None
+    torn = pread_all(fd, cut, size)
+    name = write_evidence(directory, f"{TORN_PREFIX}{stamp}", torn)
+    os.ftruncate(fd, cut)
+    os.fsync(fd)
+    return cut, name, torn

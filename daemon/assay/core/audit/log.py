@@ -39,11 +39,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.atomic import atomic_write
 from assay.core.audit import files, reader
-from assay.core.audit.chain import MAX_LINE, Chain, Record, canonical, format_ts, seal_line
+from assay.core.audit.chain import Chain, Record, canonical, format_ts, seal_line
 from assay.core.audit.checkpoint import Checkpoint as Checkpoint
 from assay.core.audit.checkpoint import InclusionProof, sign_checkpoint
 from assay.core.audit.keys import hmac_key_from_bytes
 from assay.core.audit.merkle import CompactRange
+from assay.core.audit.receipt import Receipt, make_receipt
 from assay.core.audit.schema import _LOG_ID, check_fields, make_fields
 from assay.core.audit.verify import StreamVerifier, inspect_line
 from assay.core.errors import AuditNeedsRecovery, AuditWriteFailed, BadRequest, ChainBroken
@@ -269,13 +270,17 @@ class AuditLog:
     def append(self, fields: Mapping[str, Any]) -> Record:
         return self.append_batch([fields])[0]
 
-    def append_batch(self, batch: Sequence[Mapping[str, Any]]) -> list[Record]:
+    def append_batch(
+        self, batch: Sequence[Mapping[str, Any]], *, validated: bool = False
+    ) -> list[Record]:
         """Seal, write and fsync ``batch`` as one group commit; durable on return.
 
         ``BadRequest`` (a malformed record) fails before any I/O. ``AuditWriteFailed``
         means nothing was acknowledged; after an fsync failure the records may still exist.
+        ``validated``: every item is already a ``check_fields`` result (the writer checks
+        each caller's fields at its edge, so one bad record never fails a whole batch).
         """
-        checked = [check_fields(f) for f in batch]
+        checked = [dict(f) for f in batch] if validated else [check_fields(f) for f in batch]
         if not checked:
             return []
         with self._mutex:
@@ -397,6 +402,13 @@ class AuditLog:
         self.stats.checkpoints += 1
         return cp
 
+    def receipt(self, record: Mapping[str, Any]) -> Receipt | None:
+        """A signed receipt for a durable ``record`` against the latest checkpoint (None
+        without a signing key, or for a record dropped under ``availability_first``)."""
+        if self._signing_key is None or record.get("seq") is None:
+            return None
+        return make_receipt(self._signing_key, record, self._latest)
+
     # -- reading --------------------------------------------------------------------------
 
     def prove(self, seq: int) -> InclusionProof:
@@ -445,23 +457,16 @@ class AuditLog:
             return log_.recovered
 
     def _recover_tail_locked(self) -> None:
-        fd, size = self._fd, self._known_size
-        cut = files.tail_start(fd, size)  # bytes after the last newline: a torn write
-        if cut:  # and the last complete line too, if it does not parse
-            start = files.last_line_start(fd, cut, MAX_LINE + 1)
-            if start is None or self._parse(os.pread(fd, cut - 1 - start, start)) is None:
-                cut = start if start is not None else files.tail_start(fd, cut - 1)
-        if cut == size:
-            return
-        torn = files.pread_all(fd, cut, size)
         stamp = self._clock().replace("-", "").replace(":", "")
-        name = files.write_evidence(self.directory, f"{files.TORN_PREFIX}{stamp}", torn)
-        os.ftruncate(fd, cut)
-        os.fsync(fd)
-        self._known_size = cut
+        cut = files.cut_torn_tail(self.directory, self._fd, self._known_size,
+                                  lambda line: self._parse(line) is not None, stamp)  # fmt: skip
+        if cut is None:
+            return
+        offset, name, torn = cut
+        self._known_size = offset
         self.recovered = make_fields(
             "audit.recover", target=name,
-            reasons=[f"removed {len(torn)} torn bytes at offset {cut} of {files.CURRENT}"],
+            reasons=[f"removed {len(torn)} torn bytes at offset {offset} of {files.CURRENT}"],
             extra={"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
-                   "torn_file": name, "offset": cut, "segment": self._segment},
+                   "torn_file": name, "offset": offset, "segment": self._segment},
         )  # fmt: skip

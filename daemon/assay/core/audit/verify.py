@@ -277,17 +277,16 @@ class StreamVerifier:
             self._slack += 1
         else:
             seq, prev_hash, rhash = claims
-            if problem is None:
+            # Fast path first: the common case is a record exactly where it belongs.
+            if problem is None and not (seq == hint and prev_hash == self._prev):
                 problem = self._order_check(seq, prev_hash)
             self._next_seq, self._prev, self._slack = seq + 1, rhash, 0
-            self.report.head_seq, self.report.head_hash = seq, rhash
         if torn:
             # Step 6 (AUD-6: tail): no newline at the end of a file: a torn write.
             extra = f"; and {problem[1]}" if problem else ""
             problem = ("truncated", f"last line has no newline (torn write){extra}")
         if problem is not None:
             self._break(problem[0], hint, problem[1])
-        self.report.records = self._pos
         if self._cps and self._cps[0].size == self._pos:
             self._check_checkpoints(claims[2] if claims else None)
         return rec if problem is None else None
@@ -309,6 +308,8 @@ class StreamVerifier:
 
     def finish(self) -> VerifyReport:
         self.end_file()
+        self.report.records = self._pos
+        self.report.head_seq, self.report.head_hash = self._next_seq - 1, self._prev
         for cp in self._cps:
             # Step 8 (AUD-8: checkpoint size): the log is shorter than a checkpoint.
             self.report.checkpoints_checked += 1

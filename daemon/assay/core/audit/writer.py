@@ -30,6 +30,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import trio
@@ -37,6 +38,7 @@ import trio
 from assay.core.audit.chain import Record
 from assay.core.audit.checkpoint import Checkpoint
 from assay.core.audit.log import AuditLog, utc_now
+from assay.core.audit.receipt import HEADER as RECEIPT_HEADER
 from assay.core.audit.schema import SCHEMA_VERSION, check_fields
 from assay.core.errors import AssayError, AuditWriteFailed
 
@@ -102,6 +104,12 @@ class AuditWriter:
     def healthy(self) -> bool:
         """Running, accepting appends, and the last batch (if any) was written."""
         return self._running and not self._closing and self._last_ok and self.log.poisoned is None
+
+    def receipt_headers(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """``{"Assay-Receipt": ...}`` for a mutation's durable record, or ``{}`` if this
+        process has no signing key or the record was dropped. Cheap (one Ed25519 sign)."""
+        receipt = self.log.receipt(record)
+        return {} if receipt is None else {RECEIPT_HEADER: receipt.to_header()}
 
     def metrics(self) -> dict[str, Any]:
         s = self.log.stats
@@ -198,7 +206,7 @@ class AuditWriter:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             records = await trio.to_thread.run_sync(
-                self.log.append_batch, [p.fields for p in batch]
+                partial(self.log.append_batch, [p.fields for p in batch], validated=True)
             )
         except (AssayError, OSError) as exc:
             self._failed(batch, exc)
