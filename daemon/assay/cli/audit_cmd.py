@@ -8,7 +8,9 @@ raise typed errors and let ``assay.cli.main`` map them to exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +92,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # -- inputs --------------------------------------------------------------------------------
 
 
-def _log_paths(args: list[str]) -> list[Path]:
-    out: list[Path] = []
+def _log_inputs(stack: contextlib.ExitStack, args: list[str]) -> list[tuple[str, Iterator[bytes]]]:
+    """``(name, chunks)`` per log file; a directory is a consistent snapshot of a live log."""
+    out: list[tuple[str, Iterator[bytes]]] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            segments = files.segment_paths(path)
-            if not segments:
+            snap = stack.enter_context(files.snapshot(path))
+            if not snap:
                 raise AuditInputError(f"{path} holds no audit log files")
-            out.extend(segments)
+            out.extend((str(p), files.chunks(fd, 0, size)) for p, fd, size in snap)
         elif path.is_file():
-            out.append(path)
+            out.append((str(path), files.file_chunks(path)))
         else:
             raise AuditInputError(f"{path}: no such log file or directory")
     return out
@@ -169,10 +172,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if cps and not args.public_key:
         raise AuditInputError("--checkpoint needs --public-key to authenticate it")
     public = _public_keys(args.public_key)
-    paths = _log_paths(args.logs)
     try:
-        report = verify_stream(((str(p), files.file_chunks(p)) for p in paths), key, cps, public,
-                               max_breaks=args.max_breaks)  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            inputs = _log_inputs(stack, args.logs)
+            report = verify_stream(inputs, key, cps, public, max_breaks=args.max_breaks)
     except OSError as exc:
         raise AuditInputError(f"reading the log failed: {exc}") from None
     if args.json:
@@ -262,27 +265,23 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 def _receipt_in_log(directory: Path, seq: int, record_hash: str) -> bool:
     """Find line ``seq`` and compare its hash; ``ChainBroken`` if missing or different."""
     import json
-    import os
 
     if not files.is_log_dir(directory):
         raise AuditInputError(f"{directory} is not an audit log directory")
     needle = f'"seq":{seq},'.encode()
-    for path in files.segment_paths(directory):
-        fd = os.open(path, files.O_READ)
+    with files.snapshot(directory) as snap:
+        found = [line for _p, fd, size in snap for _e, line in files.lines(fd, 0, size)
+                 if needle in line]  # fmt: skip
+    for line in found:
         try:
-            found = [line for _end, line in files.lines(fd, 0) if needle in line]
-        finally:
-            os.close(fd)
-        for line in found:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("seq") == seq:
-                if rec.get("record_hash") != record_hash:
-                    raise ChainBroken(f"log record {seq} differs from the receipt: history "
-                                      "was rewritten", code="audit.receipt_mismatch")  # fmt: skip
-                return True
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("seq") == seq:
+            if rec.get("record_hash") != record_hash:
+                raise ChainBroken(f"log record {seq} differs from the receipt: history "
+                                  "was rewritten", code="audit.receipt_mismatch")  # fmt: skip
+            return True
     raise ChainBroken(f"log has no record {seq}: it was truncated or rolled back",
                       code="audit.receipt_mismatch")  # fmt: skip
 

@@ -15,6 +15,8 @@ Segment numbers are fixed at creation: the current file *is* segment N and becom
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -52,6 +54,35 @@ def segment_paths(directory: Path) -> list[Path]:
     if (directory / CURRENT).exists():
         paths.append(directory / CURRENT)
     return paths
+
+
+@contextlib.contextmanager
+def snapshot(directory: Path) -> Iterator[list[tuple[Path, int, int]]]:
+    """``(path, fd, size)`` of every segment, opened and sized under a shared lock.
+
+    A consistent cut of a live log: writers hold the lock exclusively while they append
+    or rotate, so no line is half-written at a recorded size, and the open fds survive a
+    later rotation. The lock is held only while opening, never while reading.
+    """
+    opened: list[tuple[Path, int, int]] = []
+    try:
+        try:
+            lock = os.open(directory / LOCK, O_READ)
+        except FileNotFoundError:
+            lock = -1
+        try:
+            if lock >= 0:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            for path in segment_paths(directory):
+                fd = os.open(path, O_READ)
+                opened.append((path, fd, os.fstat(fd).st_size))
+        finally:
+            if lock >= 0:
+                os.close(lock)  # closing releases the lock
+        yield opened
+    finally:
+        for _path, fd, _size in opened:
+            os.close(fd)
 
 
 def is_log_dir(path: Path) -> bool:

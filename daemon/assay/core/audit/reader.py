@@ -44,16 +44,16 @@ def prove(directory: Path | str, seq: int, checkpoint: Checkpoint | None = None)
                          code="audit.not_checkpointed")  # fmt: skip
     found: list[bytes] = []
 
-    def leaves() -> Generator[bytes, None, None]:
+    def leaves(snap: list[tuple[Path, int, int]]) -> Generator[bytes, None, None]:
         n = 0
-        for path in files.segment_paths(directory):
-            for line in _path_lines(path):
+        for _path, fd, size in snap:
+            for _end, line in files.lines(fd, 0, size):
                 n += 1
                 if n == seq:
                     found.append(line)
                 yield leaf_hash(line)
 
-    with contextlib.closing(leaves()) as stream:
+    with files.snapshot(directory) as snap, contextlib.closing(leaves(snap)) as stream:
         try:
             path_hashes = inclusion_proof(seq - 1, checkpoint.size, stream)
         except ValueError as exc:
@@ -63,15 +63,6 @@ def prove(directory: Path | str, seq: int, checkpoint: Checkpoint | None = None)
         raise ChainBroken("the log no longer matches its checkpoint; run `assay audit verify`")
     return InclusionProof(seq, checkpoint.size, found[0].decode("utf-8", "replace"),
                           [h.hex() for h in path_hashes], checkpoint)  # fmt: skip
-
-
-def _path_lines(path: Path) -> Iterator[bytes]:
-    fd = os.open(path, files.O_READ)
-    try:
-        for _end, line in files.lines(fd, 0):
-            yield line
-    finally:
-        os.close(fd)
 
 
 def line_ending_at(fd: int, off: int) -> bytes | None:
