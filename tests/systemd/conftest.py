@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ BOOT_TIMEOUT = 90.0
 BUILD_TIMEOUT = 1800.0
 URL = "http://127.0.0.1:8470"
 _SETUP_FAILED: list[str] = []
+PR_SET_PDEATHSIG = 1
 
 BOOT_SCRIPT = (
     "set -e; "
@@ -234,6 +236,7 @@ class BootedSystem:
         self.unshare = subprocess.Popen(
             [
                 "unshare",
+                "--kill-child=SIGKILL",
                 "--pid",
                 "--mount",
                 "--net",
@@ -249,6 +252,7 @@ class BootedSystem:
             stdout=subprocess.DEVNULL,
             stderr=(self.scratch / "boot.log").open("wb"),
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
         def child() -> int | None:
@@ -300,6 +304,14 @@ class BootedSystem:
                     proc.kill()
                     proc.wait(timeout=30)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the unshare child: SIGKILL when pytest dies, however it dies. With unshare's
+    ``--kill-child`` (the same for its child, the namespace's init) no booted system
+    outlives the test run even when teardown never gets to run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def build_deb(scratch: Path) -> Path:
