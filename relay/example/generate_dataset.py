@@ -40,7 +40,7 @@ def _municipality(rng: random.Random) -> str:
 
 
 def generate(people: int, seed: int) -> tuple[pa.Table, pa.Table]:
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded on purpose: same seed, same synthetic data
     hh_ids: list[str] = []
     hh_muni: list[str] = []
     hh_size: list[int] = []
