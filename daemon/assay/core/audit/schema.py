@@ -192,7 +192,8 @@ def record_problem(rec: object) -> str | None:
     seq = rec["seq"]
     if type(seq) is not int or seq < 1:
         return "seq must be a positive integer"
-    if not _matches(_TS, rec["ts"]):
+    ts = rec["ts"]
+    if type(ts) is not str or _TS.match(ts) is None:  # unique per record: no memo
         return "ts must be RFC 3339 UTC with milliseconds (YYYY-MM-DDTHH:MM:SS.mmmZ)"
     if not _matches(_LOG_ID, rec["log_id"]):
         return "log_id must match [A-Za-z0-9._-]{1,64}"
