@@ -296,6 +296,28 @@ def _secret_chunks(secret: bytes) -> list[bytes]:
     return [p for p in pieces if len(p) >= 16 and not p.startswith((b"-----", b"{", b"}"))]
 
 
+# -- 5b. token changes reach the service through its credentials ------------------------
+def test_token_created_offline_reaches_the_running_service(system: BootedSystem) -> None:
+    system.activate()
+    old_pid = system.main_pid()
+    out = system.run(
+        "assay-system", "token", "create", "--id", "reader", "--scope", "artifacts:read", "--json"
+    ).stdout
+    reader = json.loads(out)["token"]
+    # assay-system restarted the service so systemd copied the new token file in.
+    system.wait_active()
+    assert system.main_pid() != old_pid
+    status, body = system.http("/v1/artifacts", reader)
+    assert status == 200, body
+    denied = system.cli("sweep", token=reader, check=False)
+    assert denied.returncode == 3, denied.stdout + denied.stderr  # scope denied
+    # The offline audit record was written as root; its files went back to the service.
+    owners = system.run(
+        "sh", "-c", "stat -c %u /var/lib/private/assay /var/lib/private/assay/audit/*"
+    ).stdout.split()
+    assert len(set(owners)) == 1 and owners[0] != "0", owners
+
+
 # -- 6. SIGKILL: restarted, nothing acknowledged lost, audit chain verifies ---------------
 # Uploads keep coming while the daemon is killed. Each one the daemon acknowledged (2xx) is
 # written to ACKED; failures are expected around the kill and only counted. With socket
