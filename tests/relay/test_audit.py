@@ -79,3 +79,17 @@ async def test_each_request_writes_exactly_one_record_with_its_outcome(running: 
     assert ok["purpose"] == "benefit-eligibility-check"
     assert ok["extra"]["row_count"] == 1 and ok["extra"]["scopes_used"] == "civil:read"
     assert running.audit.records[4]["extra"]["suppressed_groups"] > 0
+
+
+def test_audit_extra_stays_within_the_record_schema_for_huge_sensitive_lists() -> None:
+    from assay.core.audit.schema import MAX_ITEMS, MAX_TEXT
+    from assay.relay.planner import Condition, audit_extra
+
+    conditions = [
+        Condition(f"f{i}", f"f{i}", "string", "in", tuple(f"v{j}" for j in range(500)), True)
+        for i in range(32)
+    ]
+    extra = audit_extra(conditions, lambda v: redact(b"k" * 32, v))
+    assert len(extra) + 10 <= MAX_ITEMS
+    assert all(len(v) <= MAX_TEXT for v in extra.values())
+    assert "v1" not in " ".join(extra.values()).split(",")

@@ -285,9 +285,10 @@ def audit_extra(conditions: Sequence[Condition], redact: Callable[[str], str]) -
     """
     out: dict[str, str] = {"filters": ",".join(f"{c.field}:{c.op}" for c in conditions)}
     for c in conditions:
-        if len(out) >= AUDIT_ENTRIES:
-            break
         values = [str(canonical(v)) for v in c.values]
+        if len(out) >= AUDIT_ENTRIES:
+            out["truncated"] = "true"
+            break
         if not c.sensitive:
             out[f"value.{c.field}.{c.op}"] = ",".join(values)[:AUDIT_TEXT]
             continue
@@ -297,6 +298,8 @@ def audit_extra(conditions: Sequence[Condition], redact: Callable[[str], str]) -
             if sum(len(t) + 1 for t in chunk) + len(tag) > AUDIT_TEXT:
                 out[f"hash.{c.field}.{c.op}.{part}"] = ",".join(chunk)
                 chunk, part = [], part + 1
+                if len(out) >= AUDIT_ENTRIES:
+                    break
             chunk.append(tag)
         out[f"hash.{c.field}.{c.op}.{part}"] = ",".join(chunk)
     return out
