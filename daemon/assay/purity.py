@@ -27,6 +27,15 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.audit.merkle",
     "assay.core.audit.checkpoint",
     "assay.core.audit.receipt",
+    "assay.relay.config",
+    "assay.relay.decode",
+    "assay.relay.planner",
+    "assay.relay.cursor",
+    "assay.relay.query",
+    "assay.relay.disclosure",
+    "assay.relay.apikeys",
+    "assay.relay.jws",
+    "assay.relay.errors",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

@@ -8,6 +8,7 @@ same chain the daemon writes, under the audit log's own lock.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import secrets
 import shutil
@@ -175,6 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     loaded = load_config(config)
     logsetup.setup(loaded.config.logging.level, loaded.config.logging.journald)
+    # A watchdog SIGABRT then prints the hung stack to the journal.
+    faulthandler.enable()
     trio.run(daemon.run, loaded)
     return 0
 

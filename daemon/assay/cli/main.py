@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from assay import __version__
-from assay.cli import admin, artifacts, inspect_cmd
+from assay.cli import admin, artifacts, audit_cmd, inspect_cmd, relay_cmd
 from assay.cli.client import Unreachable
 from assay.core.errors import (
     AssayError,
@@ -60,12 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     artifacts.register(sub)
     inspect_cmd.register(sub)
-    try:
-        from assay.cli import audit_cmd
-    except ImportError:  # pragma: no cover - audit CLI ships with the audit core
-        pass
-    else:
-        audit_cmd.register(sub)
+    audit_cmd.register(sub)
+    relay_cmd.register(sub)
     return parser
 
 

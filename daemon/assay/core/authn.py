@@ -52,7 +52,8 @@ class Authenticator:
             self._records = tuple(tokenfile.load(self.token_file))
         except AssayError as exc:
             log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
-                "token file reload failed, keeping previous tokens: %s", exc.detail)
+                "token file reload failed, keeping previous tokens: %s", exc.detail
+            )
             return False
         self._stamp = stamp
         log.info("token file reloaded: %d tokens", len(self._records))

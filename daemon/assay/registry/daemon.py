@@ -29,6 +29,7 @@ from assay.core.systemd import Notifier, listen_fds, watchdog_interval
 from assay.registry.app import create_app
 from assay.registry.config import LoadedConfig
 from assay.registry.db import RegistryDB
+from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
 from assay.registry.upload import ASGIApp, UploadAdapter
@@ -118,7 +119,7 @@ async def run(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
-        await audit.reconcile(registry)
+        await reconcile(registry, audit.records_after)
         nursery.start_soon(authenticator.watch)
         binds: list[str] = await nursery.start(
             partial(hypercorn_serve, asgi, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
