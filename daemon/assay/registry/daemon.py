@@ -19,6 +19,7 @@ from typing import Any, cast
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
 from assay.core import logsetup
@@ -39,7 +40,13 @@ log = logging.getLogger("assay.daemon")
 FAULT_ENV = "ASSAY_TEST_FAULTS"
 
 
+#: hypercorn reads sockets 64 KiB at a time (a module constant, not a config setting);
+#: uploads pay Python overhead per read, so larger reads cut the daemon's CPU per GiB.
+RECV_BYTES = 1024 * 1024
+
+
 def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
+    hypercorn_tcp.MAX_RECV = RECV_BYTES
     server = loaded.config.server
     hc = HyperConfig()
     fds = listen_fds()
@@ -112,6 +119,7 @@ async def run(
         buffer_bytes=cfg.registry.upload_buffer_bytes,
         max_name_chars=cfg.registry.max_name_chars,
         max_metadata_entries=cfg.registry.max_metadata_entries,
+        max_header_bytes=cfg.server.max_header_bytes,
         response_hook=audit.receipt_headers_for_upload,
     )
     shutdown = trio.Event()

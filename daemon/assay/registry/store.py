@@ -8,7 +8,10 @@ directory fsynced. Every method here blocks; async callers use ``trio.to_thread`
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import secrets
 from collections.abc import Iterator
@@ -19,10 +22,19 @@ from assay.core.errors import DigestMismatch, PayloadTooLarge, StorageError
 from assay.registry.digests import hex_of
 
 READ_CHUNK = 1024 * 1024
+#: O_DIRECT staging buffer (page-aligned, from mmap) and the alignment it needs.
+STAGE_BYTES = 4 * 1024 * 1024
+ALIGN = 4096
 
 
 class Ingest:
-    """One upload in progress. Not thread-safe: one writer at a time."""
+    """One upload in progress. Not thread-safe: one writer at a time.
+
+    Writes go through a page-aligned staging buffer with ``O_DIRECT`` where the file
+    system allows it: the bytes bypass the page cache, which on this appliance's disks
+    cuts the kernel's CPU per GiB several-fold and keeps a huge upload from evicting the
+    cache the daemon serves from. The unaligned tail is written buffered at commit.
+    """
 
     def __init__(self, store: ObjectStore, max_bytes: int) -> None:
         self._store = store
@@ -31,7 +43,18 @@ class Ingest:
         self.size = 0
         self.tmp_path = store.tmp_dir / f"ingest-{secrets.token_hex(12)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd: int | None = os.open(self.tmp_path, flags, 0o600)
+        self._direct = hasattr(os, "O_DIRECT")
+        try:
+            self._fd: int | None = os.open(
+                self.tmp_path, flags | (os.O_DIRECT if self._direct else 0), 0o600
+            )
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self._direct:
+                raise
+            self._direct = False  # e.g. tmpfs: no O_DIRECT, plain buffered writes
+            self._fd = os.open(self.tmp_path, flags, 0o600)
+        self._stage = mmap.mmap(-1, STAGE_BYTES) if self._direct else None
+        self._fill = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write one chunk; refuse before writing past the size cap."""
@@ -41,14 +64,40 @@ class Ingest:
             raise PayloadTooLarge(f"artifact larger than the {self._max}-byte cap")
         self._hash.update(data)
         view = memoryview(data)
+        self.size += len(view)
+        if self._stage is None:
+            _write_all(self._fd, view)
+            return
         while view:
-            view = view[os.write(self._fd, view) :]
-        self.size += len(data)
+            take = min(len(view), STAGE_BYTES - self._fill)
+            self._stage[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == STAGE_BYTES:
+                _write_all(self._fd, memoryview(self._stage))
+                self._fill = 0
+
+    def _flush_tail(self) -> None:
+        """Write what is staged: the aligned part direct, the rest buffered."""
+        if self._stage is None or self._fd is None or not self._fill:
+            return
+        aligned = self._fill - self._fill % ALIGN
+        stage = memoryview(self._stage)
+        if aligned:
+            _write_all(self._fd, stage[:aligned])
+        if self._fill > aligned:
+            fcntl.fcntl(
+                self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT
+            )
+            _write_all(self._fd, stage[aligned : self._fill])
+        stage.release()
+        self._fill = 0
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Read back from the temp file for inspection before it is committed."""
         if self._fd is None:
             raise StorageError("ingest already finished")
+        self._flush_tail()
         return os.pread(self._fd_read(), length, offset)
 
     def _fd_read(self) -> int:
@@ -71,6 +120,7 @@ class Ingest:
                 declared=expected,
                 actual=digest,
             )
+        self._flush_tail()
         os.fsync(self._fd)
         self._close()
         final = self._store.path_for(digest)
@@ -93,6 +143,14 @@ class Ingest:
         if hasattr(self, "_rfd"):
             os.close(self._rfd)
             del self._rfd
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class ObjectStore:

@@ -50,8 +50,10 @@ class UploadAdapter:
         buffer_bytes: int,
         max_name_chars: int,
         max_metadata_entries: int,
+        max_header_bytes: int,
         response_hook: ResponseHook | None = None,
     ) -> None:
+        self.max_header_bytes = max_header_bytes
         self.app = app
         self.registry = registry
         self.authenticator = authenticator
@@ -62,10 +64,32 @@ class UploadAdapter:
         self.response_hook = response_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
+        if scope["type"] == "http" and _header_bytes(scope) > self.max_header_bytes:
+            # Enforced here, not by h11: h11 bounds only *incomplete* header data, so a
+            # large header block arriving in one read would otherwise pass.
+            await self._refuse_headers(scope, send)
+        elif scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
             await self._upload(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _refuse_headers(self, scope: Scope, send: Send) -> None:
+        request_id = secrets.token_hex(8)
+        path = str(scope.get("path", ""))[:200]
+        status, body = problem.from_status(
+            431,
+            f"request headers exceed {self.max_header_bytes} bytes",
+            instance=path,
+            request_id=request_id,
+        )
+        route = f"{scope.get('method', '')} {path}"
+        fields = base_fields(None, RequestAudit(), status, body["code"], route, request_id,
+                             [], None)  # fmt: skip
+        try:
+            await self.audit.append(fields)
+        except AssayError as audit_err:
+            status, body = problem.from_error(audit_err, instance=path, request_id=request_id)
+        await _respond(send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, {})
 
     async def _chunks(self, receive: Receive) -> AsyncIterator[bytearray]:
         """Coalesce ASGI body messages into buffers of ~``buffer_bytes``."""
@@ -177,6 +201,10 @@ class UploadAdapter:
             request_id,
             extra,
         )
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in scope["headers"])
 
 
 async def _respond(
