@@ -111,3 +111,20 @@ def test_corrupt_token_file_stops_startup(tmp_path: Path) -> None:
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer   "])
 def test_non_bearer_headers_yield_no_token(header: str | None) -> None:
     assert parse_bearer(header) is None
+
+
+def test_token_is_not_left_behind_when_its_audit_record_cannot_be_written(tmp_path: Path) -> None:
+    from assay.cli.admin import init_deployment
+    from assay.cli.main import main
+
+    init_deployment(tmp_path / "d")
+    audit_dir = tmp_path / "d" / "state" / "audit"
+    # A torn tail makes the audit log refuse appends until recovered.
+    log = next(audit_dir.glob("audit*.jsonl"))
+    with log.open("ab") as f:
+        f.write(b'{"torn":')
+    code = main(["token", "create", "--config", str(tmp_path / "d" / "config.yaml"),
+                 "--id", "sneaky", "--scope", "artifacts:read"])  # fmt: skip
+    assert code != 0
+    ids = [r.id for r in tokenfile.load(tmp_path / "d" / "secrets" / "tokens.json")]
+    assert "sneaky" not in ids

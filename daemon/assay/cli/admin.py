@@ -203,9 +203,13 @@ def _audit_offline(config: Path, action: str, target: str, extra: dict[str, Any]
 def cmd_token_create(args: argparse.Namespace) -> int:
     path = _token_file(args.config)
     raw, record = tokenfile.create(path, args.id, args.scope, note=args.note)
-    _audit_offline(
-        Path(args.config), "token.create", record.id, {"scopes": ",".join(sorted(record.scopes))}
-    )
+    try:
+        scopes = ",".join(sorted(record.scopes))
+        _audit_offline(Path(args.config), "token.create", record.id, {"scopes": scopes})
+    except BaseException:
+        # No credential may exist without its audit record: undo, then report.
+        tokenfile.discard(path, record.id)
+        raise
     if args.json:
         emit_json(
             {

@@ -140,6 +140,13 @@ def revoke(path: Path, token_id: str) -> TokenRecord:
     return next(r for r in updated if r.id == token_id)
 
 
+def discard(path: Path, token_id: str) -> None:
+    """Remove a token that was never usable: only to undo a creation that failed to audit."""
+    with _locked(path):
+        records = load(path)
+        atomic_write(path, _serialise([r for r in records if r.id != token_id]), mode=0o600)
+
+
 def ensure_file(path: Path) -> None:
     """Create an empty token file (mode 0600) if none exists."""
     if not path.exists():
