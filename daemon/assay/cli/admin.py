@@ -159,7 +159,7 @@ def _print_init(out: dict[str, Any]) -> None:
     print("try:")
     print(f"  export ASSAY_TOKEN={out['admin_token']}")
     for sample in out["samples"]:
-        name = f"samples/{Path(sample).stem}"
+        name = "samples/" + Path(sample).name.replace(".", "-")
         print(f"  assay add {sample} --name {name} --meta source=sample --meta license=apache-2.0")
 
 

@@ -192,7 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if report.breaks_total > len(shown):
             print(f"  ... and {report.breaks_total - len(shown)} more (--json lists them)")
         mismatched = sum(1 for b in report.breaks if b.kind == "self_mismatch")
-        if report.records and mismatched == min(report.records, len(report.breaks)):
+        if mismatched and mismatched == min(report.records, len(report.breaks)):
             print("  hint: every record fails its HMAC; is --key-file the log's key?")
     return 0 if report.ok else 1
 
