@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -39,6 +40,80 @@ ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
 STREAMING_ROUTES: dict[str, tuple[str, str]] = {
     UPLOAD_ROUTE: (UPLOAD_SCOPE, "Upload an artifact (streamed); it enters quarantined."),
 }
+
+
+#: One digest's history read: the rows, or the exception the read raised.
+_Read = tuple[list[dict[str, Any]] | None, BaseException | None]
+
+
+@dataclass(eq=False)
+class _HistoryWait:
+    digest: str
+    wake: trio.Event = field(default_factory=trio.Event)
+    result: _Read | None = None
+
+
+class HistoryReads:
+    """Concurrent ``db.history`` reads share one worker-thread hop (a group read).
+
+    Why: each GET of an artifact's metadata used to start its own ``to_thread`` call;
+    at 50 connections the profile showed the thread hand-offs (spawn, wake-up socket,
+    reschedule) and up to 40 threads queueing on the DB lock as a large share of the
+    event loop's time. Here the first caller leads: it takes every read queued so far,
+    runs them in one thread call, hands each waiter its own result, and wakes the oldest
+    read that queued meanwhile to lead the next batch. Every read still starts after
+    its request arrived (a batch is taken only once its members are queued), so each
+    answer is what a read of its own would have returned; an error fails only the reads
+    of the digest it came from. The waits are shielded like the audit writer's, so a
+    cancelled caller can never leave the queue without a leader.
+    """
+
+    def __init__(self, read: Callable[[str], list[dict[str, Any]]]) -> None:
+        self._read = read
+        self._queue: list[_HistoryWait] = []
+        self._busy = False
+
+    def _read_many(self, digests: list[str]) -> dict[str, _Read]:
+        out: dict[str, _Read] = {}
+        for digest in digests:
+            try:
+                out[digest] = (self._read(digest), None)
+            except Exception as exc:
+                out[digest] = (None, exc)
+        return out
+
+    async def history(self, digest: str) -> list[dict[str, Any]]:
+        wait = _HistoryWait(digest)
+        self._queue.append(wait)
+        with trio.CancelScope(shield=True):
+            if self._busy:
+                await wait.wake.wait()  # woken with a result, or to lead the next batch
+            if wait.result is None:
+                await self._lead()
+        assert wait.result is not None
+        rows, error = wait.result
+        if error is not None:
+            raise error
+        assert rows is not None
+        return rows  # shared by the reads of one digest in a batch: callers only serialise it
+
+    async def _lead(self) -> None:
+        self._busy = True
+        batch, self._queue = self._queue, []
+        digests = list(dict.fromkeys(w.digest for w in batch))
+        results: dict[str, _Read] = {}
+        try:
+            results = await trio.to_thread.run_sync(self._read_many, digests)
+        except Exception as exc:  # the hop itself failed: every read in it fails
+            results = {d: (None, exc) for d in digests}
+        finally:
+            for w in batch:
+                w.result = results.get(w.digest, (None, RuntimeError("history read abandoned")))
+                w.wake.set()
+            if self._queue:
+                self._queue[0].wake.set()  # the oldest waiter leads the next batch
+            else:
+                self._busy = False
 
 
 async def _json_body() -> dict[str, Any]:
@@ -93,6 +168,7 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = True
     web.install(app, authenticator=authenticator, audit=audit)
     started = time.monotonic()
+    history_reads = HistoryReads(registry.db.history)
 
     def mutation_response(body: dict[str, Any], record: Mapping[str, Any], status: int) -> Response:
         current_audit().written = record
@@ -158,7 +234,7 @@ def create_app(
         """One artifact's metadata, state and history."""
         art = registry.get(digest)
         current_audit().target = art.digest
-        history = await trio.to_thread.run_sync(registry.db.history, art.digest)
+        history = await history_reads.history(art.digest)
         return {"artifact": art.public(), "history": history}
 
     @app.post("/v1/artifacts/<digest>/promote")
