@@ -226,14 +226,9 @@ def test_kill_9_under_concurrent_load_loses_no_acknowledged_mutation(
     dep.stop()
     verify_log(dep)
     assert len({a.digest for a in all_acks}) >= ROUNDS * 2
-    if unreflected:
-        # Everything above held; only the known reconcile gap remains (deterministic,
-        # strict reproduction in test_audit_daemon_faults.py). Visible, not red.
-        pytest.xfail(
-            f"records {sorted(unreflected)} are in the log but not in the registry after "
-            "restart: reconcile skips durable records below db.last_audit_seq, which a "
-            "concurrent request's later commit advanced before the kill"
-        )
+    assert not unreflected, (
+        f"records {sorted(unreflected)} are in the log but not in the registry after restart"
+    )
 
 
 def test_records_durable_before_the_database_commit_are_replayed_after_kill_9(

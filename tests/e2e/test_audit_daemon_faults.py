@@ -272,11 +272,6 @@ def test_audit_dir_turned_read_only_refuses_mutations_at_rotation(
     verify_log(dep)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: Registry.ingest commits the bytes to the object store before the "
-    "audit append; when the append fails the blob stays in objects/ with no row and no record",
-)
 def test_upload_refused_for_a_full_audit_disk_leaves_no_blob_behind(
     faulty: tuple[Deployment, Mounts],
 ) -> None:
@@ -292,12 +287,6 @@ def test_upload_refused_for_a_full_audit_disk_leaves_no_blob_behind(
     assert dep.objects() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: reconcile replays only records after db.last_audit_seq, a high-water "
-    "mark; a durable record whose own DB commit did not happen is skipped for good once any "
-    "later record's commit advances the mark (reconcile.py / db.py RegistryDB._mark)",
-)
 def test_durable_revoke_whose_db_commit_failed_is_applied_after_restart(
     faulty: tuple[Deployment, Mounts],
 ) -> None:

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS history (
     audit_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS history_digest ON history(digest);
+CREATE INDEX IF NOT EXISTS history_seq ON history(audit_seq);
 CREATE TABLE IF NOT EXISTS approvals (
     digest TEXT NOT NULL,
     principal TEXT NOT NULL,
@@ -195,6 +196,32 @@ class RegistryDB:
         with self.transaction() as c:
             row = c.execute("SELECT value FROM kv WHERE key = 'last_audit_seq'").fetchone()
         return int(row["value"]) if row else 0
+
+    def reconciled_through(self) -> int:
+        """Every mutation record up to this seq is known to be applied (set at startup)."""
+        with self.transaction() as c:
+            row = c.execute("SELECT value FROM kv WHERE key = 'reconciled_through'").fetchone()
+        return int(row["value"]) if row else 0
+
+    def set_reconciled_through(self, seq: int) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO kv(key, value) VALUES('reconciled_through', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(seq),),
+            )
+
+    def applied_seqs(self, seqs: list[int]) -> set[int]:
+        """Which of ``seqs`` some database change already carries (history.audit_seq)."""
+        if not seqs:
+            return set()
+        with self.transaction() as c:
+            marks = ",".join("?" * len(seqs))
+            rows = c.execute(
+                f"SELECT audit_seq FROM history WHERE audit_seq IN ({marks})",  # noqa: S608
+                seqs,
+            ).fetchall()
+        return {int(r["audit_seq"]) for r in rows}
 
     # -- writes (each records the audit seq that authorised it) --------------------------
 

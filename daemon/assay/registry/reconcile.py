@@ -1,10 +1,12 @@
 """Startup reconciliation of the database with the audit log.
 
 The audit record of a mutation is made durable before the SQLite transaction that applies
-it, and that transaction stores the record's seq. So after a crash the log may hold
-records newer than the database's ``last_audit_seq``; each such mutation is re-applied
-here (idempotently), before the daemon serves. Records are authenticated as they are
-read, so a forged line stops startup instead of being replayed.
+it, and that transaction stores the record's seq in ``history.audit_seq``. Concurrent
+requests commit out of seq order, so no high-water mark can say what was applied: a
+durable seq N may lack its commit while N+1 has one. Instead every mutation record since
+the last startup's reconcile (``reconciled_through``) is checked by its own seq and
+re-applied (idempotently) if no change carries it, before the daemon serves. Records are
+authenticated as they are read, so a forged line stops startup instead of being replayed.
 """
 
 from __future__ import annotations
@@ -28,14 +30,27 @@ async def reconcile(
     registry: Registry, records_after: Callable[[int], Iterator[dict[str, Any]]]
 ) -> int:
     """Re-apply mutations the database missed; returns how many were applied."""
-    last = await trio.to_thread.run_sync(registry.db.last_audit_seq)
-    pending = await trio.to_thread.run_sync(lambda: list(records_after(last)))
+    start = await trio.to_thread.run_sync(registry.db.reconciled_through)
+    pending = await trio.to_thread.run_sync(lambda: list(records_after(start)))
+    mutations = [
+        r
+        for r in pending
+        if r.get("decision") == "allow"
+        and isinstance(r.get("target"), str)
+        and str(r.get("action", "")).startswith("artifact.")
+    ]
+    done = await trio.to_thread.run_sync(
+        registry.db.applied_seqs, [int(r["seq"]) for r in mutations]
+    )
     applied = 0
-    for rec in pending:
-        if rec.get("decision") != "allow" or not isinstance(rec.get("target"), str):
+    for rec in mutations:
+        if rec["seq"] in done:
             continue
         if await trio.to_thread.run_sync(_apply, registry, rec):
             applied += 1
+    if pending:
+        # Everything up to here is now applied; the next startup starts after it.
+        await trio.to_thread.run_sync(registry.db.set_reconciled_through, pending[-1]["seq"])
     if applied:
         registry.artifacts = await trio.to_thread.run_sync(registry.db.load_all)
         log.warning("reconciled %d mutation(s) from the audit log after a crash", applied)

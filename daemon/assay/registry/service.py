@@ -168,7 +168,7 @@ class Registry:
                     )
                 )
                 return Outcome(existing, record, created=False)
-            await trio.to_thread.run_sync(ingest.commit, declared)
+            _digest, newly_stored = await trio.to_thread.run_sync(ingest.commit, declared)
         except BaseException:
             await trio.to_thread.run_sync(ingest.abort)
             raise
@@ -187,19 +187,25 @@ class Registry:
             uploaded_by=principal.id,
             state_changed_at=ts,
         )
-        record = await self._append(
-            _fields(
-                principal,
-                "artifact.ingest",
-                route,
-                request_id,
-                digest,
-                None,
-                art.state,
-                201,
-                extra=_ingest_extra(art),
+        try:
+            record = await self._append(
+                _fields(
+                    principal,
+                    "artifact.ingest",
+                    route,
+                    request_id,
+                    digest,
+                    None,
+                    art.state,
+                    201,
+                    extra=_ingest_extra(art),
+                )
             )
-        )
+        except BaseException:
+            # No record, so no artifact: the bytes must not linger in the store unowned.
+            if newly_stored:
+                await trio.to_thread.run_sync(self.store.remove, digest)
+            raise
         await self._db(self.db.insert, art, record["seq"])
         self.artifacts[digest] = art
         self._events(
