@@ -43,6 +43,7 @@ FAULT_ENV = "ASSAY_TEST_FAULTS"
 #: hypercorn reads sockets 64 KiB at a time (a module constant, not a config setting);
 #: uploads pay Python overhead per read, so larger reads cut the daemon's CPU per GiB.
 RECV_BYTES = 1024 * 1024
+H11_BACKSTOP_BYTES = 1024 * 1024
 
 
 def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
@@ -56,7 +57,10 @@ def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
         hc.bind = [server.bind]
     if server.unix_socket:
         hc.bind.append(f"unix:{loaded.path(server.unix_socket)}")
-    hc.h11_max_incomplete_size = server.max_header_bytes
+    # The configured header cap is enforced per request (audited 431) by the ASGI layer;
+    # h11's bound on *incomplete* data is only a memory backstop above it, because when it
+    # fires hypercorn answers a bare 400 that never reaches the app or the audit log.
+    hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
     hc.keep_alive_timeout = server.keep_alive_timeout_seconds
     hc.graceful_timeout = server.shutdown_timeout_seconds
     hc.include_server_header = False

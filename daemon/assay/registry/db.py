@@ -1,9 +1,10 @@
 """SQLite (WAL) metadata: artifacts, history, approvals, publisher signatures.
 
 Every method blocks; the service calls them through ``trio.to_thread`` with a limiter of
-one, so a single connection serves all writes in order. ``last_audit_seq`` is stored in
-the same transaction as each change: it is how startup reconciles the database with the
-audit log, which is written (durably) first and acts as the write-ahead record.
+one, so a single connection serves all writes in order. Each change stores the seq of the
+audit record that authorised it (``history.audit_seq``) in the same transaction: that is
+how startup reconciles the database with the audit log, which is written (durably) first
+and acts as the write-ahead record.
 """
 
 from __future__ import annotations
@@ -192,11 +193,6 @@ class RegistryDB:
             ).fetchall()
         return tuple((r["key_id"], r["signature"]) for r in rows)
 
-    def last_audit_seq(self) -> int:
-        with self.transaction() as c:
-            row = c.execute("SELECT value FROM kv WHERE key = 'last_audit_seq'").fetchone()
-        return int(row["value"]) if row else 0
-
     def reconciled_through(self) -> int:
         """Every mutation record up to this seq is known to be applied (set at startup)."""
         with self.transaction() as c:
@@ -226,16 +222,6 @@ class RegistryDB:
     # -- writes (each records the audit seq that authorised it) --------------------------
 
     @staticmethod
-    def _mark(c: sqlite3.Connection, seq: int | None) -> None:
-        if seq is not None:
-            c.execute(
-                "INSERT INTO kv(key, value) VALUES('last_audit_seq', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value "
-                "WHERE CAST(kv.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-                (str(seq),),
-            )
-
-    @staticmethod
     def _history(
         c: sqlite3.Connection,
         digest: str,
@@ -256,7 +242,6 @@ class RegistryDB:
     def insert(self, art: Artifact, seq: int | None) -> None:
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM artifacts WHERE digest = ?", (art.digest,)).fetchone():
-                self._mark(c, seq)
                 return
             c.execute(
                 "INSERT INTO artifacts(digest, name, size, format, format_details, metadata,"
@@ -280,7 +265,6 @@ class RegistryDB:
             self._history(
                 c, art.digest, art.created_at, "ingest", None, art.state, art.uploaded_by, [], seq
             )
-            self._mark(c, seq)
 
     def set_state(
         self,
@@ -303,7 +287,6 @@ class RegistryDB:
                 self._history(
                     c, art.digest, ts, action, art.state, to_state, principal, reasons, seq
                 )
-            self._mark(c, seq)
         return replace(art, state=to_state, updated_at=ts, state_changed_at=ts)
 
     def add_approval(self, art: Artifact, principal: str, ts: str, seq: int | None) -> Artifact:
@@ -313,7 +296,6 @@ class RegistryDB:
                 (art.digest, principal, ts),
             )
             self._history(c, art.digest, ts, "approve", art.state, art.state, principal, [], seq)
-            self._mark(c, seq)
         return replace(art, approvers=art.approvers | {principal})
 
     def add_signature(self, digest: str, key_id: str, signature: str) -> None:
@@ -344,5 +326,4 @@ class RegistryDB:
                     [],
                     seq,
                 )
-            self._mark(c, seq)
         return replace(art, integrity=integrity, last_verified_at=ts, updated_at=ts)

@@ -5,8 +5,9 @@ Ordering rule for every mutation (so a crash never leaves a change without its r
   2. append the audit record and wait until it is durable;
   3. apply the change in one SQLite transaction that also stores the record's ``seq``;
   4. update the in-memory view the read path serves from.
-A crash between 2 and 3 is repaired at startup by ``reconcile``, which replays records
-newer than the database's ``last_audit_seq``. Blocking work runs in ``trio.to_thread``.
+A crash between 2 and 3 is repaired at startup by ``reconcile``, which re-applies every
+mutation record that no database change carries yet (see ``reconcile.py``).
+Blocking work runs in ``trio.to_thread``.
 """
 
 from __future__ import annotations
