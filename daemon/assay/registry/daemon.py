@@ -26,7 +26,8 @@ from assay.core import logsetup
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.secrets import resolve_path
-from assay.core.systemd import Notifier, listen_fds, watchdog_interval
+from assay.core.serving import hypercorn_config as core_hypercorn_config
+from assay.core.systemd import Notifier, watchdog_interval
 from assay.registry.app import create_app
 from assay.registry.config import LoadedConfig
 from assay.registry.db import RegistryDB
@@ -47,27 +48,14 @@ H11_BACKSTOP_BYTES = 1024 * 1024
 
 
 def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
-    hypercorn_tcp.MAX_RECV = RECV_BYTES
     server = loaded.config.server
-    hc = HyperConfig()
-    fds = listen_fds()
-    if fds:
-        hc.bind = [f"fd://{fds[0]}"]
-    else:
-        hc.bind = [server.bind]
-    if server.unix_socket:
-        hc.bind.append(f"unix:{loaded.path(server.unix_socket)}")
+    hypercorn_tcp.MAX_RECV = RECV_BYTES
+    unix = loaded.path(server.unix_socket) if server.unix_socket else None
+    hc = core_hypercorn_config(server, unix_socket=unix)
     # The configured header cap is enforced per request (audited 431) by the ASGI layer;
     # h11's bound on *incomplete* data is only a memory backstop above it, because when it
     # fires hypercorn answers a bare 400 that never reaches the app or the audit log.
     hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
-    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
-    hc.graceful_timeout = server.shutdown_timeout_seconds
-    hc.include_server_header = False
-    hc.include_date_header = True
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("assay.hypercorn")
-    hc.alpn_protocols = ["http/1.1"]
     return hc
 
 

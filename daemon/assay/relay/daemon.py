@@ -23,7 +23,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from assay import __version__
 from assay.core import logsetup
 from assay.core.audit.runtime import AuditRuntime, open_audit
-from assay.core.systemd import Notifier, listen_fds, watchdog_interval
+from assay.core.serving import hypercorn_config as core_hypercorn_config
+from assay.core.systemd import Notifier, watchdog_interval
 from assay.relay.settings import LoadedConfig, load_secrets
 from assay.relay.snapshot import SnapshotStore
 from assay.relay.wiring import assemble, tables_check
@@ -33,20 +34,8 @@ log = logging.getLogger("assay.relay")
 
 def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
     server = loaded.config.server
-    hc = HyperConfig()
-    fds = listen_fds()
-    hc.bind = [f"fd://{fds[0]}"] if fds else [server.bind]
-    if server.unix_socket:
-        hc.bind.append(f"unix:{loaded.path(server.unix_socket)}")
-    hc.h11_max_incomplete_size = server.max_header_bytes
-    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
-    hc.graceful_timeout = server.shutdown_timeout_seconds
-    hc.include_server_header = False
-    hc.include_date_header = True
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("assay.hypercorn")
-    hc.alpn_protocols = ["http/1.1"]
-    return hc
+    unix = loaded.path(server.unix_socket) if server.unix_socket else None
+    return core_hypercorn_config(server, unix_socket=unix)
 
 
 def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:

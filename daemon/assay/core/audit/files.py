@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from assay.core.atomic import fsync_dir
 from assay.core.audit.checkpoint import STATE_MEMBER, Checkpoint, parse_checkpoint
 from assay.core.audit.schema import MAX_LINE
 from assay.core.errors import AssayError
@@ -194,14 +195,6 @@ def read_latest_checkpoint(directory: Path) -> tuple[Checkpoint, dict[str, Any] 
         state = obj.get(STATE_MEMBER)
         return cp, state if isinstance(state, dict) else None
     return None
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def append_durable(path: Path, line: bytes, mode: int = 0o600) -> int:

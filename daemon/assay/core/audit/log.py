@@ -37,7 +37,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from assay.core.atomic import atomic_write
+from assay.core.atomic import atomic_write, fsync_dir
 from assay.core.audit import files, reader
 from assay.core.audit.chain import Chain, Record, canonical, format_ts, seal_line
 from assay.core.audit.checkpoint import Checkpoint as Checkpoint
@@ -354,7 +354,7 @@ class AuditLog:
         try:
             self._open_current()
             self._known_size = 0
-            files.fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             self.poisoned = f"rotation failed half way ({exc.strerror})"
             raise AuditWriteFailed(f"audit rotation failed: {exc.strerror}") from exc

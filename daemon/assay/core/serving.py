@@ -1,0 +1,32 @@
+"""The hypercorn settings both daemons share, from the core's ``ServerConfig``.
+
+One place, so the registry and the relay cannot drift on limits, timeouts or headers.
+Socket activation wins over the configured bind: systemd owns the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hypercorn.config import Config as HyperConfig
+
+from assay.core.schema import ServerConfig
+from assay.core.systemd import listen_fds
+
+
+def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -> HyperConfig:
+    hc = HyperConfig()
+    fds = listen_fds()
+    hc.bind = [f"fd://{fds[0]}"] if fds else [server.bind]
+    if unix_socket is not None:
+        hc.bind.append(f"unix:{unix_socket}")
+    hc.h11_max_incomplete_size = server.max_header_bytes
+    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
+    hc.graceful_timeout = server.shutdown_timeout_seconds
+    hc.include_server_header = False
+    hc.include_date_header = True
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("assay.hypercorn")
+    hc.alpn_protocols = ["http/1.1"]
+    return hc
