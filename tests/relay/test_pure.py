@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from assay.core.errors import BadRequest
-from assay.purity import FORBIDDEN
 from assay.relay.planner import Bounds, FieldSpec, plan_records
-from tests.unit.test_purity import _closure
-
-RELAY_PURE = (
-    "assay.relay.config",
-    "assay.relay.decode",
-    "assay.relay.planner",
-    "assay.relay.cursor",
-    "assay.relay.query",
-    "assay.relay.disclosure",
-    "assay.relay.apikeys",
-    "assay.relay.jws",
-    "assay.relay.errors",
-)
-
-
-@pytest.mark.parametrize("module", RELAY_PURE)
-def test_relay_pure_module_imports_no_io(module: str) -> None:
-    bad = {n: via for n, via in _closure(module).items() if n.split(".")[0] in FORBIDDEN}
-    assert not bad, f"{module} reaches I/O modules: {bad}"
-
 
 FIELDS = (
     FieldSpec("id", "id", "string", True),

@@ -8,6 +8,7 @@ refused (fail closed) rather than served.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -117,6 +118,26 @@ def base_fields(
         "purpose": purpose_value,
         "extra": dict(audit.extra),
     }
+
+
+def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> None:
+    """``/healthz`` (liveness) and ``/readyz`` (named readiness checks): the only public
+    routes, the same in every component so systemd and operators probe them alike."""
+
+    @app.get("/healthz")
+    @public
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the event loop answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    @public
+    async def readyz() -> Response:
+        """Readiness: every named check (store, audit, config, tables...) passes."""
+        checks = readiness()
+        ok = all(c.get("ok") for c in checks.values())
+        body = json.dumps({"ready": ok, "checks": checks}, sort_keys=True)
+        return Response(body, status=200 if ok else 503, content_type="application/json")
 
 
 def install(

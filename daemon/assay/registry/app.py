@@ -23,7 +23,7 @@ from assay.core import web
 from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
-from assay.core.web import AuditSink, current_audit, current_principal, public, requires
+from assay.core.web import AuditSink, current_audit, current_principal, requires
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.states import Action
@@ -178,23 +178,7 @@ def create_app(
             resp.headers[k] = v
         return resp
 
-    @app.get("/healthz")
-    @public
-    async def healthz() -> dict[str, Any]:
-        """Liveness: the event loop answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    @public
-    async def readyz() -> Response:
-        """Readiness: named checks for store, audit, config and policy."""
-        checks = readiness()
-        ok = all(c.get("ok") for c in checks.values())
-        return Response(
-            _dumps({"ready": ok, "checks": checks}),
-            status=200 if ok else 503,
-            content_type="application/json",
-        )
+    web.add_health_routes(app, readiness)
 
     @app.get("/v1/status")
     @requires("artifacts:read")

@@ -125,19 +125,7 @@ def create_app(
         token = relay.sign(dataset, route, snapshot, query_doc, body, g.get("request_id", ""))
         return Response(token, status=200, content_type=JOSE)
 
-    @app.get("/healthz")
-    @public
-    async def healthz() -> dict[str, Any]:
-        """Liveness: the event loop answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    @public
-    async def readyz() -> Response:
-        """Readiness: every table loaded (stale ones named) and the audit log writable."""
-        checks = readiness()
-        ok = all(c.get("ok") for c in checks.values())
-        return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
+    web.add_health_routes(app, readiness)
 
     async def openapi() -> Response:
         """This API's OpenAPI 3.1 description."""
