@@ -82,6 +82,7 @@ async def run(
         policy=loaded.policy,
         audit_append=audit.writer.append,
         max_artifact_bytes=cfg.registry.max_artifact_bytes,
+        block_bytes=cfg.registry.upload_buffer_bytes,
         events=_events,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
@@ -108,7 +109,6 @@ async def run(
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,
-        buffer_bytes=cfg.registry.upload_buffer_bytes,
         max_name_chars=cfg.registry.max_name_chars,
         max_metadata_entries=cfg.registry.max_metadata_entries,
         max_header_bytes=cfg.server.max_header_bytes,

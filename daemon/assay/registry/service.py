@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import mmap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,12 +27,14 @@ from assay.core.errors import (
     FormatRefused,
     NotFound,
     NotTrusted,
+    PayloadTooLarge,
     PolicyRefused,
     StoredBytesCorrupt,
 )
 from assay.core.tokens import Principal
 from assay.formats.inspect import inspect_file
 from assay.registry import policy as policy_mod
+from assay.registry.body import BodySource, fill
 from assay.registry.db import Artifact, RegistryDB
 from assay.registry.digests import parse_digest
 from assay.registry.states import INITIAL_STATE, Action, State, next_state
@@ -65,6 +68,7 @@ class Registry:
         policy: policy_mod.Policy,
         audit_append: Callable[[dict[str, Any]], Any],
         max_artifact_bytes: int,
+        block_bytes: int = 4 * 1024 * 1024,
         events: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
@@ -72,6 +76,7 @@ class Registry:
         self.policy = policy
         self._append = audit_append
         self.max_artifact_bytes = max_artifact_bytes
+        self.block_bytes = block_bytes
         self._events = events or (lambda _kind, _fields: None)
         self._db_limiter = trio.CapacityLimiter(1)
         self._locks: dict[str, trio.Lock] = {}
@@ -137,14 +142,14 @@ class Registry:
         name: str,
         metadata: dict[str, str],
         declared: str | None,
-        chunks: AsyncIterator[bytes | bytearray],
+        body: BodySource,
         route: str,
         request_id: str,
     ) -> Outcome:
-        """Stream ``chunks`` into the store, inspect, and register as quarantined."""
+        """Stream ``body`` into the store, inspect, and register as quarantined."""
         ingest: Ingest = await trio.to_thread.run_sync(self.store.begin, self.max_artifact_bytes)
         try:
-            await self._pump(ingest, chunks)
+            await self._pump(ingest, body)
             inspection = await trio.to_thread.run_sync(
                 lambda: inspect_file(ingest.read_at, ingest.size)
             )
@@ -215,22 +220,65 @@ class Registry:
         )
         return Outcome(art, record, created=True)
 
-    async def _pump(self, ingest: Ingest, chunks: AsyncIterator[bytes | bytearray]) -> None:
-        """Hash and write off the event loop, one buffer in flight while the next fills."""
-        send, receive = trio.open_memory_channel[bytes | bytearray](1)
+    async def _pump(self, ingest: Ingest, body: BodySource) -> None:
+        """Fill page-aligned blocks from ``body``; hash and write them off the event loop.
 
-        async def writer() -> None:
+        Two blocks alternate: one is filled on the loop while a worker thread hashes and
+        writes the other. The channel has no buffer, so a block is handed over only when
+        the writer is idle, which means the block it last wrote is free to fill again.
+        A failure on either side stops both and is raised as itself, not as a group, so
+        the adapter answers it as the typed error it is.
+        """
+        blocks = [ingest.alloc_block(self.block_bytes) for _ in range(2)]
+        send, receive = trio.open_memory_channel[tuple[mmap.mmap, int]](0)
+        failures: list[Exception] = []
+
+        async def writer(cancel: trio.CancelScope) -> None:
             async with receive:
-                async for buf in receive:
-                    await trio.to_thread.run_sync(ingest.write, buf)
+                try:
+                    async for block, length in receive:
+                        await trio.to_thread.run_sync(ingest.write_block, block, length)
+                except Exception as exc:
+                    # Recorded before the channel closes, so it comes before the
+                    # BrokenResourceError that closing raises in the filler.
+                    failures.append(exc)
+                    cancel.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            async with send:
-                async for buf in chunks:
-                    if ingest.size + len(buf) > self.max_artifact_bytes:
-                        ingest.write(buf)  # raises PayloadTooLarge without writing
-                    await send.send(buf)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, nursery.cancel_scope)
+                async with send:
+                    try:
+                        await self._fill_blocks(body, blocks, send)
+                    except Exception as exc:
+                        failures.append(exc)
+                        nursery.cancel_scope.cancel()
+        finally:
+            for block in blocks:
+                block.close()
+        if failures:
+            raise failures[0]
+
+    async def _fill_blocks(
+        self,
+        body: BodySource,
+        blocks: Sequence[mmap.mmap],
+        send: trio.MemorySendChannel[tuple[mmap.mmap, int]],
+    ) -> None:
+        total = 0
+        for turn in range(self.max_artifact_bytes // len(blocks[0]) + 2):
+            block = blocks[turn % 2]
+            with memoryview(block) as view:
+                length = await fill(body, view)
+            total += length
+            if total > self.max_artifact_bytes:
+                raise PayloadTooLarge(
+                    f"artifact larger than the {self.max_artifact_bytes}-byte cap"
+                )
+            if length:
+                await send.send((block, length))
+            if length < len(block):
+                return
 
     # -- state changes ------------------------------------------------------------------
 

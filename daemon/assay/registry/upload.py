@@ -1,9 +1,10 @@
 """``POST /v1/artifacts`` as a raw ASGI adapter, so uploads stream with backpressure.
 
 Why not a Quart view: Quart's request body buffers everything the client sends without
-backpressure, so a fast 4 GiB upload would sit in memory. Here each ``receive()`` pulls
-from hypercorn's bounded queue; chunks are coalesced into large buffers and handed to a
-worker thread that hashes and writes them, while the next buffer fills. Authentication,
+backpressure, so a fast 4 GiB upload would sit in memory. Here the body is a
+``BodySource`` that the ingest pump pulls from only as fast as blocks are written: over
+hypercorn, each ``receive()`` pulls from its bounded queue; over the direct transport
+(``assay.registry.direct``) the socket is read straight into the block. Authentication,
 scope, problem rendering and the audit record are the shared core's, not copies.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from assay.core import problem
@@ -20,6 +21,7 @@ from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, BadRequest, PayloadTooLarge
 from assay.core.tokens import Principal
 from assay.core.web import AuditSink, RequestAudit, base_fields
+from assay.registry.body import DIRECT_BODY_EXTENSION, AsgiBody, BodySource
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.validate import check_metadata, check_name
@@ -47,7 +49,6 @@ class UploadAdapter:
         registry: Registry,
         authenticator: Authenticator,
         audit: AuditSink,
-        buffer_bytes: int,
         max_name_chars: int,
         max_metadata_entries: int,
         max_header_bytes: int,
@@ -58,7 +59,6 @@ class UploadAdapter:
         self.registry = registry
         self.authenticator = authenticator
         self.audit = audit
-        self.buffer_bytes = buffer_bytes
         self.max_name_chars = max_name_chars
         self.max_metadata_entries = max_metadata_entries
         self.response_hook = response_hook
@@ -90,21 +90,6 @@ class UploadAdapter:
         except AssayError as audit_err:
             status, body = problem.from_error(audit_err, instance=path, request_id=request_id)
         await _respond(send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, {})
-
-    async def _chunks(self, receive: Receive) -> AsyncIterator[bytearray]:
-        """Coalesce ASGI body messages into buffers of ~``buffer_bytes``."""
-        buf = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("client disconnected mid-upload", code="request.incomplete")
-            buf += message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            if len(buf) >= self.buffer_bytes or (not more and buf):
-                yield buf
-                buf = bytearray()
-            if not more:
-                return
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -158,7 +143,7 @@ class UploadAdapter:
                 name=name,
                 metadata=metadata,
                 declared=declared,
-                chunks=self._chunks(receive),
+                body=_body_source(scope, receive),
                 route=UPLOAD_ROUTE,
                 request_id=request_id,
             )
@@ -201,6 +186,12 @@ class UploadAdapter:
             request_id,
             extra,
         )
+
+
+def _body_source(scope: Scope, receive: Receive) -> BodySource:
+    """The transport's direct source when it offers one, else the ASGI messages."""
+    direct = scope.get("extensions", {}).get(DIRECT_BODY_EXTENSION)
+    return cast(BodySource, direct) if direct is not None else AsgiBody(receive)
 
 
 def _header_bytes(scope: Scope) -> int:
