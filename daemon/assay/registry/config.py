@@ -27,7 +27,12 @@ class RegistrySection(Strict):
     policies_dir: str = "policies"
     policy: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+    #: Size of each of the two page-aligned blocks an upload is read into (rounded up to
+    #: whole pages): the memory one upload holds, and the unit of each O_DIRECT write.
     upload_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: The longest an upload body may stall, with no byte arriving, before it is refused
+    #: (``request.incomplete``) and its connection closed.
+    upload_stall_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_metadata_entries: int = Field(default=64, ge=0, le=1024)
     max_name_chars: int = Field(default=200, ge=1, le=1024)
 

@@ -28,6 +28,7 @@ from assay.core.authn import Authenticator
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
+from assay.registry import direct as direct_upload
 from assay.registry.app import create_app
 from assay.registry.config import LoadedConfig
 from assay.registry.db import RegistryDB
@@ -116,6 +117,14 @@ async def run(
     )
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
+    direct_upload.install(
+        hc,
+        direct_upload.DirectUpload(
+            asgi,
+            first_byte_timeout=cfg.server.keep_alive_timeout_seconds,
+            read_timeout=cfg.registry.upload_stall_timeout_seconds,
+        ),
+    )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
