@@ -29,7 +29,8 @@ MUTATING = {
     ("POST", "/v1/artifacts/{digest}/revoke"),
     ("DELETE", "/v1/artifacts/{digest}"),
 }
-#: Non-GET routes that re-check bytes rather than move state (no receipt today).
+#: Non-GET routes that re-check bytes rather than move state: their outcome is evidence
+#: (they can mark an artifact failed), so they carry a receipt for their record too.
 CHECKS = {("POST", "/v1/artifacts/{digest}/verify"), ("POST", "/v1/sweep")}
 
 
@@ -210,17 +211,17 @@ def receipt_cli(dep: Deployment, receipt: str, *extra: str) -> tuple[int, dict[s
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_every_mutating_2xx_carries_a_receipt_the_public_key_verifies(
+def test_every_mutating_or_checking_2xx_carries_a_receipt_the_public_key_verifies(
     observed: tuple[Deployment, list[Observed]],
 ) -> None:
     dep, seen = observed
     non_get = {o.route for o in seen if o.route[0] != "GET"}
     assert non_get == MUTATING | CHECKS, "classify the new route: MUTATING or CHECKS"
-    mutating = [o for o in seen if o.route in MUTATING]
-    assert len(mutating) == len(MUTATING)
-    for o in mutating:
+    receipted = [o for o in seen if o.route in MUTATING | CHECKS]
+    assert len(receipted) == len(MUTATING | CHECKS)
+    for o in receipted:
         header = o.response.headers.get("assay-receipt")
-        assert header, f"{o.route}: 2xx mutation without a receipt"
+        assert header, f"{o.route}: 2xx mutation or check without a receipt"
         assert o.response.json()["receipt"] == header
         code, out = receipt_cli(dep, header)  # only the public key: no HMAC key, no log
         assert code == 0, (o.route, out)
@@ -230,8 +231,8 @@ def test_every_mutating_2xx_carries_a_receipt_the_public_key_verifies(
         assert receipt["record_hash"] == o.record["record_hash"], o.route
         assert receipt["action"] == o.record["action"], o.route
         assert receipt["target"] == o.record["target"], o.route
-    # Reads and checks carry none.
-    assert all("assay-receipt" not in o.response.headers for o in seen if o.route not in MUTATING)
+    # Reads carry none.
+    assert all("assay-receipt" not in o.response.headers for o in seen if o.route[0] == "GET")
 
 
 def test_receipt_is_found_in_the_daemon_log(observed: tuple[Deployment, list[Observed]]) -> None:

@@ -67,6 +67,9 @@ class RequestAudit:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Set when the handler already wrote this request's one record (mutations do).
     written: Mapping[str, Any] | None = None
+    #: Set by handlers whose success is evidence worth holding (integrity checks): the
+    #: record written for the request is then signed into a receipt on the response.
+    receipt: bool = False
 
 
 def current_audit() -> RequestAudit:
@@ -146,6 +149,7 @@ def install(
     authenticator: Authenticator,
     audit: AuditSink,
     param_names: Callable[[], list[str]] | None = None,
+    receipt_hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]] | None = None,
 ) -> None:
     """Wire the auth/scope/problem/audit/header discipline into ``app``."""
 
@@ -252,11 +256,26 @@ def install(
             g.purpose if "purpose" in g else purpose(),
         )
         try:
-            await audit.append(fields)
+            record = await audit.append(fields)
         except AuditWriteFailed as exc:
             status, body = problem.from_error(exc, instance=request.path, request_id=g.request_id)
             failed = _problem(status, body)
             for name, value in problem.SECURITY_HEADERS:
                 failed.headers[name] = value
             return failed
+        if audit_state.receipt and receipt_hook is not None and response.status_code < 400:
+            await _attach_receipt(response, record, receipt_hook)
         return response
+
+
+async def _attach_receipt(
+    response: Response,
+    record: Mapping[str, Any],
+    hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]],
+) -> None:
+    """Sign the request's durable record into the JSON body and headers, as mutations do."""
+    body = json.loads(await response.get_data())
+    headers = hook(body, record)
+    response.set_data(json.dumps(body, sort_keys=True))
+    for name, value in headers.items():
+        response.headers[name] = value

@@ -166,7 +166,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = True
-    web.install(app, authenticator=authenticator, audit=audit)
+    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook)
     started = time.monotonic()
     history_reads = HistoryReads(registry.db.history)
 
@@ -284,6 +284,7 @@ def create_app(
         """Re-hash one artifact's stored bytes now."""
         current_audit().target = parse_digest(digest)
         current_audit().action = "artifact.verify"
+        current_audit().receipt = True  # evidence of the check, signed like a mutation
         result = await registry.verify(
             digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
         )
@@ -295,6 +296,7 @@ def create_app(
     async def sweep() -> dict[str, Any]:
         """Re-hash every stored artifact now."""
         current_audit().action = "artifact.sweep"
+        current_audit().receipt = True
         result = await registry.sweep()
         current_audit().extra = {"checked": result["checked"], "failed": len(result["failed"])}
         return result
