@@ -124,3 +124,26 @@ def test_real_relay_answers_audits_and_leaves_a_verifiable_chain(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr
+
+
+def test_oversized_headers_get_an_audited_431_not_a_bare_400(
+    live: tuple[RelayEnv, str, subprocess.Popen[bytes]],
+) -> None:
+    env, url, proc = live
+    cap = int(env.doc["server"].get("max_header_bytes", 16 * 1024))
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/v1/datasets/civil", headers=env.headers("all") | {"X-Pad": "a" * (cap + 1)})
+    assert r.status_code == 431 and r.json()["code"] == "request.headers_too_large"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    audit_dir = Path(env.doc["audit"]["dir"])
+    records = [
+        json.loads(line)
+        for f in sorted(audit_dir.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
+    refused = [r for r in records if r.get("status") == 431]
+    assert len(refused) == 1 and refused[0]["route"] == "GET /v1/datasets/civil"
+    assert refused[0]["error_code"] == "request.headers_too_large"

@@ -14,6 +14,8 @@ from hypercorn.config import Config as HyperConfig
 from assay.core.schema import ServerConfig
 from assay.core.systemd import listen_fds
 
+H11_BACKSTOP_BYTES = 1024 * 1024
+
 
 def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -> HyperConfig:
     hc = HyperConfig()
@@ -21,7 +23,10 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     hc.bind = [f"fd://{fds[0]}"] if fds else [server.bind]
     if unix_socket is not None:
         hc.bind.append(f"unix:{unix_socket}")
-    hc.h11_max_incomplete_size = server.max_header_bytes
+    # The configured header cap is enforced per request (audited 431) by
+    # ``assay.core.asgi.HeaderCap``; h11's bound on *incomplete* data is only a memory
+    # backstop above it, because when it fires hypercorn answers a bare, unaudited 400.
+    hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
     hc.keep_alive_timeout = server.keep_alive_timeout_seconds
     hc.graceful_timeout = server.shutdown_timeout_seconds
     hc.include_server_header = False

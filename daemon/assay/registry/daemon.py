@@ -23,6 +23,7 @@ from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
 from assay.core import logsetup
+from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.secrets import resolve_path
@@ -35,7 +36,7 @@ from assay.registry.db import RegistryDB
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
-from assay.registry.upload import ASGIApp, UploadAdapter
+from assay.registry.upload import UploadAdapter
 
 log = logging.getLogger("assay.daemon")
 
@@ -45,19 +46,13 @@ FAULT_ENV = "ASSAY_TEST_FAULTS"
 #: hypercorn reads sockets 64 KiB at a time (a module constant, not a config setting);
 #: uploads pay Python overhead per read, so larger reads cut the daemon's CPU per GiB.
 RECV_BYTES = 1024 * 1024
-H11_BACKSTOP_BYTES = 1024 * 1024
 
 
 def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
     server = loaded.config.server
     hypercorn_tcp.MAX_RECV = RECV_BYTES
     unix = loaded.path(server.unix_socket) if server.unix_socket else None
-    hc = core_hypercorn_config(server, unix_socket=unix)
-    # The configured header cap is enforced per request (audited 431) by the ASGI layer;
-    # h11's bound on *incomplete* data is only a memory backstop above it, because when it
-    # fires hypercorn answers a bare 400 that never reaches the app or the audit log.
-    hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
-    return hc
+    return core_hypercorn_config(server, unix_socket=unix)
 
 
 def _events(kind: str, fields: dict[str, Any]) -> None:
@@ -105,16 +100,16 @@ async def run(
         readiness=readiness,
         receipt_hook=audit.receipt_headers,
     )
-    asgi = UploadAdapter(
+    upload = UploadAdapter(
         cast(ASGIApp, app),
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,
         max_name_chars=cfg.registry.max_name_chars,
         max_metadata_entries=cfg.registry.max_metadata_entries,
-        max_header_bytes=cfg.server.max_header_bytes,
         response_hook=audit.receipt_headers_for_upload,
     )
+    asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
     direct_upload.install(

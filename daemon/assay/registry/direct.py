@@ -33,17 +33,9 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
+from assay.core.asgi import ASGIApp
 from assay.core.errors import BadRequest
 from assay.registry.body import DIRECT_BODY_EXTENSION
-
-ASGIApp = Callable[
-    [
-        MutableMapping[str, Any],
-        Callable[[], Awaitable[MutableMapping[str, Any]]],
-        Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ],
-    Awaitable[None],
-]
 
 log = logging.getLogger("assay.direct")
 

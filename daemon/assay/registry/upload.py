@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from assay.core import problem
+from assay.core.asgi import ASGIApp, Receive, Scope, Send, respond
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, BadRequest, PayloadTooLarge
 from assay.core.tokens import Principal
@@ -25,11 +26,6 @@ from assay.registry.body import DIRECT_BODY_EXTENSION, AsgiBody, BodySource
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.validate import check_metadata, check_name
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PATH = "/v1/artifacts"
 UPLOAD_ROUTE = "POST /v1/artifacts"
@@ -51,10 +47,8 @@ class UploadAdapter:
         audit: AuditSink,
         max_name_chars: int,
         max_metadata_entries: int,
-        max_header_bytes: int,
         response_hook: ResponseHook | None = None,
     ) -> None:
-        self.max_header_bytes = max_header_bytes
         self.app = app
         self.registry = registry
         self.authenticator = authenticator
@@ -64,32 +58,10 @@ class UploadAdapter:
         self.response_hook = response_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _header_bytes(scope) > self.max_header_bytes:
-            # Enforced here, not by h11: h11 bounds only *incomplete* header data, so a
-            # large header block arriving in one read would otherwise pass.
-            await self._refuse_headers(scope, send)
-        elif scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
             await self._upload(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-    async def _refuse_headers(self, scope: Scope, send: Send) -> None:
-        request_id = secrets.token_hex(8)
-        path = str(scope.get("path", ""))[:200]
-        status, body = problem.from_status(
-            431,
-            f"request headers exceed {self.max_header_bytes} bytes",
-            instance=path,
-            request_id=request_id,
-        )
-        route = f"{scope.get('method', '')} {path}"
-        fields = base_fields(None, RequestAudit(), status, body["code"], route, request_id,
-                             [], None)  # fmt: skip
-        try:
-            await self.audit.append(fields)
-        except AssayError as audit_err:
-            status, body = problem.from_error(audit_err, instance=path, request_id=request_id)
-        await _respond(send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, {})
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -169,7 +141,7 @@ class UploadAdapter:
                 )
             if status == 401:
                 extra_headers["WWW-Authenticate"] = 'Bearer realm="assay"'
-            await _respond(
+            await respond(
                 send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, extra_headers
             )
             return
@@ -178,7 +150,7 @@ class UploadAdapter:
             "created": outcome.created,
         }
         extra = self.response_hook(body_obj, outcome.record) if self.response_hook else {}
-        await _respond(
+        await respond(
             send,
             201 if outcome.created else 200,
             json.dumps(body_obj, sort_keys=True).encode(),
@@ -192,26 +164,3 @@ def _body_source(scope: Scope, receive: Receive) -> BodySource:
     """The transport's direct source when it offers one, else the ASGI messages."""
     direct = scope.get("extensions", {}).get(DIRECT_BODY_EXTENSION)
     return cast(BodySource, direct) if direct is not None else AsgiBody(receive)
-
-
-def _header_bytes(scope: Scope) -> int:
-    return sum(len(k) + len(v) + 4 for k, v in scope["headers"])
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: str,
-    request_id: str,
-    extra: dict[str, str],
-) -> None:
-    headers = [
-        (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    headers += [(k.lower().encode(), v.encode()) for k, v in problem.SECURITY_HEADERS]
-    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from assay import __version__
 from assay.core import logsetup
+from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
@@ -81,9 +82,13 @@ async def run(
             nursery.start_soon(parts.authenticator.watch)
         for state in parts.store.tables():
             nursery.start_soon(parts.store.watch, state)
-        serve = partial(
-            hypercorn_serve, parts.app, hypercorn_config(loaded), shutdown_trigger=shutdown.wait
+        asgi = HeaderCap(
+            cast(ASGIApp, parts.app),
+            max_header_bytes=cfg.server.max_header_bytes,
+            audit=audit.writer,
         )
+        hc = hypercorn_config(loaded)
+        serve = partial(hypercorn_serve, asgi, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
         binds: list[str] = await nursery.start(serve)
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
