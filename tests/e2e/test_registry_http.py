@@ -219,3 +219,44 @@ def test_new_token_works_without_restart_and_revoked_stops(deployment: Deploymen
             break
         time.sleep(0.1)
     assert deployment.client(raw).get("/v1/artifacts").status_code == 401
+
+
+def records_of(dep: Deployment, request_id: str) -> list[dict[str, object]]:
+    return [r for r in dep.audit_records() if r.get("request_id") == request_id]
+
+
+def test_verify_finding_corruption_writes_one_record_with_a_receipt(
+    deployment: Deployment,
+) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        obj = deployment.objects()[0]
+        obj.write_bytes(obj.read_bytes()[:-1] + b"\xff")
+        r = c.post(f"/v1/artifacts/{d}/verify", headers={"X-Request-Id": "verify-corrupt-1"})
+        assert r.status_code == 200 and r.json()["ok"] is False
+        assert r.headers["assay-receipt"] == r.json()["receipt"]
+        (rec,) = records_of(deployment, "verify-corrupt-1")  # exactly one for the request
+        assert rec["action"] == "artifact.integrity_failed" and rec["status"] == 200
+        assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["integrity"] == "failed"
+        # Bytes put back: a verify restores integrity, and that change is recorded too.
+        obj.write_bytes(ST)
+        r = c.post(f"/v1/artifacts/{d}/verify", headers={"X-Request-Id": "verify-restored-1"})
+        assert r.json()["ok"] is True
+        (rec,) = records_of(deployment, "verify-restored-1")
+        assert rec["action"] == "artifact.integrity_restored"
+        history = c.get(f"/v1/artifacts/{d}").json()["history"]
+        assert [h["action"] for h in history][-2:] == ["integrity.failed", "integrity.ok"]
+        assert all(h["audit_seq"] is not None for h in history)
+
+
+def test_promote_of_corrupt_bytes_is_refused_with_one_record(deployment: Deployment) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+        obj = deployment.objects()[0]
+        obj.write_bytes(obj.read_bytes()[:-1] + b"\xff")
+        r = c.post(f"/v1/artifacts/{d}/promote", headers={"X-Request-Id": "promote-corrupt-1"})
+        assert r.status_code == 409 and r.json()["code"] == "artifact.integrity_failed"
+        (rec,) = records_of(deployment, "promote-corrupt-1")
+        assert rec["action"] == "artifact.integrity_failed"
+        assert (rec["status"], rec["error_code"]) == (409, "artifact.integrity_failed")
+        assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["state"] == "quarantined"

@@ -464,6 +464,9 @@ def test_stop_is_graceful_and_writes_a_final_checkpoint(system: BootedSystem) ->
     latest = json.loads(system.read(f"{audit}/checkpoint.json"))
     records = system.run("sh", "-c", f"cat {audit}/audit*.jsonl").stdout.splitlines()
     assert latest["size"] == len([r for r in records if r.strip()]), latest
+    # The journal carries the whole signed checkpoint, usable off the host's disk.
+    journaled = [json.loads(e["ASSAY_CHECKPOINT"]) for e in entries if "ASSAY_CHECKPOINT" in e]
+    assert journaled and journaled[-1] == latest, (journaled[-1:], latest)
     verify = audit_verify(system)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # The socket stayed up: the next request starts the service again.

@@ -10,6 +10,7 @@ This module is pure: it imports nothing from trio, Quart, the file system or the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -40,6 +41,9 @@ class AssayError(Exception):
             # A per-instance code refines the family's default (e.g. a specific reason).
             self.code = code  # type: ignore[misc]
         self.extra: dict[str, Any] = extra
+        #: Set when the request's one audit record was already written by the code that
+        #: raised (e.g. an integrity failure found mid-request), so the edge adds none.
+        self.written_record: Mapping[str, Any] | None = None
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem object (without ``instance``, which the edge adds)."""

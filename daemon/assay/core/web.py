@@ -208,6 +208,8 @@ def install(
         audit_state: RequestAudit | None = g.get("audit")
         if audit_state is not None and err.reasons:
             audit_state.reasons = list(err.reasons)
+        if audit_state is not None and err.written_record is not None:
+            audit_state.written = err.written_record
         status, body = problem.from_error(
             err, instance=request.path, request_id=g.get("request_id", "")
         )

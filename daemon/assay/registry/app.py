@@ -280,16 +280,23 @@ def create_app(
 
     @app.post("/v1/artifacts/<digest>/verify")
     @requires("artifacts:verify")
-    async def verify(digest: str) -> dict[str, Any]:
+    async def verify(digest: str) -> Response:
         """Re-hash one artifact's stored bytes now."""
         current_audit().target = parse_digest(digest)
         current_audit().action = "artifact.verify"
         current_audit().receipt = True  # evidence of the check, signed like a mutation
-        result = await registry.verify(
-            digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
+        result, record = await registry.verify(
+            digest,
+            principal=current_principal(),
+            route=web.route_template(),
+            request_id=_rid(),
+            status=200,
         )
+        if record is not None:
+            # The integrity changed: that change's record is this request's record.
+            return mutation_response(result, record, 200)
         current_audit().reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
-        return result
+        return Response(_dumps(result), status=200, content_type="application/json")
 
     @app.post("/v1/sweep")
     @requires("artifacts:verify")
@@ -297,7 +304,9 @@ def create_app(
         """Re-hash every stored artifact now."""
         current_audit().action = "artifact.sweep"
         current_audit().receipt = True
-        result = await registry.sweep()
+        result = await registry.sweep(
+            principal=current_principal(), route=web.route_template(), request_id=_rid()
+        )
         current_audit().extra = {"checked": result["checked"], "failed": len(result["failed"])}
         return result
 

@@ -8,6 +8,7 @@ answers and the store and audit log are writable. SIGTERM drains and checkpoints
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -176,6 +177,7 @@ def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:
         f"audit checkpoint size={checkpoint.get('size')}",
         seq=checkpoint.get("size"),
         head=checkpoint.get("head_hash"),
+        checkpoint=json.dumps(dict(checkpoint), sort_keys=True, separators=(",", ":")),
     )
 
 

@@ -289,21 +289,34 @@ class RegistryDB:
                 )
         return replace(art, state=to_state, updated_at=ts, state_changed_at=ts)
 
-    def add_approval(self, art: Artifact, principal: str, ts: str, seq: int | None) -> Artifact:
+    def add_approval(
+        self,
+        art: Artifact,
+        principal: str,
+        ts: str,
+        seq: int | None,
+        signatures: tuple[tuple[str, str], ...] = (),
+    ) -> Artifact:
+        """One approval and the publisher signatures sent with it, in one transaction."""
         with self.transaction() as c:
             c.execute(
                 "INSERT OR IGNORE INTO approvals(digest, principal, ts) VALUES (?,?,?)",
                 (art.digest, principal, ts),
             )
+            c.executemany(
+                "INSERT OR REPLACE INTO signatures(digest, key_id, signature) VALUES (?,?,?)",
+                [(art.digest, key_id, sig) for key_id, sig in signatures],
+            )
             self._history(c, art.digest, ts, "approve", art.state, art.state, principal, [], seq)
         return replace(art, approvers=art.approvers | {principal})
 
-    def add_signature(self, digest: str, key_id: str, signature: str) -> None:
+    def touch_verified(self, art: Artifact, ts: str) -> Artifact:
+        """A check that found nothing changed: only ``last_verified_at`` moves."""
         with self.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO signatures(digest, key_id, signature) VALUES (?,?,?)",
-                (digest, key_id, signature),
+                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ?", (ts, art.digest)
             )
+        return replace(art, last_verified_at=ts)
 
     def set_integrity(
         self, art: Artifact, integrity: str, ts: str, seq: int | None, principal: str | None

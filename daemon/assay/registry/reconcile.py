@@ -24,6 +24,9 @@ from assay.registry.service import Registry
 log = logging.getLogger("assay.reconcile")
 
 STATE_ACTIONS = {"artifact.promote", "artifact.revoke", "artifact.delete"}
+#: Integrity changes: "failed" is recorded as a deny (serving blocked), so these are
+#: picked by action, not by decision.
+INTEGRITY_ACTIONS = {"artifact.integrity_failed": "failed", "artifact.integrity_restored": "ok"}
 
 
 async def reconcile(
@@ -35,7 +38,7 @@ async def reconcile(
     mutations = [
         r
         for r in pending
-        if r.get("decision") == "allow"
+        if (r.get("decision") == "allow" or r.get("action") in INTEGRITY_ACTIONS)
         and isinstance(r.get("target"), str)
         and str(r.get("action", "")).startswith("artifact.")
     ]
@@ -84,6 +87,10 @@ def _apply(registry: Registry, rec: dict[str, Any]) -> bool:
     if current is None:
         return False
     if action in STATE_ACTIONS and current.state == rec.get("from_state"):
+        if action == "artifact.promote" and rec.get("principal"):
+            current = registry.db.add_approval(
+                current, str(rec["principal"]), rec["ts"], None, _signatures(rec)
+            )
         registry.db.set_state(
             current,
             str(rec["to_state"]),
@@ -97,9 +104,17 @@ def _apply(registry: Registry, rec: dict[str, Any]) -> bool:
             registry.store.remove(digest)
         return True
     if action == "artifact.approve" and rec.get("principal") not in current.approvers:
-        registry.db.add_approval(current, str(rec["principal"]), rec["ts"], seq)
+        registry.db.add_approval(current, str(rec["principal"]), rec["ts"], seq, _signatures(rec))
         return True
-    if action == "artifact.integrity_failed" and current.integrity == "ok":
-        registry.db.set_integrity(current, "failed", rec["ts"], seq, rec.get("principal"))
+    target_integrity = INTEGRITY_ACTIONS.get(action)
+    if target_integrity is not None and current.integrity != target_integrity:
+        registry.db.set_integrity(current, target_integrity, rec["ts"], seq, rec.get("principal"))
         return True
     return False
+
+
+def _signatures(rec: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = rec.get("extra", {}).get("signatures")
+    if not isinstance(raw, str):
+        return ()
+    return tuple((str(k), str(v)) for k, v in json.loads(raw))

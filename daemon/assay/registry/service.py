@@ -348,8 +348,15 @@ class Registry:
         # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
         actual, size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
         if actual != art.digest:
-            await self._integrity_failed(art, principal, actual, route, request_id)
-            raise StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
+            err = StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
+            if art.integrity == "ok":
+                # The discovery is this request's one record (status and code as answered).
+                _updated, record = await self._integrity_changed(
+                    art, "failed", actual, principal, route, request_id,
+                    status=err.status, error_code=err.code,
+                )  # fmt: skip
+                err.written_record = record
+            raise err
         # Step PRO-2 (re-inspect): the format is judged again from content.
         fd_path = self.store.path_for(art.digest)
 
@@ -366,9 +373,9 @@ class Registry:
             fmt, size = await trio.to_thread.run_sync(reinspect)
         except FormatRefused as exc:
             fmt = f"refused:{exc.reason}"
-        for key_id, sig in signatures:
-            await self._db(self.db.add_signature, art.digest, key_id, sig)
-        stored_sigs = await self._db(self.db.signatures, art.digest)
+        # Signatures sent with this request count now but are stored only with the
+        # approval, after its record is durable: a refused or unrecorded request keeps none.
+        stored_sigs = dict(await self._db(self.db.signatures, art.digest)) | dict(signatures)
         # Step PRO-3 (policy): every rule is evaluated; the caller's approval counts.
         facts = policy_mod.Facts(
             digest=art.digest,
@@ -376,7 +383,7 @@ class Registry:
             size=size,
             metadata=art.metadata,
             approvers=art.approvers | {principal.id},
-            signatures=stored_sigs,
+            signatures=tuple(sorted(stored_sigs.items())),
         )
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
@@ -392,10 +399,12 @@ class Registry:
                     art.state,
                     202,
                     reasons=list(decision.failed),
-                    extra={"policy": self.policy.name},
+                    extra={"policy": self.policy.name, **_signature_extra(signatures)},
                 )
             )
-            updated = await self._db(self.db.add_approval, art, principal.id, now(), record["seq"])
+            updated = await self._db(
+                self.db.add_approval, art, principal.id, now(), record["seq"], signatures
+            )
             self.artifacts[art.digest] = updated
             return Outcome(updated, record, decision=decision)
         if not decision.allowed:
@@ -415,10 +424,16 @@ class Registry:
                 State.TRUSTED.value,
                 200,
                 reasons=list(decision.passed),
-                extra={"policy": self.policy.name, "approvers": ",".join(sorted(facts.approvers))},
+                extra={
+                    "policy": self.policy.name,
+                    "approvers": ",".join(sorted(facts.approvers)),
+                    **_signature_extra(signatures),
+                },
             )
         )
-        with_approval = await self._db(self.db.add_approval, art, principal.id, now(), None)
+        with_approval = await self._db(
+            self.db.add_approval, art, principal.id, now(), None, signatures
+        )
         updated = await self._db(
             self.db.set_state,
             with_approval,
@@ -443,49 +458,55 @@ class Registry:
 
     # -- integrity ----------------------------------------------------------------------
 
-    async def _integrity_failed(
+    async def _integrity_changed(
         self,
         art: Artifact,
-        principal: Principal | None,
+        integrity: str,
         actual: str,
+        principal: Principal | None,
         route: str | None,
         request_id: str | None,
-    ) -> Artifact:
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+    ) -> tuple[Artifact, dict[str, Any]]:
+        """Record, then apply, a change of ``art``'s integrity ("failed" or back to "ok").
+
+        Like every state change: the record is durable before the database changes, and
+        the change carries the record's seq, so startup replay can finish it after a crash.
+        """
+        failed = integrity == "failed"
         record = await self._append(
             _fields(
                 principal,
-                "artifact.integrity_failed",
+                "artifact.integrity_failed" if failed else "artifact.integrity_restored",
                 route,
                 request_id,
                 art.digest,
                 art.state,
                 art.state,
-                None,
+                status,
                 reasons=[f"stored bytes hash to {actual}"],
-                decision="deny",
-                error_code="artifact.integrity_failed",
+                decision="deny" if failed else "allow",
+                error_code=error_code,
+                extra={"integrity": integrity},
             )
         )
         updated: Artifact = await self._db(
             self.db.set_integrity,
             art,
-            "failed",
+            integrity,
             now(),
             record["seq"],
             principal.id if principal else None,
         )
         self.artifacts[art.digest] = updated
-        self._events(
-            "integrity_failed",
-            {
-                "digest": art.digest,
-                "state": art.state,
-                "principal": principal.id if principal else "",
-                "seq": record["seq"],
-            },
-        )
-        log.error("integrity failure: %s hashes to %s", art.digest, actual)
-        return updated
+        kind = "integrity_failed" if failed else "integrity_restored"
+        fields = {"digest": art.digest, "state": art.state, "seq": record["seq"]}
+        self._events(kind, fields | {"principal": principal.id if principal else ""})
+        if failed:
+            log.error("integrity failure: %s hashes to %s", art.digest, actual)
+        return updated, record
 
     async def verify(
         self,
@@ -494,29 +515,54 @@ class Registry:
         principal: Principal | None = None,
         route: str | None = None,
         request_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving."""
-        art = self.get(digest)
-        if art.state == State.DELETED:
-            return {"digest": art.digest, "ok": True, "skipped": "deleted"}
-        actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
-        ok = actual == art.digest
-        if not ok:
-            if art.integrity == "ok":
-                await self._integrity_failed(art, principal, actual, route, request_id)
-        else:
-            updated = await self._db(self.db.set_integrity, art, "ok", now(), None, None)
-            self.artifacts[art.digest] = updated
-        return {"digest": art.digest, "ok": ok, "actual": actual}
+        status: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
-    async def sweep(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Verify every stored artifact; returns counts and the failures."""
+        Returns the result and, when the integrity changed, the record of that change
+        (for a verify request it is the request's one record, with ``status``).
+        """
+        async with self._lock(parse_digest(digest)):
+            art = self.get(digest)
+            if art.state == State.DELETED:
+                return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
+            # Step VER-1 (re-hash): the stored bytes, read from disk now.
+            actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+            ok = actual == art.digest
+            result = {"digest": art.digest, "ok": ok, "actual": actual}
+            # Step VER-2 (record a change): failed <-> ok is a state change with a record.
+            if (art.integrity == "ok") != ok:
+                _updated, record = await self._integrity_changed(
+                    art, "ok" if ok else "failed", actual, principal, route, request_id,
+                    status=status,
+                )  # fmt: skip
+                return result, record
+            # Step VER-3 (no change): only the time of the last check moves.
+            updated = await self._db(self.db.touch_verified, art, now())
+            self.artifacts[art.digest] = updated
+            return result, None
+
+    async def sweep(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        principal: Principal | None = None,
+        route: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Verify every stored artifact; returns counts and the failures.
+
+        Each integrity change is its own record (one per artifact, carrying the request
+        id of a sweep asked for over HTTP), besides the sweep request's own record.
+        """
         started = now()
         digests = sorted(self.artifacts)
         failed: list[str] = []
         checked = 0
         for i, digest in enumerate(digests):
-            result = await self.verify(digest)
+            result, _record = await self.verify(
+                digest, principal=principal, route=route, request_id=request_id
+            )
             if "skipped" not in result:
                 checked += 1
             if not result["ok"]:
@@ -532,10 +578,14 @@ class Registry:
         self._events("sweep", {"checked": checked, "failed": len(failed)})
         return self.last_sweep
 
-    async def mark_corrupt_while_serving(self, digest: str, actual: str) -> None:
+    async def mark_corrupt_while_serving(
+        self, digest: str, actual: str, *, request_id: str | None = None
+    ) -> None:
+        """A fetch found the bytes changed mid-stream, after its response had started
+        (and its request record was written): the failure is a record of its own."""
         art = self.get(digest)
         if art.integrity == "ok":
-            await self._integrity_failed(art, None, actual, None, None)
+            await self._integrity_changed(art, "failed", actual, None, None, request_id)
 
     def check_consumable(self, digest: str) -> Artifact:
         """Runtime consumption: trusted and intact only; checked on every request."""
@@ -545,6 +595,11 @@ class Registry:
         if art.integrity != "ok":
             raise StoredBytesCorrupt(f"{art.digest} failed its integrity check; serving blocked")
         return art
+
+
+def _signature_extra(signatures: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Publisher signatures sent with an approval, so replay can restore them (public data)."""
+    return {"signatures": json.dumps(sorted(signatures))} if signatures else {}
 
 
 def _ingest_extra(art: Artifact) -> dict[str, Any]:

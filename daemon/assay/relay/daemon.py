@@ -9,6 +9,7 @@ serves the socket. Each table is watched by its refresh mode; SIGHUP reloads eve
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -45,6 +46,7 @@ def _on_checkpoint(checkpoint: Mapping[str, Any]) -> None:
         f"relay audit checkpoint size={checkpoint.get('size')}",
         seq=checkpoint.get("size"),
         head=checkpoint.get("head_hash"),
+        checkpoint=json.dumps(dict(checkpoint), sort_keys=True, separators=(",", ":")),
     )
 
 

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -205,7 +206,10 @@ def append_durable(path: Path, line: bytes, mode: int = 0o600) -> int:
     """
     fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if stat.S_IMODE(info.st_mode) & ~mode:
+            os.fchmod(fd, mode)  # a file left looser by an older version is tightened
+        size = info.st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         view = memoryview(line)

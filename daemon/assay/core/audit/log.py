@@ -396,8 +396,8 @@ class AuditLog:
         state = {"size": self._range.size, "range": [h.hex() for h in self._range.hashes],
                  "segment": seg, "offset": off}  # fmt: skip
         line = canonical({**cp.to_dict(), "state": state}) + b"\n"
-        self._cp_file_size = files.append_durable(self.directory / files.CHECKPOINTS, line, 0o644)
-        atomic_write(self.directory / files.LATEST, cp.to_json() + b"\n", mode=0o644)
+        self._cp_file_size = files.append_durable(self.directory / files.CHECKPOINTS, line, 0o600)
+        atomic_write(self.directory / files.LATEST, cp.to_json() + b"\n", mode=0o600)
         self._latest = cp
         self.stats.checkpoints += 1
         return cp
