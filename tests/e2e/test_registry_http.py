@@ -260,3 +260,32 @@ def test_promote_of_corrupt_bytes_is_refused_with_one_record(deployment: Deploym
         assert rec["action"] == "artifact.integrity_failed"
         assert (rec["status"], rec["error_code"]) == (409, "artifact.integrity_failed")
         assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["state"] == "quarantined"
+
+
+def test_the_same_bytes_uploaded_concurrently_make_one_artifact(deployment: Deployment) -> None:
+    import threading
+
+    from tests.formats_factory import entry, st_file
+
+    for round_no in range(5):
+        data = st_file({"w": entry("U8", [64], 0, 64)}, bytes([round_no]) * 64)
+        barrier = threading.Barrier(3, timeout=30)
+        results: list[httpx.Response] = []
+
+        def send(data: bytes = data, barrier: threading.Barrier = barrier) -> None:
+            with deployment.client() as c:
+                barrier.wait()
+                results.append(upload(c, data, name=f"race/{round_no}"))
+
+        threads = [threading.Thread(target=send) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(r.status_code for r in results) == [200, 200, 201], [r.text for r in results]
+        assert [r.json()["created"] for r in results].count(True) == 1
+    with deployment.client() as c:
+        listed = c.get("/v1/artifacts").json()
+    assert listed["count"] == 5
+    ingests = [r for r in deployment.audit_records() if r["action"] == "artifact.ingest"]
+    assert sum(1 for r in ingests if r["status"] == 201) == 5

@@ -32,7 +32,7 @@ from assay.core.errors import (
     StoredBytesCorrupt,
 )
 from assay.core.tokens import Principal
-from assay.formats.inspect import inspect_file
+from assay.formats.inspect import Inspection, inspect_file
 from assay.registry import policy as policy_mod
 from assay.registry.body import BodySource, fill
 from assay.registry.db import Artifact, RegistryDB
@@ -156,28 +156,54 @@ class Registry:
             digest = ingest.digest()
             if declared is not None and declared != digest:
                 await trio.to_thread.run_sync(ingest.commit, declared)  # raises, removes temp
-            existing = self.artifacts.get(digest)
-            if existing is not None:
-                # Step ING-5 (idempotent): a known digest keeps its state; bytes not re-kept.
-                await trio.to_thread.run_sync(ingest.abort)
-                record = await self._append(
-                    _fields(
-                        principal,
-                        "artifact.ingest",
-                        route,
-                        request_id,
-                        digest,
-                        existing.state,
-                        existing.state,
-                        200,
-                        reasons=["duplicate digest: existing record returned unchanged"],
-                    )
-                )
-                return Outcome(existing, record, created=False)
-            _digest, newly_stored = await trio.to_thread.run_sync(ingest.commit, declared)
         except BaseException:
             await trio.to_thread.run_sync(ingest.abort)
             raise
+        # Steps ING-5..7 hold the digest's lock: two uploads of the same bytes at once
+        # must yield one artifact (the second sees the first), and no transition of that
+        # digest may interleave with its registration.
+        async with self._lock(digest):
+            try:
+                existing = self.artifacts.get(digest)
+                if existing is not None:
+                    # Step ING-5 (idempotent): a known digest keeps its state; bytes not
+                    # re-kept.
+                    await trio.to_thread.run_sync(ingest.abort)
+                    record = await self._append(
+                        _fields(
+                            principal,
+                            "artifact.ingest",
+                            route,
+                            request_id,
+                            digest,
+                            existing.state,
+                            existing.state,
+                            200,
+                            reasons=["duplicate digest: existing record returned unchanged"],
+                        )
+                    )
+                    return Outcome(existing, record, created=False)
+                # Step ING-6 (commit): fsync, rename into the content address.
+                _digest, newly_stored = await trio.to_thread.run_sync(ingest.commit, declared)
+            except BaseException:
+                await trio.to_thread.run_sync(ingest.abort)
+                raise
+            # Step ING-7 (register): record first, then the row.
+            return await self._register(
+                principal, digest, name, metadata, inspection, newly_stored, route, request_id
+            )
+
+    async def _register(
+        self,
+        principal: Principal,
+        digest: str,
+        name: str,
+        metadata: dict[str, str],
+        inspection: Inspection,
+        newly_stored: bool,
+        route: str,
+        request_id: str,
+    ) -> Outcome:
         ts = now()
         art = Artifact(
             digest=digest,
