@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import SAMPLES, Deployment, init_deployment, upload
+from tests.conftest import SAMPLES, Deployment, init_deployment, run_cli, upload
 
 pytestmark = pytest.mark.e2e
 
@@ -202,3 +203,29 @@ def test_other_routes_on_the_same_port_are_untouched(deployment: Deployment) -> 
         assert c.get("/healthz").status_code == 200
     with httpx.Client(base_url=deployment.url) as anon:
         assert anon.post("/v1/artifacts", params={"name": "a"}, content=ST).status_code == 401
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["direct", "hypercorn"])
+def test_upload_in_flight_at_sigterm_finishes_and_is_recorded(
+    deployment: Deployment, chunked: bool
+) -> None:
+    if chunked:
+        first = head(deployment, None, extra="Transfer-Encoding: chunked\r\n")
+        first += f"{100:x}\r\n".encode() + ST[:100] + b"\r\n"
+        rest = f"{len(ST) - 100:x}\r\n".encode() + ST[100:] + b"\r\n0\r\n\r\n"
+    else:
+        first, rest = head(deployment, len(ST)) + ST[:100], ST[100:]
+    assert deployment.proc is not None
+    with connect(deployment) as sock:
+        sock.sendall(first)
+        time.sleep(0.5)  # the daemon is inside the upload, waiting for more body
+        deployment.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # shutdown has begun; the request in flight must still finish
+        sock.sendall(rest)
+        status, _headers, body = response(sock)
+    assert status == 201, body
+    assert deployment.proc.wait(timeout=30) == 0
+    created = [r for r in records(deployment, "artifact.ingest") if r["status"] == 201]
+    assert len(created) == 1
+    assert run_cli("audit", "verify", str(deployment.audit_dir), "--key-file",
+                   str(deployment.dir / "secrets" / "audit-hmac.key")).returncode == 0  # fmt: skip

@@ -272,10 +272,15 @@ def test_the_same_bytes_uploaded_concurrently_make_one_artifact(deployment: Depl
         barrier = threading.Barrier(3, timeout=30)
         results: list[httpx.Response] = []
 
-        def send(data: bytes = data, barrier: threading.Barrier = barrier) -> None:
+        def send(
+            data: bytes = data,
+            barrier: threading.Barrier = barrier,
+            results: list[httpx.Response] = results,
+            name: str = f"race/{round_no}",
+        ) -> None:
             with deployment.client() as c:
                 barrier.wait()
-                results.append(upload(c, data, name=f"race/{round_no}"))
+                results.append(upload(c, data, name=name))
 
         threads = [threading.Thread(target=send) for _ in range(3)]
         for t in threads:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
 
 from assay.core.schema import ServerConfig
 from assay.core.systemd import listen_fds
@@ -35,3 +38,22 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
     return hc
+
+
+async def serve(
+    app: Any,
+    hc: HyperConfig,
+    shutdown: trio.Event,
+    drained: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn until ``shutdown``, then its graceful drain; ``drained`` is set after.
+
+    The daemon waits for ``drained`` before it closes the audit log: requests in flight
+    at SIGTERM finish (up to ``shutdown_timeout_seconds``) and still get their records.
+    """
+    try:
+        await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait, task_status=task_status)
+    finally:
+        drained.set()

@@ -19,11 +19,10 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup
+from assay.core import logsetup, serving
 from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
@@ -126,9 +125,8 @@ async def run(
         await nursery.start(audit.writer.run)
         await reconcile(registry, audit.records_after)
         nursery.start_soon(authenticator.watch)
-        binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, asgi, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
-        )
+        drained = trio.Event()
+        binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
         nursery.start_soon(_signals, shutdown, notifier)
         if cfg.registry.sweep_interval_seconds > 0:
             nursery.start_soon(_sweeper, registry, cfg.registry.sweep_interval_seconds, notifier)
@@ -150,6 +148,7 @@ async def run(
         notifier.stopping()
         # hypercorn drains connections after the trigger; then we close the audit log.
         with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
+            await drained.wait()
             await audit.writer.drain()
         await audit.writer.close()
         logsetup.event(

@@ -19,10 +19,9 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from assay import __version__
-from assay.core import logsetup
+from assay.core import logsetup, serving
 from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.serving import hypercorn_config as core_hypercorn_config
@@ -89,8 +88,8 @@ async def run(
             max_header_bytes=cfg.server.max_header_bytes,
             audit=audit.writer,
         )
-        hc = hypercorn_config(loaded)
-        serve = partial(hypercorn_serve, asgi, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        drained = trio.Event()
+        serve = partial(serving.serve, asgi, hypercorn_config(loaded), shutdown, drained)
         binds: list[str] = await nursery.start(serve)
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
@@ -106,7 +105,9 @@ async def run(
         task_status.started(binds)
         await shutdown.wait()
         notifier.stopping()
+        # hypercorn drains connections after the trigger; then we close the audit log.
         with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
+            await drained.wait()
             await audit.writer.drain()
         await audit.writer.close()
         logsetup.event(
