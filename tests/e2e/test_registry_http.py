@@ -294,3 +294,19 @@ def test_the_same_bytes_uploaded_concurrently_make_one_artifact(deployment: Depl
     assert listed["count"] == 5
     ingests = [r for r in deployment.audit_records() if r["action"] == "artifact.ingest"]
     assert sum(1 for r in ingests if r["status"] == 201) == 5
+
+
+def test_trusted_bytes_deleted_from_the_store_are_an_integrity_failure_not_a_500(
+    deployment: Deployment,
+) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST, name="m/vanishing").json()["artifact"]["digest"]
+        assert c.post(f"/v1/artifacts/{d}/promote").status_code == 200
+        deployment.objects()[0].unlink()
+        r = c.get(f"/v1/artifacts/{d}/content", headers={"X-Request-Id": "fetch-missing-1"})
+        assert r.status_code == 409 and r.json()["code"] == "artifact.integrity_failed"
+        (rec,) = records_of(deployment, "fetch-missing-1")
+        assert rec["action"] == "artifact.integrity_failed"
+        assert rec["reasons"] == ["stored bytes are missing"]
+        assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["integrity"] == "failed"
+        assert c.get("/v1/trusted/m/vanishing").status_code == 404

@@ -314,10 +314,11 @@ def create_app(
     @requires("artifacts:read")
     async def content(digest: str) -> Response:
         """Stream a trusted artifact's bytes; a hash mismatch aborts before the last chunk."""
-        art = registry.check_consumable(digest)
-        current_audit().target = art.digest
+        current_audit().target = parse_digest(digest)
         current_audit().action = "artifact.fetch"
-        fd = await trio.to_thread.run_sync(registry.store.open_fd, art.digest)
+        art, fd = await registry.open_consumable(
+            digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
+        )
         resp = Response(
             _serve(registry, art.digest, fd), status=200, content_type="application/octet-stream"
         )

@@ -512,7 +512,11 @@ class Registry:
                 art.state,
                 art.state,
                 status,
-                reasons=[f"stored bytes hash to {actual}"],
+                reasons=[
+                    "stored bytes are missing"
+                    if actual == "missing"
+                    else f"stored bytes hash to {actual}"
+                ],
                 decision="deny" if failed else "allow",
                 error_code=error_code,
                 extra={"integrity": integrity},
@@ -612,6 +616,30 @@ class Registry:
         art = self.get(digest)
         if art.integrity == "ok":
             await self._integrity_changed(art, "failed", actual, None, None, request_id)
+
+    async def open_consumable(
+        self, digest: str, *, principal: Principal, route: str, request_id: str
+    ) -> tuple[Artifact, int]:
+        """A trusted, intact artifact and an open fd on its bytes, for serving.
+
+        Bytes gone from the store are an integrity failure like bytes changed: recorded
+        (as this request's record) and serving blocked, never a bare 500.
+        """
+        art = self.check_consumable(digest)
+        try:
+            fd: int = await trio.to_thread.run_sync(self.store.open_fd, art.digest)
+        except FileNotFoundError:
+            err = StoredBytesCorrupt(f"stored bytes of {art.digest} are missing")
+            async with self._lock(art.digest):
+                current = self.get(art.digest)
+                if current.integrity == "ok":
+                    _updated, record = await self._integrity_changed(
+                        current, "failed", "missing", principal, route, request_id,
+                        status=err.status, error_code=err.code,
+                    )  # fmt: skip
+                    err.written_record = record
+            raise err from None
+        return art, fd
 
     def check_consumable(self, digest: str) -> Artifact:
         """Runtime consumption: trusted and intact only; checked on every request."""
