@@ -41,14 +41,29 @@ def _error_classes() -> dict[int, type[errors.AssayError]]:
     }
 
 
+def _classes_by_code() -> dict[str, type[errors.AssayError]]:
+    """Every error class that takes the plain (detail, code, reasons) constructor."""
+    found: dict[str, type[errors.AssayError]] = {}
+    pending: list[type[errors.AssayError]] = [errors.AssayError]
+    for _ in range(1000):  # bounded walk of a small class tree
+        if not pending:
+            break
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__init__ is errors.AssayError.__init__:
+            found.setdefault(cls.code, cls)
+    return found
+
+
 def raise_problem(status: int, body: bytes) -> None:
     try:
         problem = json.loads(body)
     except ValueError:
         problem = {"detail": body[:200].decode(errors="replace"), "code": "http.error"}
-    cls = _error_classes().get(status, errors.AssayError)
-    if problem.get("code") == "artifact.digest_mismatch":
-        cls = errors.DigestMismatch
+    code = str(problem.get("code", "http.error"))
+    # The stable code names the exact family (a 403 may be a scope denial or an artifact
+    # that is not trusted); the status is the fallback for codes this client predates.
+    cls = _classes_by_code().get(code) or _error_classes().get(status, errors.AssayError)
     err = cls(
         str(problem.get("detail", "")),
         code=str(problem.get("code", "http.error")),

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from assay.cli.output import emit_json
-from assay.core.errors import FormatRefused
+from assay.core.errors import BadRequest, FormatRefused
 from assay.formats.inspect import inspect_file
 
 
@@ -19,7 +19,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BadRequest(
+            f"cannot read {args.file}: {exc.strerror or exc}", code="input.unreadable"
+        ) from None
     try:
         size = os.fstat(fd).st_size
 

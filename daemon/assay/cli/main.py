@@ -22,8 +22,10 @@ from assay.core.errors import (
     ConfigError,
     IntegrityError,
     NotFound,
+    NotTrusted,
     RejectedInput,
     ScopeDenied,
+    SecretError,
     StateConflict,
 )
 
@@ -38,14 +40,14 @@ EXIT_UNREACHABLE = 7
 
 
 def exit_code_for(err: AssayError) -> int:
-    if isinstance(err, ConfigError):
-        return EXIT_USAGE
+    if isinstance(err, ConfigError | SecretError):
+        return EXIT_USAGE  # a missing or weak secret is a configuration problem
     if isinstance(err, AuthError | ScopeDenied):
         return EXIT_AUTH
     if isinstance(err, NotFound):
         return EXIT_NOT_FOUND
-    if isinstance(err, StateConflict):
-        return EXIT_CONFLICT
+    if isinstance(err, StateConflict | NotTrusted):
+        return EXIT_CONFLICT  # e.g. fetching an artifact that is not trusted
     if isinstance(err, RejectedInput | IntegrityError):
         return EXIT_FAILED
     return EXIT_SERVER
