@@ -19,8 +19,8 @@ import safetensors.numpy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from assay.core.errors import FormatRefused
 from assay.formats import gguf
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_bytes
 from tests.formats_factory import (
     DTYPE_BITS,

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assay.core.errors import FormatRefused
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import Inspection, inspect_bytes
 from tests.formats_factory import (
     ARRAY,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from assay.core.errors import FormatRefused
 from assay.formats import gguf
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import MAX_HEAD_BYTES, inspect_bytes, inspect_file
 from tests.formats_factory import (
     ARRAY,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from assay.core.errors import FormatRefused
 from assay.formats import sniff
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import MAX_HEAD_BYTES, Inspection, inspect_bytes, inspect_file
 from tests.formats_factory import (
     GGUF,

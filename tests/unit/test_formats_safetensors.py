@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from assay.core.errors import FormatRefused
 from assay.formats import safetensors as st
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import MAX_HEAD_BYTES, inspect_bytes, inspect_file
 from tests.formats_factory import (
     DTYPE_BITS,

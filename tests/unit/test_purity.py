@@ -56,3 +56,33 @@ def test_pure_module_imports_no_io(module: str) -> None:
         pytest.fail(f"pure module {module} is listed but missing")
     bad = {name: via for name, via in _closure(module).items() if name.split(".")[0] in FORBIDDEN}
     assert not bad, f"{module} reaches I/O modules: {bad}"
+
+
+def _core_modules() -> list[str]:
+    root = Path(importlib.util.find_spec("assay.core").origin or "").parent  # type: ignore[union-attr]
+    return sorted(
+        "assay.core." + ".".join(p.relative_to(root).with_suffix("").parts)
+        for p in root.rglob("*.py")
+        if p.name != "__init__.py"
+    )
+
+
+@pytest.mark.parametrize("module", _core_modules())
+def test_the_shared_core_knows_no_registry_relay_or_format(module: str) -> None:
+    """The core is shared by the registry and the relay: it may import neither, nor the
+    format inspectors, so nothing of one component leaks into the other."""
+    components = ("assay.registry", "assay.relay", "assay.formats", "assay.cli")
+    bad = [n for n in _imports(module) if n.startswith(components)]
+    assert not bad, f"{module} imports {bad}"
+
+
+def test_core_error_codes_carry_no_artifact_concepts() -> None:
+    import inspect
+
+    from assay.core import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(c, errors.AssayError) and c.__module__ == errors.__name__]  # fmt: skip
+    assert len(classes) > 10
+    leaked = [c.__name__ for c in classes if c.code.startswith("artifact.")]
+    assert not leaked, f"registry codes in the shared core: {leaked}"

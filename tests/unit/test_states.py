@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from assay.core.errors import StateConflict
+from assay.registry.errors import StateConflict
 from assay.registry.states import (
     CONSUMABLE,
     INITIAL_STATE,

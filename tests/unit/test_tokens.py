@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assay.core import tokenfile
-from assay.core.errors import InvalidCredential, ScopeDenied, SecretError, StateConflict
+from assay.core.errors import Conflict, InvalidCredential, ScopeDenied, SecretError
 from assay.core.tokens import TOKEN_BYTES, authenticate, fingerprint, generate_token, parse_bearer
 
 
@@ -79,7 +79,7 @@ def test_scope_is_enforced(tmp_path: Path) -> None:
 def test_duplicate_token_id_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     tokenfile.create(path, "alice", ["artifacts:read"])
-    with pytest.raises(StateConflict):
+    with pytest.raises(Conflict):
         tokenfile.create(path, "alice", ["artifacts:read"])
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from assay.cli.client import Client
 from assay.cli.output import emit_json, progress_bar, table
-from assay.core.errors import BadRequest, DigestMismatch
+from assay.core.errors import BadRequest
+from assay.registry.errors import DigestMismatch
 
 
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from assay.core import errors
+from assay.formats import errors as _format_errors  # noqa: F401 - registers codes
+from assay.registry import errors as _registry_errors  # noqa: F401 - registers codes
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 URL_ENV = "ASSAY_URL"
@@ -34,7 +36,7 @@ def _error_classes() -> dict[int, type[errors.AssayError]]:
         401: errors.InvalidCredential,
         403: errors.ScopeDenied,
         404: errors.NotFound,
-        409: errors.StateConflict,
+        409: errors.Conflict,
         413: errors.PayloadTooLarge,
         422: errors.RejectedInput,
         503: errors.StorageError,

@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from assay.cli.output import emit_json
-from assay.core.errors import BadRequest, FormatRefused
+from assay.core.errors import BadRequest
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_file
 
 

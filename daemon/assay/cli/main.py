@@ -22,12 +22,11 @@ from assay.core.errors import (
     ConfigError,
     IntegrityError,
     NotFound,
-    NotTrusted,
     RejectedInput,
     ScopeDenied,
     SecretError,
-    StateConflict,
 )
+from assay.registry.errors import NotTrusted, StateConflict
 
 EXIT_OK = 0
 EXIT_FAILED = 1

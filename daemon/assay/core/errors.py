@@ -83,28 +83,6 @@ class PayloadTooLarge(RejectedInput):
     title = "Payload too large"
 
 
-class FormatRefused(RejectedInput):
-    """The content is not an accepted model format.
-
-    ``reason`` is a stable, machine-readable reason code such as ``pickle``, ``zip``,
-    ``gzip``, ``7z``, ``empty``, ``polyglot`` or ``safetensors.header_too_large``.
-    """
-
-    code = "artifact.format_refused"
-    status = 422
-    title = "Artifact format refused"
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail, reason=reason)
-        self.reason = reason
-
-
-class PolicyRefused(RejectedInput):
-    code = "artifact.policy_refused"
-    status = 422
-    title = "Promotion refused by policy"
-
-
 class ConfigError(RejectedInput):
     """Invalid configuration. ``path`` names the offending key, e.g. ``registry.policy``."""
 
@@ -147,18 +125,12 @@ class NotFound(AssayError):
     title = "Not found"
 
 
-class StateConflict(AssayError):
-    code = "artifact.state_conflict"
+class Conflict(AssayError):
+    """The request conflicts with the current state of what it names."""
+
+    code = "state.conflict"
     status = 409
-    title = "State conflict"
-
-
-class NotTrusted(AssayError):
-    """Runtime consumption asked for an artifact that is not ``trusted``."""
-
-    code = "artifact.not_trusted"
-    status = 403
-    title = "Artifact not trusted"
+    title = "Conflict"
 
 
 # --- IntegrityError: bytes or records are not what they claim -----------------------------
@@ -168,20 +140,6 @@ class IntegrityError(AssayError):
     code = "integrity.failed"
     status = 409
     title = "Integrity check failed"
-
-
-class DigestMismatch(IntegrityError):
-    code = "artifact.digest_mismatch"
-    status = 422
-    title = "Digest mismatch"
-
-
-class StoredBytesCorrupt(IntegrityError):
-    """Bytes on disk no longer hash to their address; serving is blocked."""
-
-    code = "artifact.integrity_failed"
-    status = 409
-    title = "Stored bytes failed integrity check"
 
 
 class ChainBroken(IntegrityError):

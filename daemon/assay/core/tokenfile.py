@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.core.atomic import atomic_write
-from assay.core.errors import BadRequest, SecretError, StateConflict
+from assay.core.errors import BadRequest, Conflict, SecretError
 from assay.core.tokens import TokenRecord, check_id, check_scopes, fingerprint, generate_token
 
 FORMAT_VERSION = 1
@@ -110,7 +110,7 @@ def create(path: Path, token_id: str, scopes: list[str], note: str = "") -> tupl
     with _locked(path):
         records = load(path) if path.exists() else []
         if any(r.id == token_id for r in records):
-            raise StateConflict(f"token id {token_id!r} already exists", code="token.exists")
+            raise Conflict(f"token id {token_id!r} already exists", code="token.exists")
         raw = generate_token()
         record = TokenRecord(
             id=token_id,
@@ -129,7 +129,7 @@ def revoke(path: Path, token_id: str) -> TokenRecord:
         records = load(path)
         found = [r for r in records if r.id == token_id]
         if not found:
-            raise StateConflict(f"no token with id {token_id!r}", code="token.not_found")
+            raise Conflict(f"no token with id {token_id!r}", code="token.not_found")
         updated = [
             TokenRecord(r.id, r.fingerprint, r.scopes, r.created, True, r.note)
             if r.id == token_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from assay.core.errors import FormatRefused
+from assay.formats.errors import FormatRefused
 from assay.formats.sniff import ReadAt, read_exact
 
 GGUF_MAGIC = b"GGUF"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from assay.core.errors import FormatRefused
 from assay.formats import gguf, safetensors, sniff
+from assay.formats.errors import FormatRefused
 from assay.formats.sniff import HEAD_PROBE_BYTES, MAX_HEAD_BYTES, ReadAt, read_exact
 
 __all__ = ["MAX_HEAD_BYTES", "Inspection", "ReadAt", "inspect_bytes", "inspect_file"]

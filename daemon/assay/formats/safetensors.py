@@ -16,7 +16,7 @@ import json
 import struct
 from typing import Any
 
-from assay.core.errors import FormatRefused
+from assay.formats.errors import FormatRefused
 from assay.formats.sniff import ReadAt, read_exact
 
 #: The reference implementation's MAX_HEADER_SIZE.

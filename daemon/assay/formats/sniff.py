@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from assay.core.errors import FormatRefused
+from assay.formats.errors import FormatRefused
 
 
 class ReadAt(Protocol):

@@ -22,21 +22,15 @@ from typing import Any
 
 import trio
 
-from assay.core.errors import (
-    BadRequest,
-    FormatRefused,
-    NotFound,
-    NotTrusted,
-    PayloadTooLarge,
-    PolicyRefused,
-    StoredBytesCorrupt,
-)
+from assay.core.errors import BadRequest, NotFound, PayloadTooLarge
 from assay.core.tokens import Principal
+from assay.formats.errors import FormatRefused
 from assay.formats.inspect import Inspection, inspect_file
 from assay.registry import policy as policy_mod
 from assay.registry.body import BodySource, fill
 from assay.registry.db import Artifact, RegistryDB
 from assay.registry.digests import parse_digest
+from assay.registry.errors import NotTrusted, PolicyRefused, StoredBytesCorrupt
 from assay.registry.states import INITIAL_STATE, Action, State, next_state
 from assay.registry.store import Ingest, ObjectStore
 

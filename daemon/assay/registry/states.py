@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-from assay.core.errors import StateConflict
+from assay.registry.errors import StateConflict
 
 
 class State(StrEnum):

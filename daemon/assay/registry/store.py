@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from assay.core.atomic import fsync_dir
-from assay.core.errors import DigestMismatch, PayloadTooLarge, StorageError
+from assay.core.errors import PayloadTooLarge, StorageError
 from assay.registry.digests import hex_of
+from assay.registry.errors import DigestMismatch
 
 READ_CHUNK = 1024 * 1024
 #: O_DIRECT staging buffer (page-aligned, from mmap) and the alignment it needs.
