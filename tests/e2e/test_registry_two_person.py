@@ -1,0 +1,101 @@
+"""Two-person rule and publisher signatures, over HTTP against the real daemon.
+
+A deployment whose policy needs two distinct approvers and a valid Ed25519 signature
+by a configured publisher: the attacks are one person approving twice, a signature by
+an unknown key, a signature over another digest, and a signature sent with a refused
+request that must not be kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from assay.registry.policy import signed_message
+from tests.conftest import SAMPLES, Deployment, init_deployment, upload
+
+pytestmark = pytest.mark.e2e
+
+ST = (SAMPLES / "sample.safetensors").read_bytes()
+PUBLISHER = Ed25519PrivateKey.generate()
+
+
+def sign(key: Ed25519PrivateKey, digest: str) -> str:
+    return base64.b64encode(key.sign(signed_message(digest))).decode()
+
+
+@pytest.fixture
+def strict(tmp_path: Path) -> Iterator[Deployment]:
+    dep = init_deployment(tmp_path, max_bytes=1024 * 1024)
+    raw = PUBLISHER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    (dep.dir / "policies" / "strict.yaml").write_text(
+        "name: strict\n"
+        "required_metadata: [source, license]\n"
+        "approvals_required: 2\n"
+        "publisher_signature:\n"
+        "  required: true\n"
+        f"  keys: [{{id: acme, public_key: {base64.b64encode(raw).decode()}}}]\n"
+    )
+    dep.edit_config("  policy: default\n", "  policy: strict\n")
+    dep.create_token("alice", "artifacts:promote", "artifacts:read")
+    dep.create_token("bob", "artifacts:promote", "artifacts:read")
+    dep.start()
+    try:
+        yield dep
+    finally:
+        dep.stop()
+
+
+def promote(dep: Deployment, who: str, digest: str, sigs: list[tuple[str, str]] = []) -> dict:  # noqa: B006
+    body = {"signatures": [{"key_id": k, "signature": s} for k, s in sigs]}
+    with dep.client(who) as c:
+        for _ in range(50):  # tokens created before start are loaded; bounded anyway
+            r = c.post(f"/v1/artifacts/{digest}/promote", json=body)
+            if r.status_code != 401:
+                break
+            time.sleep(0.1)
+    return {"status": r.status_code, **r.json()}
+
+
+def test_two_people_and_a_publisher_signature_promote(strict: Deployment) -> None:
+    with strict.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+    first = promote(strict, "alice", d, [("acme", sign(PUBLISHER, d))])
+    assert first["status"] == 202 and first["promoted"] is False
+    second = promote(strict, "bob", d)  # the signature from alice's request was kept
+    assert second["status"] == 200 and second["artifact"]["state"] == "trusted", second
+
+
+def test_one_person_approving_twice_is_still_one_approval(strict: Deployment) -> None:
+    with strict.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+    sig = [("acme", sign(PUBLISHER, d))]
+    assert promote(strict, "alice", d, sig)["status"] == 202
+    again = promote(strict, "alice", d, sig)
+    assert again["status"] == 202 and again["artifact"]["state"] == "quarantined"
+
+
+@pytest.mark.parametrize("forgery", ["unknown key", "other digest"])
+def test_forged_publisher_signatures_are_refused(strict: Deployment, forgery: str) -> None:
+    with strict.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+    if forgery == "unknown key":
+        sig = ("acme", sign(Ed25519PrivateKey.generate(), d))
+    else:
+        sig = ("acme", sign(PUBLISHER, "sha256:" + "0" * 64))
+    out = promote(strict, "alice", d, [sig])
+    assert out["status"] == 422 and out["code"] == "artifact.policy_refused"
+    assert any("signature" in r for r in out["reasons"]), out
+    # The refused request left nothing behind: its approval was not recorded.
+    assert promote(strict, "alice", d, [("acme", sign(PUBLISHER, d))])["status"] == 202
+    with strict.client() as c:
+        history = c.get(f"/v1/artifacts/{d}").json()["history"]
+    assert [h["action"] for h in history].count("approve") == 1
+    good = promote(strict, "bob", d)
+    assert good["status"] == 200 and good["artifact"]["state"] == "trusted"
