@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import pickle
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import SAMPLES, Deployment, upload
+from tests.conftest import SAMPLES, Deployment, init_deployment, upload
 
 pytestmark = pytest.mark.e2e
 
@@ -310,3 +311,41 @@ def test_trusted_bytes_deleted_from_the_store_are_an_integrity_failure_not_a_500
         assert rec["reasons"] == ["stored bytes are missing"]
         assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["integrity"] == "failed"
         assert c.get("/v1/trusted/m/vanishing").status_code == 404
+
+
+def test_deleting_a_trusted_artifact_stops_serving_on_the_very_next_request(
+    deployment: Deployment,
+) -> None:
+    with deployment.client() as c:
+        d = upload(c, ST, name="m/served").json()["artifact"]["digest"]
+        assert c.post(f"/v1/artifacts/{d}/promote").status_code == 200
+        assert c.get(f"/v1/artifacts/{d}/content").content == ST
+        assert c.get("/v1/trusted/m/served").json()["digest"] == d
+        assert c.request("DELETE", f"/v1/artifacts/{d}", json={"reason": "x"}).status_code == 200
+        r = c.get(f"/v1/artifacts/{d}/content")
+        assert r.status_code == 403 and r.json()["code"] == "artifact.not_trusted"
+        assert c.get("/v1/trusted/m/served").status_code == 404
+
+
+def test_the_periodic_sweep_finds_tampering_without_being_asked(tmp_path: Path) -> None:
+    dep = init_deployment(tmp_path, max_bytes=1024 * 1024)
+    dep.edit_config("  sweep_interval_seconds: 3600\n", "  sweep_interval_seconds: 0.5\n")
+    dep.start()
+    try:
+        with dep.client() as c:
+            d = upload(c, ST).json()["artifact"]["digest"]
+            assert c.post(f"/v1/artifacts/{d}/promote").status_code == 200
+            obj = dep.objects()[0]
+            obj.write_bytes(obj.read_bytes()[:-1] + b"\xff")
+            for _ in range(100):  # bounded: the sweep runs every half second
+                if c.get(f"/v1/artifacts/{d}").json()["artifact"]["integrity"] == "failed":
+                    break
+                time.sleep(0.1)
+            assert c.get(f"/v1/artifacts/{d}").json()["artifact"]["integrity"] == "failed"
+            assert c.get(f"/v1/artifacts/{d}/content").status_code == 409
+            status = c.get("/v1/status").json()
+            assert status["last_sweep"]["failed"] == [d]
+        failures = [r for r in dep.audit_records() if r["action"] == "artifact.integrity_failed"]
+        assert len(failures) == 1 and failures[0]["request_id"] is None  # the daemon's own
+    finally:
+        dep.stop()
