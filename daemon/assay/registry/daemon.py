@@ -33,6 +33,7 @@ from assay.registry import direct as direct_upload
 from assay.registry.app import create_app
 from assay.registry.config import LoadedConfig
 from assay.registry.db import RegistryDB
+from assay.registry.health import Probe
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
@@ -84,13 +85,22 @@ async def run(
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
 
+    interval = watchdog_interval()
+    probe = Probe(
+        registry,
+        audit_writable=audit.writable,
+        audit_healthy=lambda: audit.writer.healthy,
+        interval=min(2.0, interval / 2) if interval else 2.0,
+    )
+
     def readiness() -> dict[str, Any]:
-        return {
-            "store": {"ok": registry.db is not None and registry.store.objects.is_dir()},
-            "audit": {"ok": audit.writer.healthy, "seq": audit.writer.head_seq},
-            "config": {"ok": True, "source": str(loaded.source)},
-            "policy": {"ok": True, "name": loaded.policy.name},
-        }
+        """The probe's latest checks; the audit writer's own health is read live."""
+        checks = probe.checks()
+        audit_check = dict(checks.get("audit", {"ok": False}))
+        audit_check["ok"] = bool(audit_check.get("ok")) and audit.writer.healthy
+        audit_check["seq"] = audit.writer.head_seq
+        checks["audit"] = audit_check
+        return checks
 
     app = create_app(
         registry,
@@ -124,15 +134,15 @@ async def run(
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
         await reconcile(registry, audit.records_after)
+        await nursery.start(probe.run)
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
         nursery.start_soon(_signals, shutdown, notifier)
         if cfg.registry.sweep_interval_seconds > 0:
             nursery.start_soon(_sweeper, registry, cfg.registry.sweep_interval_seconds, notifier)
-        interval = watchdog_interval()
         if interval is not None:
-            nursery.start_soon(_watchdog, notifier, interval, registry, audit)
+            nursery.start_soon(_watchdog, notifier, interval, probe)
         if os.environ.get(FAULT_ENV) and cfg.watchdog.allow_fault_injection:
             nursery.start_soon(_fault_switch, loaded)
         counts = registry.counts()
@@ -210,18 +220,14 @@ async def _sweeper(registry: Registry, interval: float, notifier: Notifier) -> N
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
 
-async def _watchdog(
-    notifier: Notifier, interval: float, registry: Registry, audit: AuditRuntime
-) -> None:
-    """Ping only when the loop runs and the store and audit log can still be written."""
+async def _watchdog(notifier: Notifier, interval: float, probe: Probe) -> None:
+    """Ping only while the loop runs and the probe recently found store, database and
+    audit log all usable: a daemon that cannot write is restarted, not kept alive."""
     while True:
-        healthy = await trio.to_thread.run_sync(
-            lambda: os.access(registry.store.tmp_dir, os.W_OK) and audit.writable()
-        )
-        if healthy and audit.writer.healthy:
+        if probe.healthy():
             notifier.watchdog()
         else:
-            log.error("watchdog: store or audit not writable; withholding ping")
+            log.error("watchdog: store, database or audit not usable; withholding ping")
         await trio.sleep(interval)
 
 

@@ -310,6 +310,11 @@ class RegistryDB:
             self._history(c, art.digest, ts, "approve", art.state, art.state, principal, [], seq)
         return replace(art, approvers=art.approvers | {principal})
 
+    def ping(self) -> None:
+        """A trivial transaction: the database file is open, readable and not locked up."""
+        with self.transaction() as c:
+            c.execute("SELECT 1").fetchone()
+
     def touch_verified(self, art: Artifact, ts: str) -> Artifact:
         """A check that found nothing changed: only ``last_verified_at`` moves."""
         with self.transaction() as c:
