@@ -1,4 +1,7 @@
-"""Property tests: any single-byte change, line deletion or swap of a valid log is detected.
+"""Property tests: every single mutation of a valid log is detected.
+
+Mutations: a byte changed, inserted or deleted anywhere; a line deleted, duplicated,
+swapped with another, or a line from elsewhere inserted anywhere (a replay).
 
 The log is written once by ``AuditLog`` (two rotated files and the current one) with a
 checkpoint covering every record: without one, deleting the last line is undetectable
@@ -83,6 +86,44 @@ def test_any_swap_of_two_lines_is_detected(
     ]
     report = verify_bytes(mutated)
     assert not report.ok and report.breaks[0].kind == "seq_gap"
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_byte_inserted_or_deleted_is_detected(
+    valid: tuple[list[tuple[str, bytes]], Checkpoint], data: st.DataObject
+) -> None:
+    contents, cp = valid
+    fi = data.draw(st.integers(0, len(contents) - 1))
+    name, blob = contents[fi]
+    pos = data.draw(st.integers(0, len(blob) - 1))
+    if data.draw(st.booleans()):
+        changed = blob[:pos] + bytes([data.draw(st.integers(0, 255))]) + blob[pos:]
+    else:
+        changed = blob[:pos] + blob[pos + 1 :]
+    mutated = list(contents)
+    mutated[fi] = (name, changed)
+    assert not verify_bytes(mutated, checkpoint=cp).ok
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_duplicated_or_replayed_line_is_detected(
+    valid: tuple[list[tuple[str, bytes]], Checkpoint], data: st.DataObject
+) -> None:
+    contents, cp = valid
+    positions = _all_lines(contents)
+    src = data.draw(st.sampled_from(positions))  # the line copied (its own spot: a dup)
+    dst_file = data.draw(st.integers(0, len(contents) - 1))
+    split = [lines_of(d) for _n, d in contents]
+    dst_line = data.draw(st.integers(0, len(split[dst_file])))
+    split[dst_file].insert(dst_line, split[src[0]][src[1]])
+    mutated = [
+        (n, b"".join(x + b"\n" for x in ls)) for (n, _d), ls in zip(contents, split, strict=True)
+    ]
+    report = verify_bytes(mutated, checkpoint=cp)
+    assert not report.ok
+    assert report.breaks[0].kind in {"seq_gap", "link_mismatch", "checkpoint_mismatch"}
 
 
 @settings(max_examples=200, deadline=None)
