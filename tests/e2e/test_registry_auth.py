@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -77,11 +78,58 @@ def test_invalid_token_is_401_invalid_credential(deployment: Deployment) -> None
     assert r.status_code == 401 and r.json()["code"] == "auth.invalid_credential"
 
 
-def test_no_token_or_secret_ever_reaches_the_audit_log_or_stderr(deployment: Deployment) -> None:
+def test_no_token_or_secret_ever_reaches_any_output(deployment: Deployment) -> None:
+    """Drive allowed, denied and failed requests over HTTP and the CLI, then grep every
+    output: audit segments, checkpoint files, daemon stderr, CLI stdout/stderr and HTTP
+    response heads and bodies. No token (admin, reader, or a guessed one), no HMAC key and
+    no signing key may appear in any of them."""
+    import json as _json
+
+    from tests.conftest import SAMPLES, run_cli, upload
+
+    reader = deployment.create_token("reader", "artifacts:read")
+    guessed = "assay_" + "G" * 43
+    outputs: list[str] = []
+    st = (SAMPLES / "sample.safetensors").read_bytes()
     with deployment.client() as c:
-        c.get("/v1/artifacts")
-    text = "".join(p.read_text() for p in deployment.audit_dir.glob("*.jsonl"))
-    hmac_key = (deployment.dir / "secrets" / "audit-hmac.key").read_text().strip()
-    for secret in (deployment.admin_token, deployment.admin_token[6:], hmac_key):
-        assert secret not in text
-        assert secret not in deployment.stderr()
+        r = upload(c, st)
+        outputs.append(str(r.headers) + r.text)
+        digest = r.json()["artifact"]["digest"]
+        for resp in (
+            c.post(f"/v1/artifacts/{digest}/promote"),
+            c.get("/v1/artifacts", headers={"Authorization": f"Bearer {guessed}"}),
+            c.get("/v1/artifacts", headers={"Authorization": f"Basic {guessed}"}),
+            c.get("/v1/status"),
+            c.post(f"/v1/artifacts/{digest}/verify"),
+        ):
+            outputs.append(str(resp.headers) + resp.text)
+    with deployment.client(reader) as c:
+        for _ in range(50):  # the daemon picks up the new token within about a second
+            resp = c.post(f"/v1/artifacts/{digest}/revoke", json={"reason": "x"})
+            if resp.status_code != 401:
+                break
+            time.sleep(0.1)
+        assert resp.status_code == 403
+        outputs.append(str(resp.headers) + resp.text)
+    for args in (("list",), ("show", digest), ("status",), ("verify", digest)):
+        proc = deployment.cli(*args, "--json")
+        outputs += [proc.stdout, proc.stderr]
+    key_file = str(deployment.dir / "secrets" / "audit-hmac.key")
+    proc = run_cli("audit", "verify", str(deployment.audit_dir), "--key-file", key_file, "--json")
+    assert proc.returncode == 0, proc.stdout
+    outputs += [proc.stdout, proc.stderr]
+    proc = run_cli("token", "list", "--config", str(deployment.config), "--json")
+    outputs += [proc.stdout, proc.stderr]
+    deployment.stop()  # the final checkpoint and shutdown lines are outputs too
+    outputs += [p.read_text(errors="replace") for p in deployment.audit_dir.iterdir()
+                if p.is_file()]  # fmt: skip
+    outputs.append(deployment.stderr())
+    text = "\n".join(outputs)
+    assert _json.dumps(digest) and digest in text  # the outputs are the real ones
+    secrets_dir = deployment.dir / "secrets"
+    hmac_key = (secrets_dir / "audit-hmac.key").read_text().strip()
+    signing_pem = (secrets_dir / "audit-signing.key").read_text()
+    signing_body = "".join(line for line in signing_pem.splitlines() if "-----" not in line)
+    for secret in (deployment.admin_token, deployment.admin_token[6:], reader, reader[6:],
+                   guessed, guessed[6:], hmac_key, signing_body):  # fmt: skip
+        assert secret not in text, f"a secret leaked ({secret[:8]}...)"
