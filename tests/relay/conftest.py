@@ -39,6 +39,8 @@ KEYS: dict[str, list[str]] = {
     "agg": ["civil:aggregate"],
     "all": ["civil:metadata", "civil:read", "civil:aggregate"],
     "other": ["housing:metadata", "housing:read", "housing:aggregate"],
+    # Sees every dataset's metadata: the one caller told that a dataset id is unknown.
+    "everything": ["civil:metadata", "civil:read", "civil:aggregate", "housing:metadata"],
 }
 PURPOSE = {"X-Purpose": "benefit-eligibility-check"}
 

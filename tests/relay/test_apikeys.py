@@ -14,7 +14,7 @@ from assay.core.errors import ConfigError, SecretError
 from assay.core.tokens import fingerprint
 from assay.relay import apikeys
 from assay.relay.settings import load_config, load_secrets
-from tests.relay.conftest import RelayEnv, Running, start
+from tests.relay.conftest import KEYS, RelayEnv, Running, start
 
 
 def test_generated_key_fingerprint_and_commitment_agree() -> None:
@@ -59,7 +59,7 @@ def test_fingerprint_from_env_var_is_accepted(
     monkeypatch.setenv("RELAY_TEST_META_FP", fp_file.read_text())
     relay_env.doc["auth"]["api_keys"][0]["fingerprint"] = {"env": "RELAY_TEST_META_FP"}
     relay_env.write()
-    assert len(load_secrets(load_config(relay_env.config_path)).api_keys) == 5
+    assert len(load_secrets(load_config(relay_env.config_path)).api_keys) == len(KEYS)
 
 
 def test_malformed_fingerprint_fails_startup(relay_env: RelayEnv) -> None:

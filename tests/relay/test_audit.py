@@ -64,7 +64,8 @@ async def test_each_request_writes_exactly_one_record_with_its_outcome(running: 
         (f"{PEOPLE}?national_id={nid}", "agg", 403, "auth.scope_denied"),
         (f"{PEOPLE}?nope=1&national_id={nid}", "all", 400, "entity.filter_not_allowed"),
         ("/v1/datasets/civil/aggregates/people_by_municipality", "agg", 200, None),
-        ("/v1/datasets/ghost", "all", 404, "dataset.not_found"),
+        ("/v1/datasets/ghost", "everything", 404, "dataset.not_found"),
+        ("/v1/datasets/ghost", "all", 403, "auth.scope_denied"),  # no probing of ids
         ("/no/such/route", "all", 404, "request.not_found"),
     ]
     for i, (path, key, status, code) in enumerate(cases, start=1):

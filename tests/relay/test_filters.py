@@ -177,6 +177,6 @@ async def test_record_by_id_of_the_wrong_type_or_missing_is_refused(running: Run
 
 
 async def test_unknown_dataset_entity_and_aggregate_are_404(running: Running) -> None:
-    await _problem(running, "/v1/datasets/nope", 404, "dataset.not_found")
+    await _problem(running, "/v1/datasets/nope", 404, "dataset.not_found", key="everything")
     await _problem(running, "/v1/datasets/civil/entities/nope/records", 404, "entity.not_found")
     await _problem(running, "/v1/datasets/civil/aggregates/nope", 404, "aggregate.not_found")

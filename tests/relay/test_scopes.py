@@ -119,3 +119,26 @@ async def test_openapi_documents_every_route_with_its_scope(running: Running) ->
         assert op["security"] and "scope" in op["x-required-scope"]
     assert paths["/healthz"]["get"]["security"] == []
     assert "apiKey" in doc["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize("key", ["other", "meta", "read"])
+async def test_dataset_ids_cannot_be_probed_by_a_partial_credential(
+    running: Running, key: str
+) -> None:
+    """A caller who may not see every dataset gets the same 403 for a dataset that does
+    not exist as for one outside its scopes: the answer says nothing about existence."""
+    headers = running.env.headers(key)
+    ghost = await running.client.get("/v1/datasets/ghost/aggregates/x", headers=headers)
+    known = await running.client.get(
+        "/v1/datasets/civil/aggregates/people_by_municipality", headers=headers
+    )
+    assert ghost.status_code == known.status_code == 403
+    assert (await ghost.get_json())["code"] == (await known.get_json())["code"]
+
+
+async def test_a_caller_who_sees_every_dataset_learns_a_name_is_unknown(
+    running: Running,
+) -> None:
+    headers = running.env.headers("everything")
+    r = await running.client.get("/v1/datasets/ghost", headers=headers)
+    assert r.status_code == 404 and (await r.get_json())["code"] == "dataset.not_found"

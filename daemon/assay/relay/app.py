@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 from assay import __version__
 from assay.core import web
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest, ScopeDenied
+from assay.core.errors import BadRequest, NotFound, ScopeDenied
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, public
 from assay.relay import planner
@@ -103,7 +103,15 @@ def create_app(
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
         if kind == "authenticated":
             return
-        ds = relay.dataset((request.view_args or {}).get("dataset", ""))
+        try:
+            ds = relay.dataset((request.view_args or {}).get("dataset", ""))
+        except NotFound:
+            # Only a caller who may see every dataset learns that a name does not exist;
+            # anyone else gets the same 403 as for a dataset outside its scopes, so
+            # dataset ids cannot be probed.
+            if all(d.access.metadata_scope in principal.scopes for d in relay.config.datasets):
+                raise
+            raise ScopeDenied("no scope this credential holds covers that dataset") from None
         scope: str = getattr(ds.access, f"{kind}_scope")
         audit_state = current_audit()
         audit_state.target = ds.id
