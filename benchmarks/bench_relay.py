@@ -168,48 +168,9 @@ def write_relay_config(out: Path, parquet: Path, port: int) -> tuple[Path, str]:
 # --- servers -----------------------------------------------------------------------------
 
 
-def _audit_runtime_shim() -> None:
-    """Stand-in for ``assay.core.audit.runtime`` until that glue lands (same call shape).
-
-    Builds the real ``AuditLog`` + ``AuditWriter`` (HMAC chain, fsync, group commit), so
-    the figures include the real audit cost. Used only when the import fails.
-    """
-    import types
-    from dataclasses import dataclass
-
-    from assay.core.audit.log import AuditLog
-    from assay.core.audit.writer import AuditWriter
-    from assay.core.secrets import read_secret
-
-    @dataclass
-    class AuditRuntime:
-        writer: AuditWriter
-
-        def writable(self) -> bool:
-            return bool(self.writer.log.writable())
-
-    def open_audit(cfg: Any, *, base: Path, on_checkpoint: Any = None) -> AuditRuntime:
-        directory = Path(cfg.dir) if Path(cfg.dir).is_absolute() else base / cfg.dir
-        log = AuditLog(directory, read_secret(cfg.hmac_key, base=base), log_id=cfg.log_id)
-        return AuditRuntime(
-            AuditWriter(log, write_policy=cfg.write_policy, on_checkpoint=on_checkpoint)
-        )
-
-    mod = types.ModuleType("assay.core.audit.runtime")
-    mod.AuditRuntime = AuditRuntime  # type: ignore[attr-defined]
-    mod.open_audit = open_audit  # type: ignore[attr-defined]
-    sys.modules["assay.core.audit.runtime"] = mod
-    print("bench: using the audit runtime shim (AuditLog + AuditWriter)", file=sys.stderr)
-
-
 def serve_relay(config: str) -> None:
     """Child mode: run ``assay relay serve``'s daemon on this config."""
     import trio
-
-    try:
-        import assay.core.audit.runtime  # noqa: F401
-    except ImportError:
-        _audit_runtime_shim()
 
     from assay.core import logsetup
     from assay.relay import daemon

@@ -349,3 +349,28 @@ def test_the_periodic_sweep_finds_tampering_without_being_asked(tmp_path: Path) 
         assert len(failures) == 1 and failures[0]["request_id"] is None  # the daemon's own
     finally:
         dep.stop()
+
+
+def test_readiness_names_store_database_audit_config_and_policy(deployment: Deployment) -> None:
+    def ready(c: httpx.Client, want: int) -> dict[str, dict[str, object]]:
+        for _ in range(100):  # the probe runs every 2 s: bounded wait for it
+            r = c.get("/readyz")
+            if r.status_code == want:
+                break
+            time.sleep(0.1)
+        assert r.status_code == want, r.text
+        checks: dict[str, dict[str, object]] = r.json()["checks"]
+        return checks
+
+    with deployment.client(None) as c:
+        checks = ready(c, 200)
+        assert set(checks) == {"store", "database", "audit", "config", "policy"}
+        assert checks["policy"]["name"] == "default"
+        original = deployment.config.read_text()
+        deployment.config.write_text(original + "registry_typo: 1\n")
+        try:
+            broken = ready(c, 503)  # a restart would fail: not ready
+            assert broken["config"]["ok"] is False and "registry_typo" in str(broken["config"])
+        finally:
+            deployment.config.write_text(original)
+        assert ready(c, 200)["config"]["ok"] is True

@@ -91,3 +91,17 @@ async def test_run_reports_started_only_after_the_first_check(
         await nursery.start(probe.run)
         assert probe.finished_at is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_an_extra_check_that_raises_fails_by_name(tmp_path: Path) -> None:
+    from assay.core.errors import ConfigError
+
+    def broken() -> dict[str, object]:
+        raise ConfigError("config.yaml: registry.policyy: unknown key")
+
+    probe = make_probe(tmp_path)
+    probe.extra = {"config": broken, "policy": lambda: {"ok": True, "name": "test"}}
+    await probe.check()
+    checks = probe.checks()
+    assert checks["config"] == {"ok": False, "error": "config.yaml: registry.policyy: unknown key"}
+    assert checks["policy"]["ok"] is True and not probe.healthy()

@@ -31,7 +31,7 @@ from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
 from assay.registry import direct as direct_upload
 from assay.registry.app import create_app
-from assay.registry.config import LoadedConfig
+from assay.registry.config import LoadedConfig, load_config
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
 from assay.registry.reconcile import reconcile
@@ -91,6 +91,10 @@ async def run(
         audit_writable=audit.writable,
         audit_healthy=lambda: audit.writer.healthy,
         interval=min(2.0, interval / 2) if interval else 2.0,
+        extra={
+            "config": partial(_config_check, loaded),
+            "policy": partial(_policy_check, loaded),
+        },
     )
 
     def readiness() -> dict[str, Any]:
@@ -169,6 +173,19 @@ async def run(
         )
         nursery.cancel_scope.cancel()
     registry.db.close()
+
+
+def _config_check(loaded: LoadedConfig) -> dict[str, Any]:
+    """Would this daemon start again? The config file on disk still loads, strictly."""
+    load_config(loaded.source)
+    return {"ok": True, "source": str(loaded.source)}
+
+
+def _policy_check(loaded: LoadedConfig) -> dict[str, Any]:
+    """The active policy still loads from disk; says if it changed since startup (the
+    daemon keeps enforcing the one it started with until restarted)."""
+    on_disk = load_config(loaded.source).policy
+    return {"ok": True, "name": loaded.policy.name, "changed_on_disk": on_disk != loaded.policy}
 
 
 def _token_path(loaded: LoadedConfig) -> Any:

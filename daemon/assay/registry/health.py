@@ -32,6 +32,8 @@ class Probe:
     audit_writable: Callable[[], bool]
     audit_healthy: Callable[[], bool]
     interval: float = 5.0
+    #: More named checks, run in the same worker thread (e.g. config and policy on disk).
+    extra: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     finished_at: float | None = None
 
@@ -69,7 +71,14 @@ class Probe:
             db_check = {"ok": False, "error": exc.detail}
         # Step H-3 (audit): the writer has not failed and its directory takes writes.
         audit_check = {"ok": self.audit_healthy() and self.audit_writable()}
-        return {"store": store_check, "database": db_check, "audit": audit_check}
+        checks = {"store": store_check, "database": db_check, "audit": audit_check}
+        # Step H-4 (extra): each named check the daemon adds; a raise is a failed check.
+        for name, fn in self.extra.items():
+            try:
+                checks[name] = fn()
+            except (AssayError, OSError) as exc:
+                checks[name] = {"ok": False, "error": str(exc)[:500]}
+        return checks
 
     def fresh(self) -> bool:
         return (
