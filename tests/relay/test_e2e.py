@@ -147,3 +147,56 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
     refused = [r for r in records if r.get("status") == 431]
     assert len(refused) == 1 and refused[0]["route"] == "GET /v1/datasets/civil"
     assert refused[0]["error_code"] == "request.headers_too_large"
+
+
+def test_registry_and_relay_can_write_one_shared_chain(tmp_path: Path) -> None:
+    """Both daemons on one audit directory, key and log id: their records interleave in
+    one chain (flock + catch-up on each batch), and the whole verifies with checkpoints."""
+    from tests.conftest import SAMPLES, init_deployment, upload
+
+    dep = init_deployment(tmp_path / "registry", max_bytes=1024 * 1024)
+    env = build_env(tmp_path / "relay", people=200)
+    port = free_port()
+    env.doc["server"]["bind"] = f"127.0.0.1:{port}"
+    env.doc["audit"] = {
+        "dir": str(dep.audit_dir),
+        "hmac_key": {"file": str(dep.dir / "secrets" / "audit-hmac.key")},
+        "signing_key": {"file": str(dep.dir / "secrets" / "audit-signing.key")},
+        "log_id": "assay",
+    }
+    env.write()
+    dep.start()
+    log = (tmp_path / "relay.log").open("wb")
+    relay = subprocess.Popen(_command(env.config_path), stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        st = (SAMPLES / "sample.safetensors").read_bytes()
+        with dep.client() as reg, httpx.Client(base_url=url, timeout=30) as rel:
+            for i in range(10):  # alternate writers, so records interleave in the chain
+                assert upload(reg, st, name=f"shared/{i}").status_code in (200, 201)
+                r = rel.get("/v1/datasets/civil/entities/household/records/H0000001",
+                            headers=env.headers("all"))  # fmt: skip
+                assert r.status_code == 200
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0
+        log.close()
+        assert dep.stop() == 0
+    records = dep.audit_records()
+    routes = [str(r["route"]) for r in records]
+    assert sum(r.startswith("POST /v1/artifacts") for r in routes) == 10
+    assert sum(r.startswith("GET /v1/datasets") for r in routes) >= 10
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    out = run_cli("audit", "verify", str(dep.audit_dir), "--key-file",
+                  str(dep.dir / "secrets" / "audit-hmac.key"), "--checkpoint",
+                  str(dep.audit_dir / "checkpoints.jsonl"), "--public-key",
+                  str(dep.dir / "secrets" / "audit-signing.pub"), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
