@@ -287,13 +287,14 @@ def test_upload_refused_for_a_full_audit_disk_leaves_no_blob_behind(
     assert dep.objects() == before
 
 
-def test_durable_revoke_whose_db_commit_failed_is_applied_after_restart(
+def test_durable_revoke_whose_db_commit_failed_is_voided_and_never_applied(
     faulty: tuple[Deployment, Mounts],
 ) -> None:
-    """The record of a revoke is fsynced, then its SQLite commit fails (disk full) and a
-    later upload commits. The log says "revoked"; after a restart the registry must agree.
-    (Under kill -9 with concurrent requests the same gap opens when commits land out of
-    seq order: see test_audit_daemon_crash.py.)"""
+    """The record of a revoke is fsynced, then its SQLite commit fails (disk full). The
+    client is told it failed, so the log must not claim it happened: a void record
+    follows, and neither the running daemon nor a restart applies the revoke. (Under
+    kill -9 no one was told anything, and the durable record is applied at startup:
+    see test_audit_daemon_crash.py.)"""
     dep, mounts = faulty
     dep.edit_config("  db_path: state/registry.db\n", "  db_path: dbfs/registry.db\n")
     dbfs = dep.dir / "dbfs"
@@ -308,11 +309,15 @@ def test_durable_revoke_whose_db_commit_failed_is_applied_after_restart(
         assert r.status_code >= 500, r.text
         filler.unlink()
         assert upload(c, artifact(4), name="m/newcomer").status_code == 201
-    revokes = [x for x in dep.audit_records() if x["action"] == "artifact.revoke"]
-    assert [(x["target"], x["to_state"]) for x in revokes] == [(victim, "revoked")]
+    records = dep.audit_records()
+    (revoke,) = [x for x in records if x["action"] == "artifact.revoke"]
+    (void,) = [x for x in records if x["action"] == "audit.void"]
+    assert void["extra"]["voids_seq"] == revoke["seq"] and void["seq"] > revoke["seq"]
+    assert void["request_id"] == revoke["request_id"]
+    assert states(dep, {"v": victim}) != {"v": "revoked"}
     dep.stop()
     dep.start()
-    assert states(dep, {"v": victim}) == {"v": "revoked"}
+    assert states(dep, {"v": victim}) != {"v": "revoked"}
 
 
 # -- availability_first ---------------------------------------------------------------------

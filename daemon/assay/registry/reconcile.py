@@ -42,6 +42,14 @@ async def reconcile(
         and isinstance(r.get("target"), str)
         and str(r.get("action", "")).startswith("artifact.")
     ]
+    # A record whose database change failed while the daemon ran was voided (the client
+    # was told it failed): it must not be applied now.
+    voided = {
+        int(r["extra"]["voids_seq"])
+        for r in pending
+        if r.get("action") == "audit.void" and isinstance(r.get("extra", {}).get("voids_seq"), int)
+    }
+    mutations = [r for r in mutations if int(r["seq"]) not in voided]
     done = await trio.to_thread.run_sync(
         registry.db.applied_seqs, [int(r["seq"]) for r in mutations]
     )

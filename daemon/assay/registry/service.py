@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from assay.core.errors import BadRequest, NotFound, PayloadTooLarge
+from assay.core.errors import AssayError, BadRequest, NotFound, PayloadTooLarge, StorageError
 from assay.core.tokens import Principal
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import Inspection, inspect_file
@@ -86,6 +86,44 @@ class Registry:
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
+
+    async def _commit(
+        self, record: Mapping[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Apply a change whose record is already durable; if the database refuses it,
+        void the record, so the log never claims a change the client was told failed.
+
+        A void (``audit.void``, ``extra.voids_seq``) is itself a durable record; startup
+        replay skips a voided record. Only if the void cannot be written either does the
+        record stand, and replay then applies the change at the next start.
+        """
+        try:
+            return await self._db(fn, *args, **kwargs)
+        except StorageError as exc:
+            try:
+                await self._append(
+                    _fields(
+                        None,
+                        "audit.void",
+                        record.get("route"),
+                        record.get("request_id"),
+                        str(record.get("target") or ""),
+                        None,
+                        None,
+                        None,
+                        reasons=[f"the database refused the change of seq {record['seq']}"],
+                        decision="error",
+                        error_code=exc.code,
+                        extra={"voids_seq": int(record["seq"])},
+                    )
+                )
+            except AssayError:
+                log.critical(
+                    "seq %s is durable but its database change failed and the void could "
+                    "not be recorded; startup replay will apply it",
+                    record["seq"],
+                )
+            raise
 
     def _lock(self, digest: str) -> trio.Lock:
         return self._locks.setdefault(digest, trio.Lock())
@@ -232,7 +270,12 @@ class Registry:
             if newly_stored:
                 await trio.to_thread.run_sync(self.store.remove, digest)
             raise
-        await self._db(self.db.insert, art, record["seq"])
+        try:
+            await self._commit(record, self.db.insert, art, record["seq"])
+        except BaseException:
+            if newly_stored:
+                await trio.to_thread.run_sync(self.store.remove, digest)
+            raise
         self.artifacts[digest] = art
         self._events(
             "ingest",
@@ -333,7 +376,8 @@ class Registry:
                     reasons=reasons,
                 )
             )
-            updated = await self._db(
+            updated = await self._commit(
+                record,
                 self.db.set_state,
                 art,
                 to_state.value,
@@ -422,8 +466,8 @@ class Registry:
                     extra={"policy": self.policy.name, **_signature_extra(signatures)},
                 )
             )
-            updated = await self._db(
-                self.db.add_approval, art, principal.id, now(), record["seq"], signatures
+            updated = await self._commit(
+                record, self.db.add_approval, art, principal.id, now(), record["seq"], signatures
             )
             self.artifacts[art.digest] = updated
             return Outcome(updated, record, decision=decision)
@@ -451,10 +495,11 @@ class Registry:
                 },
             )
         )
-        with_approval = await self._db(
-            self.db.add_approval, art, principal.id, now(), None, signatures
+        with_approval = await self._commit(
+            record, self.db.add_approval, art, principal.id, now(), None, signatures
         )
-        updated = await self._db(
+        updated = await self._commit(
+            record,
             self.db.set_state,
             with_approval,
             State.TRUSTED.value,
@@ -516,7 +561,8 @@ class Registry:
                 extra={"integrity": integrity},
             )
         )
-        updated: Artifact = await self._db(
+        updated: Artifact = await self._commit(
+            record,
             self.db.set_integrity,
             art,
             integrity,
