@@ -232,9 +232,19 @@ def test_full_lifecycle_through_the_cli(system: BootedSystem, lifecycle: dict[st
     assert state_of(system, digest) == "revoked"
     # A revoked artifact is never served again.
     refused = system.cli("fetch", digest, "-o", f"{WORK}/again.safetensors", check=False)
-    assert refused.returncode != 0
+    assert refused.returncode == 5, refused.stdout + refused.stderr  # not trusted: conflict
     status = system.cli("status")
     assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("assay "), status.stdout  # version and uptime first
+    assert "health: ok  ready: True" in status.stdout, status.stdout
+    assert "revoked=" in status.stdout and "trusted=" in status.stdout, status.stdout
+    shown = json.loads(system.cli("status", "--json").stdout)
+    assert shown["status"]["version"] and shown["status"]["uptime_seconds"] >= 0
+    assert shown["status"]["counts"]["revoked"] >= 1
+    assert set(shown["readyz"]["checks"]) == {"store", "database", "audit", "config", "policy"}
+    # STATUS= follows each change, not only startup and sweeps.
+    text = status_of(system)["StatusText"]
+    assert f"{shown['status']['counts']['revoked']} revoked" in text, text
 
 
 # -- 4. journald -----------------------------------------------------------------------
@@ -341,7 +351,15 @@ for i in range(count):
         with urllib.request.urlopen(req, timeout=60) as resp:
             if 200 <= resp.status < 300:
                 with open(acked_path, "a") as f:
-                    f.write(digest + "\n")
+                    f.write(digest + " quarantined\n")
+        if i % 2 == 0:  # every other one is promoted too: a state change to keep
+            promote = urllib.request.Request(url + "/v1/artifacts/" + digest + "/promote",
+                data=b"{}", method="POST", headers={"Authorization": "Bearer " + token,
+                "Content-Type": "application/json"})
+            with urllib.request.urlopen(promote, timeout=60) as resp:
+                if resp.status == 200:
+                    with open(acked_path, "a") as f:
+                        f.write(digest + " trusted\n")
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         failed += 1
     time.sleep(0.1)
@@ -369,9 +387,11 @@ def test_sigkill_restarts_with_nothing_acknowledged_lost(system: BootedSystem) -
     )  # fmt: skip
     try:
 
-        def acked() -> list[str]:
+        def acked() -> dict[str, str]:
+            """digest -> the last state the daemon acknowledged for it."""
             out = system.run("cat", acked_path, check=False).stdout
-            return [line for line in str(out).split() if line]
+            pairs = [line.split() for line in str(out).splitlines() if line.strip()]
+            return {digest: state for digest, state in pairs}
 
         wait_for(lambda: len(acked()) >= 3, what="three acknowledged uploads", timeout=120)
         system.systemctl("kill", "--signal=KILL", "assay.service")
@@ -385,10 +405,14 @@ def test_sigkill_restarts_with_nothing_acknowledged_lost(system: BootedSystem) -
     assert system.main_pid() != old_pid
     digests = acked()
     assert len(digests) >= 3, (digests, out)
+    assert "trusted" in digests.values(), digests  # promotions were acknowledged too
 
     listed = json.loads(system.cli("list", "--json").stdout)["artifacts"]
     present = {a["digest"]: a["state"] for a in listed}
-    lost = [d for d in digests if present.get(d) != "quarantined"]
+    # An acknowledged state must hold; a promote in flight at the kill may also have
+    # landed (its record was durable), so "quarantined" may have become "trusted".
+    allowed = {"quarantined": {"quarantined", "trusted"}, "trusted": {"trusted"}}
+    lost = {d: s for d, s in digests.items() if present.get(d) not in allowed[s]}
     assert not lost, f"acknowledged but lost after SIGKILL: {lost}"
     audit_text = system.run("sh", "-c", "cat /var/lib/private/assay/audit/audit*.jsonl").stdout
     for digest in digests:

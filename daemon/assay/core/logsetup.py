@@ -19,6 +19,8 @@ MESSAGE_IDS: dict[str, str] = {
     "revoke": "1c7d9e8f6a5b4c3d2e1f0a9b8c7d6e5f",
     "delete": "2d8e0f9a7b6c5d4e3f2a1b0c9d8e7f6a",
     "integrity_failed": "e1a2b3c4d5e6f708192a3b4c5d6e7f80",
+    "integrity_restored": "6c0f2e8a4b1d4d7e9a3c5b7d9f1e3a5c",
+    "approve": "8b2d4f6a1c3e4a5b9d7f0e2c4a6b8d0f",
     "checkpoint": "7f6e5d4c3b2a19087f6e5d4c3b2a1908",
     "sweep": "3a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9",
     "startup": "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",

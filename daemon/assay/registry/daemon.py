@@ -73,6 +73,12 @@ async def run(
     audit: AuditRuntime = await trio.to_thread.run_sync(
         partial(open_audit, cfg.audit, base=loaded.base, on_checkpoint=_on_checkpoint)
     )
+
+    def events(kind: str, fields: dict[str, Any]) -> None:
+        """Journal each state change, and keep systemd's STATUS= counts current."""
+        _events(kind, fields)
+        notifier.status(_status_line(registry.counts(), registry.last_sweep))
+
     registry = Registry(
         store=ObjectStore(loaded.path(cfg.registry.store_dir)),
         db=RegistryDB(loaded.path(cfg.registry.db_path)),
@@ -80,7 +86,7 @@ async def run(
         audit_append=audit.writer.append,
         max_artifact_bytes=cfg.registry.max_artifact_bytes,
         block_bytes=cfg.registry.upload_buffer_bytes,
-        events=_events,
+        events=events,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()

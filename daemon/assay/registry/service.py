@@ -470,6 +470,15 @@ class Registry:
                 record, self.db.add_approval, art, principal.id, now(), record["seq"], signatures
             )
             self.artifacts[art.digest] = updated
+            self._events(
+                "approve",
+                {
+                    "digest": art.digest,
+                    "state": art.state,
+                    "principal": principal.id,
+                    "seq": record["seq"],
+                },
+            )
             return Outcome(updated, record, decision=decision)
         if not decision.allowed:
             raise PolicyRefused(

@@ -81,6 +81,7 @@ class AuditWriter:
         self._closing = False
         self._scope: trio.CancelScope | None = None
         self._loop_done = trio.Event()
+        self._run_done = trio.Event()
         self._outstanding = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -138,6 +139,7 @@ class AuditWriter:
         finally:
             self._running = False
             self._fail_queued("audit writer stopped")
+            self._run_done.set()
 
     async def drain(self) -> None:
         """Wait until every append made so far has completed (written or failed)."""
@@ -156,6 +158,9 @@ class AuditWriter:
             await self.checkpoint_now()
         if self._scope is not None:
             self._scope.cancel()
+            # Wait until ``run`` has exited: a periodic checkpoint may still be in its
+            # worker thread, and the log must not close under it.
+            await self._run_done.wait()
         await trio.to_thread.run_sync(self.log.close)
 
     # -- appends ------------------------------------------------------------------------
