@@ -99,3 +99,36 @@ def test_forged_publisher_signatures_are_refused(strict: Deployment, forgery: st
     assert [h["action"] for h in history].count("approve") == 1
     good = promote(strict, "bob", d)
     assert good["status"] == 200 and good["artifact"]["state"] == "trusted"
+
+
+def test_the_publisher_cli_makes_the_key_entry_and_signatures_the_policy_accepts(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "pub"
+    keygen = run_cli("publisher", "keygen", "--id", "acme", "--out", str(out), "--json", check=True)
+    keys = json.loads(keygen.stdout)
+    entry = keys["policy_key"]
+    dep = init_deployment(tmp_path / "dep", max_bytes=1024 * 1024)
+    (dep.dir / "policies" / "signed.yaml").write_text(
+        "name: signed\nrequired_metadata: [source, license]\npublisher_signature:\n"
+        f"  required: true\n  keys: [{{id: {entry['id']}, public_key: {entry['public_key']}}}]\n"
+    )
+    dep.edit_config("  policy: default\n", "  policy: signed\n")
+    dep.start()
+    try:
+        added = json.loads(dep.cli("add", str(SAMPLES / "sample.safetensors"), "--name",
+                                   "pub/model", "--meta", "source=acme", "--meta",
+                                   "license=mit", "--json", check=True).stdout)  # fmt: skip
+        digest = added["artifact"]["digest"]
+        unsigned = dep.cli("promote", digest, "--json")
+        assert unsigned.returncode == 1, unsigned.stdout  # policy refusal: no signature
+        signature = run_cli("publisher", "sign", digest, "--id", "acme", "--key-file",
+                            keys["private_key_file"], check=True).stdout.strip()  # fmt: skip
+        promoted = dep.cli("promote", digest, "--signature", signature, "--json", check=True)
+        assert json.loads(promoted.stdout)["artifact"]["state"] == "trusted"
+    finally:
+        dep.stop()
