@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from assay.core.audit.keys import generate_signing_key
 from assay.core.audit.schema import check_fields
 from assay.relay import apikeys, jws
 from assay.relay.settings import load_config, load_secrets
@@ -108,6 +109,8 @@ def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
     doc["server"]["bind"] = "127.0.0.1:8480"
     doc["audit"]["dir"] = str(tmp / "state" / "audit")
     doc["audit"]["hmac_key"] = {"file": str(sec / "audit-hmac.key")}
+    generate_signing_key(sec / "audit-signing.key", sec / "audit-signing.pub")
+    doc["audit"]["signing_key"] = {"file": str(sec / "audit-signing.key")}
     doc["instance"]["answer_signing"]["key"] = {"file": str(sec / "answer-signing.key")}
     civil = doc["datasets"][0]
     for table in civil["tables"]:

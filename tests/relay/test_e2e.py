@@ -103,11 +103,13 @@ def test_real_relay_answers_audits_and_leaves_a_verifiable_chain(
     assert proc.wait(timeout=30) == 0
     audit_dir = Path(env.doc["audit"]["dir"])
     key = env.doc["audit"]["hmac_key"]["file"]
-    out = run_cli("audit", "verify", str(audit_dir), "--key-file", key, "--json")
+    pub = str(Path(env.doc["audit"]["signing_key"]["file"]).with_suffix(".pub"))
+    out = run_cli("audit", "verify", str(audit_dir), "--key-file", key, "--checkpoint",
+                  str(audit_dir / "checkpoints.jsonl"), "--public-key", pub, "--json")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     records = [
         json.loads(line)
-        for f in sorted(audit_dir.glob("*.jsonl"))
+        for f in sorted(audit_dir.glob("audit*.jsonl"))
         for line in f.read_text().splitlines()
         if line.strip()
     ]
@@ -140,7 +142,7 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
     audit_dir = Path(env.doc["audit"]["dir"])
     records = [
         json.loads(line)
-        for f in sorted(audit_dir.glob("*.jsonl"))
+        for f in sorted(audit_dir.glob("audit*.jsonl"))
         for line in f.read_text().splitlines()
         if line.strip()
     ]
