@@ -32,7 +32,7 @@ from tests.conftest import Deployment, run_cli, upload
 
 pytestmark = pytest.mark.e2e
 
-ROUNDS = 5
+ROUNDS = 12
 WORKERS = 4
 MAX_OPS_PER_WORKER = 200
 TORN_ROUND = 2
