@@ -7,6 +7,7 @@ Socket activation wins over the configured bind: systemd owns the socket.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from assay.core import logsetup
+from assay.core.audit.writer import AuditWriter
 from assay.core.schema import ServerConfig
-from assay.core.systemd import listen_fds
+from assay.core.systemd import Notifier, listen_fds
 
 H11_BACKSTOP_BYTES = 1024 * 1024
 
@@ -57,3 +60,27 @@ async def serve(
         await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait, task_status=task_status)
     finally:
         drained.set()
+
+
+async def stop_after_drain(
+    *,
+    name: str,
+    notifier: Notifier,
+    drained: trio.Event,
+    writer: AuditWriter,
+    grace_seconds: float,
+    started: float,
+) -> None:
+    """The shutdown both daemons share: STOPPING=1, let hypercorn finish the requests in
+    flight (bounded), then flush and close the audit log and journal the stop."""
+    notifier.stopping()
+    with trio.move_on_after(grace_seconds + 5):
+        await drained.wait()
+        await writer.drain()
+    await writer.close()
+    logsetup.event(
+        "shutdown",
+        f"{name} stopped",
+        seq=writer.head_seq,
+        uptime=round(time.monotonic() - started),
+    )

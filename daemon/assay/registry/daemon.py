@@ -165,17 +165,13 @@ async def run(
         )
         task_status.started(binds)
         await shutdown.wait()
-        notifier.stopping()
-        # hypercorn drains connections after the trigger; then we close the audit log.
-        with trio.move_on_after(cfg.server.shutdown_timeout_seconds + 5):
-            await drained.wait()
-            await audit.writer.drain()
-        await audit.writer.close()
-        logsetup.event(
-            "shutdown",
-            "assay stopped",
-            seq=audit.writer.head_seq,
-            uptime=round(time.monotonic() - started),
+        await serving.stop_after_drain(
+            name="assay",
+            notifier=notifier,
+            drained=drained,
+            writer=audit.writer,
+            grace_seconds=cfg.server.shutdown_timeout_seconds,
+            started=started,
         )
         nursery.cancel_scope.cancel()
     registry.db.close()
