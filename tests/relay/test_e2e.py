@@ -7,6 +7,7 @@ Skipped until ``assay.core.audit.runtime`` (the daemon's audit glue) exists. Sta
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import signal
@@ -48,20 +49,20 @@ def _command(config: Path) -> list[str]:
     return [sys.executable, "-m", "assay", "relay", "serve", "--config", str(config)]
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[RelayEnv, str, subprocess.Popen[bytes]]]:
-    env = build_env(tmp_path, people=800)
+@contextlib.contextmanager
+def running_relay(env: RelayEnv, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``assay relay serve`` on a free port until ready; SIGTERM on the way out."""
     port = free_port()
     env.doc["server"]["bind"] = f"127.0.0.1:{port}"
     env.write()
-    log = (tmp_path / "relay.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(_command(env.config_path), stdin=subprocess.DEVNULL, stdout=log,
                             stderr=log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             if proc.poll() is not None:
-                raise AssertionError((tmp_path / "relay.log").read_text())
+                raise AssertionError(log_path.read_text())
             try:
                 if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                     break
@@ -70,12 +71,19 @@ def live(tmp_path: Path) -> Iterator[tuple[RelayEnv, str, subprocess.Popen[bytes
             time.sleep(0.05)
         else:
             raise AssertionError("relay did not become ready")
-        yield env, url, proc
+        yield url, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[RelayEnv, str, subprocess.Popen[bytes]]]:
+    env = build_env(tmp_path, people=800)
+    with running_relay(env, tmp_path / "relay.log") as (url, proc):
+        yield env, url, proc
 
 
 def test_real_relay_answers_audits_and_leaves_a_verifiable_chain(
@@ -158,39 +166,25 @@ def test_registry_and_relay_can_write_one_shared_chain(tmp_path: Path) -> None:
 
     dep = init_deployment(tmp_path / "registry", max_bytes=1024 * 1024)
     env = build_env(tmp_path / "relay", people=200)
-    port = free_port()
-    env.doc["server"]["bind"] = f"127.0.0.1:{port}"
     env.doc["audit"] = {
         "dir": str(dep.audit_dir),
         "hmac_key": {"file": str(dep.dir / "secrets" / "audit-hmac.key")},
         "signing_key": {"file": str(dep.dir / "secrets" / "audit-signing.key")},
         "log_id": "assay",
     }
-    env.write()
     dep.start()
-    log = (tmp_path / "relay.log").open("wb")
-    relay = subprocess.Popen(_command(env.config_path), stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    st = (SAMPLES / "sample.safetensors").read_bytes()
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        st = (SAMPLES / "sample.safetensors").read_bytes()
-        with dep.client() as reg, httpx.Client(base_url=url, timeout=30) as rel:
-            for i in range(10):  # alternate writers, so records interleave in the chain
-                assert upload(reg, st, name=f"shared/{i}").status_code in (200, 201)
-                r = rel.get("/v1/datasets/civil/entities/household/records/H0000001",
-                            headers=env.headers("all"))  # fmt: skip
-                assert r.status_code == 200
+        with running_relay(env, tmp_path / "relay.log") as (url, relay):
+            with dep.client() as reg, httpx.Client(base_url=url, timeout=30) as rel:
+                for i in range(10):  # alternate writers, so records interleave in the chain
+                    assert upload(reg, st, name=f"shared/{i}").status_code in (200, 201)
+                    r = rel.get("/v1/datasets/civil/entities/household/records/H0000001",
+                                headers=env.headers("all"))  # fmt: skip
+                    assert r.status_code == 200
+            relay.send_signal(signal.SIGTERM)
+            assert relay.wait(timeout=30) == 0
     finally:
-        relay.send_signal(signal.SIGTERM)
-        assert relay.wait(timeout=30) == 0
-        log.close()
         assert dep.stop() == 0
     records = dep.audit_records()
     routes = [str(r["route"]) for r in records]
