@@ -1,0 +1,198 @@
+"""The registry's shared state and the ordering rule every operation follows.
+
+Ordering rule for every mutation (so a crash never leaves a change without its record):
+  1. decide with the pure core (transition table, policy) on the cached state;
+  2. append the audit record and wait until it is durable;
+  3. apply the change in one SQLite transaction that also stores the record's ``seq``;
+  4. update the in-memory view the read path serves from.
+A crash between 2 and 3 is repaired at startup by ``reconcile``, which re-applies every
+mutation record that no database change carries yet (see ``reconcile.py``); a change the
+database refuses while running voids its record instead (``_commit``).
+Blocking work runs in ``trio.to_thread``. The operations are grouped by concern:
+``ingest.py``, ``integrity.py``, and the state changes in ``service.py`` (``Registry``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from assay.core.errors import AssayError, BadRequest, NotFound, StorageError
+from assay.core.tokens import Principal
+from assay.registry import policy as policy_mod
+from assay.registry.db import Artifact, RegistryDB
+from assay.registry.digests import parse_digest
+from assay.registry.states import State
+from assay.registry.store import ObjectStore
+
+log = logging.getLogger("assay.registry")
+
+Appender = Callable[[dict[str, Any]], Any]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A mutation's result: the artifact after it and the audit record that authorised it."""
+
+    artifact: Artifact
+    record: Mapping[str, Any]
+    created: bool = False
+    decision: policy_mod.Decision | None = None
+
+
+class RegistryBase:
+    """State and helpers every group of operations shares (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        db: RegistryDB,
+        policy: policy_mod.Policy,
+        audit_append: Callable[[dict[str, Any]], Any],
+        max_artifact_bytes: int,
+        block_bytes: int = 4 * 1024 * 1024,
+        events: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.policy = policy
+        self._append = audit_append
+        self.max_artifact_bytes = max_artifact_bytes
+        self.block_bytes = block_bytes
+        self._events = events or (lambda _kind, record_fields: None)
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._locks: dict[str, trio.Lock] = {}
+        self.artifacts: dict[str, Artifact] = {}
+        self.last_sweep: dict[str, Any] | None = None
+
+    # -- startup ------------------------------------------------------------------------
+
+    def open_blocking(self) -> None:
+        self.store.open()
+        self.db.open()
+        self.artifacts = self.db.load_all()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
+
+    async def _commit(
+        self, record: Mapping[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Apply a change whose record is already durable; if the database refuses it,
+        void the record, so the log never claims a change the client was told failed.
+
+        A void (``audit.void``, ``extra.voids_seq``) is itself a durable record; startup
+        replay skips a voided record. Only if the void cannot be written either does the
+        record stand, and replay then applies the change at the next start.
+        """
+        try:
+            return await self._db(fn, *args, **kwargs)
+        except StorageError as exc:
+            try:
+                await self._append(
+                    record_fields(
+                        None,
+                        "audit.void",
+                        record.get("route"),
+                        record.get("request_id"),
+                        str(record.get("target") or ""),
+                        None,
+                        None,
+                        None,
+                        reasons=[f"the database refused the change of seq {record['seq']}"],
+                        decision="error",
+                        error_code=exc.code,
+                        extra={"voids_seq": int(record["seq"])},
+                    )
+                )
+            except AssayError:
+                log.critical(
+                    "seq %s is durable but its database change failed and the void could "
+                    "not be recorded; startup replay will apply it",
+                    record["seq"],
+                )
+            raise
+
+    def _lock(self, digest: str) -> trio.Lock:
+        return self._locks.setdefault(digest, trio.Lock())
+
+    # -- reads (sync, from memory: never block) -----------------------------------------
+
+    def get(self, digest: str) -> Artifact:
+        digest = parse_digest(digest)
+        art = self.artifacts.get(digest)
+        if art is None:
+            raise NotFound(f"no artifact {digest}", code="artifact.not_found")
+        return art
+
+    def list(self, *, state: str | None = None, name: str | None = None) -> list[Artifact]:
+        if state is not None and state not in {s.value for s in State}:
+            raise BadRequest(f"unknown state {state!r}", code="request.bad_state")
+        arts = [
+            a
+            for a in self.artifacts.values()
+            if (state is None or a.state == state) and (name is None or a.name == name)
+        ]
+        return sorted(arts, key=lambda a: (a.created_at, a.digest))
+
+    def resolve_trusted(self, name: str) -> Artifact:
+        """The most recently promoted trusted artifact with ``name``, intact on disk."""
+        candidates = [
+            a
+            for a in self.artifacts.values()
+            if a.name == name and a.state == State.TRUSTED and a.integrity == "ok"
+        ]
+        if not candidates:
+            raise NotFound(f"no trusted artifact named {name!r}", code="artifact.not_found")
+        return max(candidates, key=lambda a: (a.state_changed_at, a.digest))
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for a in self.artifacts.values():
+            out[a.state] += 1
+        out["integrity_failed"] = sum(1 for a in self.artifacts.values() if a.integrity != "ok")
+        return out
+
+
+def record_fields(
+    principal: Principal | None,
+    action: str,
+    route: str | None,
+    request_id: str | None,
+    target: str,
+    from_state: str | None,
+    to_state: str | None,
+    status: int | None,
+    *,
+    reasons: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    decision: str = "allow",
+    error_code: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "principal": principal.id if principal else None,
+        "auth_mode": principal.auth_mode if principal else "local",
+        "action": action,
+        "route": route,
+        "target": target,
+        "from_state": from_state,
+        "to_state": to_state,
+        "decision": decision,
+        "reasons": reasons or [],
+        "status": status,
+        "error_code": error_code,
+        "params": [],
+        "purpose": None,
+        "extra": extra or {},
+    }

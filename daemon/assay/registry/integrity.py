@@ -1,0 +1,190 @@
+"""Integrity: re-hash stored bytes, record failures and restorations, gate serving.
+
+Split from ``service.py`` by concern; the ordering rule is in ``base.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from assay.core.tokens import Principal
+from assay.registry.base import RegistryBase, now, record_fields
+from assay.registry.db import Artifact
+from assay.registry.digests import parse_digest
+from assay.registry.errors import NotTrusted, StoredBytesCorrupt
+from assay.registry.states import State
+
+log = logging.getLogger("assay.registry")
+
+
+class IntegrityOps(RegistryBase):
+    async def _integrity_changed(
+        self,
+        art: Artifact,
+        integrity: str,
+        actual: str,
+        principal: Principal | None,
+        route: str | None,
+        request_id: str | None,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+    ) -> tuple[Artifact, dict[str, Any]]:
+        """Record, then apply, a change of ``art``'s integrity ("failed" or back to "ok").
+
+        Like every state change: the record is durable before the database changes, and
+        the change carries the record's seq, so startup replay can finish it after a crash.
+        """
+        failed = integrity == "failed"
+        record = await self._append(
+            record_fields(
+                principal,
+                "artifact.integrity_failed" if failed else "artifact.integrity_restored",
+                route,
+                request_id,
+                art.digest,
+                art.state,
+                art.state,
+                status,
+                reasons=[
+                    "stored bytes are missing"
+                    if actual == "missing"
+                    else f"stored bytes hash to {actual}"
+                ],
+                decision="deny" if failed else "allow",
+                error_code=error_code,
+                extra={"integrity": integrity},
+            )
+        )
+        updated: Artifact = await self._commit(
+            record,
+            self.db.set_integrity,
+            art,
+            integrity,
+            now(),
+            record["seq"],
+            principal.id if principal else None,
+        )
+        self.artifacts[art.digest] = updated
+        kind = "integrity_failed" if failed else "integrity_restored"
+        fields = {"digest": art.digest, "state": art.state, "seq": record["seq"]}
+        self._events(kind, fields | {"principal": principal.id if principal else ""})
+        if failed:
+            log.error("integrity failure: %s hashes to %s", art.digest, actual)
+        return updated, record
+
+    async def verify(
+        self,
+        digest: str,
+        *,
+        principal: Principal | None = None,
+        route: str | None = None,
+        request_id: str | None = None,
+        status: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
+
+        Returns the result and, when the integrity changed, the record of that change
+        (for a verify request it is the request's one record, with ``status``).
+        """
+        async with self._lock(parse_digest(digest)):
+            art = self.get(digest)
+            if art.state == State.DELETED:
+                return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
+            # Step VER-1 (re-hash): the stored bytes, read from disk now.
+            actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+            ok = actual == art.digest
+            result = {"digest": art.digest, "ok": ok, "actual": actual}
+            # Step VER-2 (record a change): failed <-> ok is a state change with a record.
+            if (art.integrity == "ok") != ok:
+                _updated, record = await self._integrity_changed(
+                    art, "ok" if ok else "failed", actual, principal, route, request_id,
+                    status=status,
+                )  # fmt: skip
+                return result, record
+            # Step VER-3 (no change): only the time of the last check moves.
+            updated = await self._db(self.db.touch_verified, art, now())
+            self.artifacts[art.digest] = updated
+            return result, None
+
+    async def sweep(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        principal: Principal | None = None,
+        route: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Verify every stored artifact; returns counts and the failures.
+
+        Each integrity change is its own record (one per artifact, carrying the request
+        id of a sweep asked for over HTTP), besides the sweep request's own record.
+        """
+        started = now()
+        digests = sorted(self.artifacts)
+        failed: list[str] = []
+        checked = 0
+        for i, digest in enumerate(digests):
+            result, _record = await self.verify(
+                digest, principal=principal, route=route, request_id=request_id
+            )
+            if "skipped" not in result:
+                checked += 1
+            if not result["ok"]:
+                failed.append(digest)
+            if progress is not None:
+                progress(i + 1, len(digests))
+        self.last_sweep = {
+            "started": started,
+            "finished": now(),
+            "checked": checked,
+            "failed": failed,
+        }
+        self._events("sweep", {"checked": checked, "failed": len(failed)})
+        return self.last_sweep
+
+    async def mark_corrupt_while_serving(
+        self, digest: str, actual: str, *, request_id: str | None = None
+    ) -> None:
+        """A fetch found the bytes changed mid-stream, after its response had started
+        (and its request record was written): the failure is a record of its own."""
+        art = self.get(digest)
+        if art.integrity == "ok":
+            await self._integrity_changed(art, "failed", actual, None, None, request_id)
+
+    async def open_consumable(
+        self, digest: str, *, principal: Principal, route: str, request_id: str
+    ) -> tuple[Artifact, int]:
+        """A trusted, intact artifact and an open fd on its bytes, for serving.
+
+        Bytes gone from the store are an integrity failure like bytes changed: recorded
+        (as this request's record) and serving blocked, never a bare 500.
+        """
+        art = self.check_consumable(digest)
+        try:
+            fd: int = await trio.to_thread.run_sync(self.store.open_fd, art.digest)
+        except FileNotFoundError:
+            err = StoredBytesCorrupt(f"stored bytes of {art.digest} are missing")
+            async with self._lock(art.digest):
+                current = self.get(art.digest)
+                if current.integrity == "ok":
+                    _updated, record = await self._integrity_changed(
+                        current, "failed", "missing", principal, route, request_id,
+                        status=err.status, error_code=err.code,
+                    )  # fmt: skip
+                    err.written_record = record
+            raise err from None
+        return art, fd
+
+    def check_consumable(self, digest: str) -> Artifact:
+        """Runtime consumption: trusted and intact only; checked on every request."""
+        art = self.get(digest)
+        if art.state != State.TRUSTED:
+            raise NotTrusted(f"{art.digest} is {art.state}; only trusted artifacts are served")
+        if art.integrity != "ok":
+            raise StoredBytesCorrupt(f"{art.digest} failed its integrity check; serving blocked")
+        return art
