@@ -83,8 +83,6 @@ def test_no_token_or_secret_ever_reaches_any_output(deployment: Deployment) -> N
     output: audit segments, checkpoint files, daemon stderr, CLI stdout/stderr and HTTP
     response heads and bodies. No token (admin, reader, or a guessed one), no HMAC key and
     no signing key may appear in any of them."""
-    import json as _json
-
     from tests.conftest import SAMPLES, run_cli, upload
 
     reader = deployment.create_token("reader", "artifacts:read")
@@ -125,7 +123,7 @@ def test_no_token_or_secret_ever_reaches_any_output(deployment: Deployment) -> N
                 if p.is_file()]  # fmt: skip
     outputs.append(deployment.stderr())
     text = "\n".join(outputs)
-    assert _json.dumps(digest) and digest in text  # the outputs are the real ones
+    assert digest in text  # the outputs are the real ones
     secrets_dir = deployment.dir / "secrets"
     hmac_key = (secrets_dir / "audit-hmac.key").read_text().strip()
     signing_pem = (secrets_dir / "audit-signing.key").read_text()

@@ -93,15 +93,26 @@ async def test_run_reports_started_only_after_the_first_check(
         nursery.cancel_scope.cancel()
 
 
-async def test_an_extra_check_that_raises_fails_by_name(tmp_path: Path) -> None:
-    from assay.core.errors import ConfigError
-
-    def broken() -> dict[str, object]:
-        raise ConfigError("config.yaml: registry.policyy: unknown key")
-
+async def test_the_daemons_extra_checks_are_reported_and_counted(tmp_path: Path) -> None:
     probe = make_probe(tmp_path)
-    probe.extra = {"config": broken, "policy": lambda: {"ok": True, "name": "test"}}
+    probe.extra = lambda: {
+        "config": {"ok": False, "error": "config.yaml: registry.policyy: unknown key"},
+        "policy": {"ok": True, "name": "test"},
+    }
     await probe.check()
     checks = probe.checks()
     assert checks["config"] == {"ok": False, "error": "config.yaml: registry.policyy: unknown key"}
     assert checks["policy"]["ok"] is True and not probe.healthy()
+
+
+async def test_extra_checks_that_raise_fail_readiness(tmp_path: Path) -> None:
+    from assay.core.errors import ConfigError
+
+    def broken() -> dict[str, dict[str, object]]:
+        raise ConfigError("cannot read config")
+
+    probe = make_probe(tmp_path)
+    probe.extra = broken
+    await probe.check()
+    assert probe.checks()["extra"] == {"ok": False, "error": "cannot read config"}
+    assert not probe.healthy()

@@ -26,6 +26,7 @@ from assay.core import logsetup, serving
 from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
+from assay.core.errors import AssayError
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
@@ -97,10 +98,7 @@ async def run(
         audit_writable=audit.writable,
         audit_healthy=lambda: audit.writer.healthy,
         interval=min(2.0, interval / 2) if interval else 2.0,
-        extra={
-            "config": partial(_config_check, loaded),
-            "policy": partial(_policy_check, loaded),
-        },
+        extra=partial(_on_disk_checks, loaded),
     )
 
     def readiness() -> dict[str, Any]:
@@ -177,17 +175,23 @@ async def run(
     registry.db.close()
 
 
-def _config_check(loaded: LoadedConfig) -> dict[str, Any]:
-    """Would this daemon start again? The config file on disk still loads, strictly."""
-    load_config(loaded.source)
-    return {"ok": True, "source": str(loaded.source)}
-
-
-def _policy_check(loaded: LoadedConfig) -> dict[str, Any]:
-    """The active policy still loads from disk; says if it changed since startup (the
-    daemon keeps enforcing the one it started with until restarted)."""
-    on_disk = load_config(loaded.source).policy
-    return {"ok": True, "name": loaded.policy.name, "changed_on_disk": on_disk != loaded.policy}
+def _on_disk_checks(loaded: LoadedConfig) -> dict[str, dict[str, Any]]:
+    """Would this daemon start again? The config file on disk still loads strictly, and
+    with it the active policy (which says if it changed since startup: the daemon keeps
+    enforcing the one it started with until restarted). One load serves both checks."""
+    try:
+        on_disk = load_config(loaded.source)
+    except (AssayError, OSError) as exc:
+        failed = {"ok": False, "error": str(exc)[:500]}
+        return {"config": failed, "policy": dict(failed)}
+    return {
+        "config": {"ok": True, "source": str(loaded.source)},
+        "policy": {
+            "ok": True,
+            "name": loaded.policy.name,
+            "changed_on_disk": on_disk.policy != loaded.policy,
+        },
+    }
 
 
 def _token_path(loaded: LoadedConfig) -> Any:

@@ -32,8 +32,9 @@ class Probe:
     audit_writable: Callable[[], bool]
     audit_healthy: Callable[[], bool]
     interval: float = 5.0
-    #: More named checks, run in the same worker thread (e.g. config and policy on disk).
-    extra: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    #: More named checks, run in the same worker thread (e.g. config and policy on disk):
+    #: one call returns them all, so they can share their I/O.
+    extra: Callable[[], dict[str, dict[str, Any]]] | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     finished_at: float | None = None
 
@@ -72,12 +73,12 @@ class Probe:
         # Step H-3 (audit): the writer has not failed and its directory takes writes.
         audit_check = {"ok": self.audit_healthy() and self.audit_writable()}
         checks = {"store": store_check, "database": db_check, "audit": audit_check}
-        # Step H-4 (extra): each named check the daemon adds; a raise is a failed check.
-        for name, fn in self.extra.items():
+        # Step H-4 (extra): the daemon's own named checks; a raise fails them as "extra".
+        if self.extra is not None:
             try:
-                checks[name] = fn()
+                checks.update(self.extra())
             except (AssayError, OSError) as exc:
-                checks[name] = {"ok": False, "error": str(exc)[:500]}
+                checks["extra"] = {"ok": False, "error": str(exc)[:500]}
         return checks
 
     def fresh(self) -> bool:
