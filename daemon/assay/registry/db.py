@@ -14,11 +14,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from assay.core.errors import StorageError
+from assay.registry.model import Artifact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -64,43 +65,6 @@ CREATE TABLE IF NOT EXISTS signatures (
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class Artifact:
-    digest: str
-    name: str
-    size: int
-    format: str
-    format_details: dict[str, Any]
-    metadata: dict[str, str]
-    state: str
-    integrity: str
-    created_at: str
-    updated_at: str
-    uploaded_by: str
-    state_changed_at: str
-    last_verified_at: str | None = None
-    approvers: frozenset[str] = field(default_factory=frozenset)
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shape clients see."""
-        return {
-            "digest": self.digest,
-            "name": self.name,
-            "size": self.size,
-            "format": self.format,
-            "format_details": self.format_details,
-            "metadata": self.metadata,
-            "state": self.state,
-            "integrity": self.integrity,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "state_changed_at": self.state_changed_at,
-            "uploaded_by": self.uploaded_by,
-            "last_verified_at": self.last_verified_at,
-            "approvals": sorted(self.approvers),
-        }
 
 
 def _row(r: sqlite3.Row, approvers: frozenset[str]) -> Artifact:
@@ -176,6 +140,15 @@ class RegistryDB:
                 r["digest"]: _row(r, frozenset(approvals.get(r["digest"], ())))
                 for r in c.execute("SELECT * FROM artifacts")
             }
+
+    def get(self, digest: str) -> Artifact | None:
+        """One artifact's row (with its approvals), or None: what replay reads per record."""
+        with self.transaction() as c:
+            row = c.execute("SELECT * FROM artifacts WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                return None
+            approvers = c.execute("SELECT principal FROM approvals WHERE digest = ?", (digest,))
+            return _row(row, frozenset(a["principal"] for a in approvers))
 
     def history(self, digest: str) -> list[dict[str, Any]]:
         with self.transaction() as c:

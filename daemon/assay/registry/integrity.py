@@ -13,9 +13,9 @@ import trio
 
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
-from assay.registry.db import Artifact
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
+from assay.registry.model import Artifact
 from assay.registry.states import State
 
 log = logging.getLogger("assay.registry")
@@ -40,7 +40,7 @@ class IntegrityOps(RegistryBase):
         the change carries the record's seq, so startup replay can finish it after a crash.
         """
         failed = integrity == "failed"
-        record = await self._append(
+        async with self._mutation(
             record_fields(
                 principal,
                 "artifact.integrity_failed" if failed else "artifact.integrity_restored",
@@ -59,17 +59,18 @@ class IntegrityOps(RegistryBase):
                 error_code=error_code,
                 extra={"integrity": integrity},
             )
-        )
-        updated: Artifact = await self._commit(
-            record,
-            self.db.set_integrity,
-            art,
-            integrity,
-            now(),
-            record["seq"],
-            principal.id if principal else None,
-        )
-        self.artifacts[art.digest] = updated
+        ) as mutation:
+            record = dict(mutation.record)
+            updated: Artifact = await self._commit(
+                mutation,
+                self.db.set_integrity,
+                art,
+                integrity,
+                now(),
+                record["seq"],
+                principal.id if principal else None,
+            )
+            self.artifacts[art.digest] = updated
         kind = "integrity_failed" if failed else "integrity_restored"
         fields = {"digest": art.digest, "state": art.state, "seq": record["seq"]}
         self._events(kind, fields | {"principal": principal.id if principal else ""})
