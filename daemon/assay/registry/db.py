@@ -9,6 +9,7 @@ and acts as the write-ahead record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -90,7 +91,7 @@ class RegistryDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def open(self) -> None:
         try:
@@ -113,11 +114,18 @@ class RegistryDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``."""
+        """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``.
+
+        Inside ``batch()`` (same thread: the lock is re-entrant, and no other thread can
+        be in a transaction while this one holds it) it joins the open transaction.
+        """
         if self._conn is None:
             raise StorageError("database is not open")
         with self._lock:
             conn = self._conn
+            if conn.in_transaction:
+                yield conn
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -128,6 +136,11 @@ class RegistryDB:
                 if isinstance(exc, sqlite3.Error):
                     raise StorageError(f"database write failed: {exc}") from None
                 raise
+
+    def batch(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Many changes in one transaction, so one fsync: replay applies its changes so.
+        A failure rolls the whole batch back."""
+        return self.transaction()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -287,6 +300,14 @@ class RegistryDB:
         """A trivial transaction: the database file is open, readable and not locked up."""
         with self.transaction() as c:
             c.execute("SELECT 1").fetchone()
+
+    def touch_verified_many(self, digests: list[str], ts: str) -> None:
+        """Checks that found nothing changed, in one transaction (a sweep's thousands)."""
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ?",
+                [(ts, d) for d in digests],
+            )
 
     def touch_verified(self, art: Artifact, ts: str) -> Artifact:
         """A check that found nothing changed: only ``last_verified_at`` moves."""

@@ -47,6 +47,9 @@ PROGRESS_EVERY = 50_000
 #: Seqs per ``applied_seqs`` query (SQLite's bound on parameters is 32,766).
 SEQ_CHUNK = 500
 
+#: Changes applied per transaction (one fsync each, not one per change).
+APPLY_CHUNK = 1000
+
 Progress = Callable[[int, int], None]
 
 
@@ -104,19 +107,25 @@ def _reconcile_blocking(
     for i in range(0, len(todo), SEQ_CHUNK):
         done |= db.applied_seqs([int(r["seq"]) for r in todo[i : i + SEQ_CHUNK]])
     applied = 0
-    for rec in todo:
-        if int(rec["seq"]) in done:
-            continue
-        change = change_for(rec, db.get(str(rec["target"])), store.exists)
-        if change is not None:
-            _apply(db, store, rec, change)
-            applied += 1
+    pending = [r for r in todo if int(r["seq"]) not in done]
+    for i in range(0, len(pending), APPLY_CHUNK):
+        removed: list[str] = []
+        with db.batch():
+            for rec in pending[i : i + APPLY_CHUNK]:
+                change = change_for(rec, db.get(str(rec["target"])), store.exists)
+                if change is not None:
+                    _apply(db, rec, change)
+                    applied += 1
+                    if isinstance(change, SetState) and change.remove_bytes:
+                        removed.append(str(rec["target"]))
+        for digest in removed:  # only once the deletion is committed
+            store.remove(digest)
     if last > start:
         db.set_reconciled_through(last)
     return ReplayReport(scanned=scanned, mutations=len(mutations), applied=applied, mark=last)
 
 
-def _apply(db: RegistryDB, store: ObjectStore, rec: dict[str, Any], change: Change) -> None:
+def _apply(db: RegistryDB, rec: dict[str, Any], change: Change) -> None:
     """Make ``change`` in the database, carrying the record's seq like the live path."""
     digest, seq, ts = str(rec["target"]), int(rec["seq"]), str(rec["ts"])
     if isinstance(change, Insert):
@@ -131,8 +140,6 @@ def _apply(db: RegistryDB, store: ObjectStore, rec: dict[str, Any], change: Chan
         db.set_state(current, change.to_state, action=change.action,
                      principal=change.principal, reasons=list(change.reasons), ts=ts,
                      seq=seq)  # fmt: skip
-        if change.remove_bytes:
-            store.remove(digest)
     elif isinstance(change, Approve):
         db.add_approval(current, change.principal, ts, seq, change.signatures)
     elif isinstance(change, SetIntegrity):
