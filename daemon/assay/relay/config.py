@@ -126,7 +126,9 @@ class Indicator(Strict):
 
 
 class DisclosureControl(Strict):
-    min_group_size: int = Field(ge=1, le=1_000_000)
+    #: At least 3: a suppressed cell is known to hold 1..k-1 rows (mask mode shows its key,
+    #: omit mode counts it), which at k = 2 is exactly 1.
+    min_group_size: int = Field(ge=3, le=1_000_000)
     suppression: Literal["omit", "mask"] = "omit"
 
 
@@ -285,6 +287,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{tat}.source.format: cannot infer from {t.source.path!r}")
         columns[t.id] = {c.name: c.type for c in t.columns}
     entity_types: dict[str, dict[str, str]] = {}
+    columns_of: dict[str, dict[str, str]] = {}
     for i, e in enumerate(ds.entities):
         eat = f"{at}.entities[{i}]"
         cols = columns.get(e.table)
@@ -301,6 +304,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             else:
                 types[f.name] = cols[f.column]
         entity_types[e.name] = types
+        columns_of[e.name] = {f.name: f.column for f in e.fields if f.name in types}
         _check_filters(e.allowed_filters, types, f"{eat}.allowed_filters", problems)
         allowed = {f.field for f in e.allowed_filters}
         for j, name in enumerate(e.required_filters):
@@ -313,6 +317,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{aat}.source_entity: no entity {a.source_entity!r}")
             continue
         types = types_or_none
+        e_name = a.source_entity
         for j in _dupes(a.dimensions):
             problems.append(f"{aat}.dimensions[{j}]: duplicate dimension")
         for j, dim in enumerate(a.dimensions):
@@ -320,6 +325,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 problems.append(f"{aat}.dimensions[{j}]: no field {dim!r} in {a.source_entity!r}")
         for j in _dupes([ind.id for ind in a.indicators]):
             problems.append(f"{aat}.indicators[{j}].id: duplicate indicator")
+        dim_columns = {columns_of[e_name][d] for d in a.dimensions if d in columns_of[e_name]}
         for j, ind in enumerate(a.indicators):
             if ind.field is None:
                 continue
@@ -327,6 +333,13 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 problems.append(f"{aat}.indicators[{j}].field: no field {ind.field!r}")
             elif ind.function != "count" and types[ind.field] not in NUMERIC:
                 problems.append(f"{aat}.indicators[{j}].field: {ind.field!r} is not numeric")
+            elif columns_of[e_name].get(ind.field) in dim_columns:
+                # Every row of a cell carries its key: the key would be the average, and
+                # the sum would be the key times the count, masked or not.
+                problems.append(
+                    f"{aat}.indicators[{j}].field: {ind.field!r} reads a dimension's column; "
+                    "the published key would give its masked values back"
+                )
         _check_filters(a.allowed_filters, types, f"{aat}.allowed_filters", problems)
         for j, flt in enumerate(a.allowed_filters):
             if flt.field in types and flt.field not in a.dimensions:
