@@ -1,11 +1,15 @@
 """Differencing attacks from an outside suite, each replayed: a masked value must stay masked.
 
 Each test runs the attacker's arithmetic on the relay's answer and asserts that it can no
-longer be formed: on a cell's measures, and on the totals.
+longer be formed. The first two attack a cell's measures and the totals; the third a
+second grouping of the same population behind another path.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from assay.cli import relay_cmd
+from assay.core.errors import ConfigError
 from assay.relay.config import Aggregate
 from assay.relay.disclosure import AggregateAnswer, aggregate
 from assay.relay.planner import Bounds, FieldSpec, parse_conditions
 from assay.relay.query import mask_for
-from tests.relay.conftest import RelayEnv, build_env, start
+from tests.relay.conftest import GEN, RelayEnv, build_env, start
 
 FIELDS = {
     "muni": FieldSpec("muni", "m", "string"),
@@ -187,3 +193,105 @@ async def test_http_totals_over_an_in_filter_cannot_recover_a_masked_count(
             is None  # fmt: skip
         tried += 1
     assert tried
+
+
+# --- a second grouping of the same population behind another path ---
+
+
+def _people_variant(env: RelayEnv, how: str) -> str:
+    people = env.data / "people.parquet"
+    if how == "relative":
+        return os.path.relpath(people, env.config_path.parent)
+    if how == "dotted":
+        return str(env.data / ".." / env.data.name / "people.parquet")
+    if how == "symlink":
+        (env.dir / "census.parquet").symlink_to(people)
+    elif how == "hardlink":
+        os.link(people, env.dir / "census.parquet")
+    elif how == "copy":
+        shutil.copyfile(people, env.dir / "census.parquet")
+    elif how == "csv":
+        return str(env.data / "people.csv")  # the same rows in another format
+    return str(env.dir / "census.parquet")
+
+
+def _add_census(env: RelayEnv, path: str) -> None:
+    """A second dataset whose aggregate groups people by municipality only: minus the
+    first aggregate's published (municipality, sex) cells it gives back suppressed ones."""
+    civil = env.doc["datasets"][0]
+    census = copy.deepcopy(civil)
+    census.update(id="census", title="Census")
+    census["access"] = {
+        "metadata_scope": "census:metadata",
+        "read_scope": "census:read",
+        "aggregate_scope": "census:aggregate",
+    }
+    (people,) = [copy.deepcopy(t) for t in civil["tables"] if t["id"] == "people"]
+    people["source"] = {"path": path}
+    census["tables"] = [people]
+    census["entities"] = [e for e in census["entities"] if e["table"] == "people"]
+    coarse = copy.deepcopy(civil["aggregates"][0])
+    coarse.update(id="people_by_municipality_only", dimensions=["municipality"])
+    census["aggregates"] = [coarse]
+    env.doc["datasets"].append(census)
+    env.write()
+
+
+VARIANTS = ["relative", "dotted", "symlink", "hardlink", "copy", "csv"]
+
+
+@pytest.mark.parametrize("how", VARIANTS)
+def test_a_symlinked_or_copied_source_is_the_same_population(tmp_path: Path, how: str) -> None:
+    env = build_env(tmp_path)
+    _add_census(env, _people_variant(env, how))
+    with pytest.raises(ConfigError) as info:
+        relay_cmd.check_config(env.config_path, static=False)
+    assert "datasets[2].aggregates[0]" in str(info.value.extra.get("paths", info.value.detail))
+    assert "population" in info.value.detail
+    with pytest.raises(ConfigError):
+        start(env)  # serve refuses it the same way
+
+
+@pytest.mark.parametrize("how", ["relative", "dotted", "symlink"])
+def test_static_check_already_sees_through_paths_and_symlinks(tmp_path: Path, how: str) -> None:
+    env = build_env(tmp_path)
+    _add_census(env, _people_variant(env, how))
+    with pytest.raises(ConfigError, match="population"):
+        relay_cmd.check_config(env.config_path, static=True)
+
+
+def _replace_with(how: str, source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".new")
+    if how == "hardlink":
+        os.link(source, tmp)
+    else:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+@pytest.mark.parametrize("how", ["hardlink", "copy"])
+async def test_a_refresh_that_turns_a_source_into_the_other_population_is_refused(
+    tmp_path: Path, how: str
+) -> None:
+    env = build_env(tmp_path)
+    other = env.dir / "census.parquet"
+    GEN.write(env.dir / "other", 300, 99)
+    shutil.copyfile(env.dir / "other" / "people.parquet", other)
+    _add_census(env, str(other))
+    parts, _audit = start(env)
+    state = next(t for t in parts.store.tables() if t.dataset == "census")
+    served = parts.store.get("census", "people").digest
+    _replace_with(how, env.data / "people.parquet", other)
+    assert await parts.store.reload(state) is False
+    assert parts.store.get("census", "people").digest == served  # the old rows keep serving
+    assert state.last_error is not None and "population" in state.last_error
+    assert parts.store.status()["census.people"]["stale"] is True
+
+
+def test_distinct_populations_still_load(tmp_path: Path) -> None:
+    """The check is about identity, not about having two aggregates at all."""
+    env = build_env(tmp_path)
+    GEN.write(env.dir / "other", 300, 99)
+    _add_census(env, str(env.dir / "other" / "people.parquet"))
+    out = relay_cmd.check_config(env.config_path, static=False)
+    assert "census.people" in out["tables"]
