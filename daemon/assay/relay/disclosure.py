@@ -6,8 +6,8 @@ The rules (docs/relay.md explains why each is needed):
    coarser grouping whose cells would be sums of finer, suppressed ones.
 2. Filters may only name dimension fields (enforced in config), so a filter selects whole
    cells and never splits one: every number published is a cell of one fixed table.
-3. A cell whose row count is below ``min_group_size`` (k) is suppressed (omitted or
-   masked). In a published cell, a field's measures (its count, sum and average) are
+3. A cell whose row count is below ``min_group_size`` (k, at least 3) is suppressed
+   (omitted or masked). In a published cell, a field's measures (its count, sum and average) are
    decided together, once: masked unless at least k rows have a value and the rows
    without one are none or at least k, because any two of the three give the third and
    the row count minus the field's count gives the complement.
@@ -15,7 +15,8 @@ The rules (docs/relay.md explains why each is needed):
    always zero (an average total is the published cells' sums over their counts, never
    over a cell whose count is masked), and the response says how many groups were
    suppressed, never their sum.
-5. One aggregate per source population (enforced in config), so two groupings cannot be
+5. One aggregate per source population, judged by what a source is (its file, bytes and
+   primary keys; enforced in config and snapshot loading), so two groupings cannot be
    differenced against each other.
 
 tests/relay/test_disclosure_audit.py proves the result with an auditor: no suppressed
