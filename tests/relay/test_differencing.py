@@ -295,3 +295,43 @@ def test_distinct_populations_still_load(tmp_path: Path) -> None:
     _add_census(env, str(env.dir / "other" / "people.parquet"))
     out = relay_cmd.check_config(env.config_path, static=False)
     assert "census.people" in out["tables"]
+
+
+# --- all three, against a real `assay relay serve` process ---
+
+
+@pytest.mark.e2e
+def test_real_relay_resists_the_three_differencing_attacks(tmp_path: Path) -> None:
+    """As the attack suite ran them: over HTTP on loopback against the real daemon, with
+    the shipped example's aggregate plus a sum, and a census dataset behind a symlink."""
+    import httpx
+
+    from tests.conftest import run_cli
+    from tests.relay.test_e2e import running_relay
+
+    env = build_env(tmp_path)
+    env.doc["datasets"][0]["aggregates"][0]["indicators"].append(
+        {"id": "total_monthly_income", "function": "sum", "field": "monthly_income"}
+    )
+    targets = _targets(env)
+    assert targets
+    table = pq.read_table(env.data / "people.parquet")
+    plain = sorted(set(table["municipality"].to_pylist()) - {t[0] for t in targets})
+    relay = running_relay(env, tmp_path / "relay.log")
+    with relay as (url, _proc), httpx.Client(base_url=url, timeout=30) as client:
+        for muni, sex, _complement in targets:
+            query = f"{AGG}?municipality.in={muni},{plain[0]}"
+            body = client.get(query, headers=env.headers("agg")).json()
+            groups = [dict(g, muni=(g["municipality"], g["sex"])) for g in body["groups"]]
+            (cell,) = [g for g in groups if g["muni"] == (muni, sex)]
+            assert cell["people_with_income"] is None
+            sums = ("total_monthly_income", "mean_monthly_income")
+            assert complement_from_sum_and_avg(cell, *sums) is None
+            answer = AggregateAnswer(groups, 0, 0, body["totals"])
+            counted = ("people_with_income", "mean_monthly_income")
+            assert complement_from_avg_totals(answer, *counted) is None
+    _add_census(env, _people_variant(env, "symlink"))
+    config = str(env.config_path)
+    for args in (["check-config", config], ["serve", "--config", config]):
+        out = run_cli("relay", *args, timeout=60)
+        assert out.returncode != 0 and "population" in out.stderr + out.stdout, out
