@@ -115,6 +115,23 @@ def test_auditor_finds_the_cell_a_second_grouping_of_the_population_gives_back()
         auditor.verdict()
 
 
+def test_auditor_finds_a_published_sum_of_suppressed_cells() -> None:
+    """(A, F) and (A, M) both hold 2 rows (k=3), A alone holds 4: neither cell is a linear
+    function of what is published, but their sum is, and with each known to be 1..2 rows
+    a sum of 4 says both are 2. The auditor refuses any combination of secrets."""
+    columns = {"muni": ["A"] * 4 + ["B"] * 6, "sex": ["F", "F", "M", "M"] + ["F", "M"] * 3,
+               "income": [1.0] * 10}  # fmt: skip
+    auditor = Auditor(columns)
+    table = _arrow(columns)
+    for agg in (_small_agg(dims=["muni", "sex"], agg_id="fine", k=3),
+                _small_agg(dims=["muni"], agg_id="coarse", k=3)):  # fmt: skip
+        auditor.add_aggregate(agg)
+        answer = disclosure.aggregate(table, None, agg, _fields(columns))
+        auditor.observe(agg.id, [], _as_dict(answer))
+    with pytest.raises(Leak, match="combination"):
+        auditor.verdict()
+
+
 def test_auditor_refuses_a_total_over_rows_it_did_not_publish() -> None:
     """A total that also adds up the omitted cell B is not the function it claims to be."""
     auditor = Auditor(COLUMNS)
