@@ -13,6 +13,7 @@ Blocking work runs in ``trio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 
 import trio
 
@@ -27,6 +28,7 @@ from assay.registry.errors import PolicyRefused, StoredBytesCorrupt
 from assay.registry.ingest import IngestOps
 from assay.registry.integrity import IntegrityOps
 from assay.registry.states import Action, State, next_state
+from assay.registry.store import UnusableObject, describe, hash_fd
 
 __all__ = ["Outcome", "Registry", "now"]
 
@@ -98,34 +100,11 @@ class Registry(IngestOps, IntegrityOps):
         request_id: str,
         signatures: tuple[tuple[str, str], ...],
     ) -> Outcome:
-        # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
-        actual, size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
-        if actual != art.digest:
-            err = StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
-            if art.integrity == "ok":
-                # The discovery is this request's one record (status and code as answered).
-                _updated, record = await self._integrity_changed(
-                    art, "failed", actual, principal, route, request_id,
-                    status=err.status, error_code=err.code,
-                )  # fmt: skip
-                err.written_record = record
-            raise err
-        # Step PRO-2 (re-inspect): the format is judged again from content.
-        fd_path = self.store.path_for(art.digest)
-
-        def reinspect() -> tuple[str, int]:
-            with fd_path.open("rb") as f:
-
-                def read_at(offset: int, length: int) -> bytes:
-                    f.seek(offset)
-                    return f.read(length)
-
-                return inspect_file(read_at, size).format, size
-
-        try:
-            fmt, size = await trio.to_thread.run_sync(reinspect)
-        except FormatRefused as exc:
-            fmt = f"refused:{exc.reason}"
+        # Steps PRO-1 and PRO-2 read one checked fd (``open_object``), so the bytes that
+        # are hashed are the bytes that are inspected.
+        actual, size, fmt = await trio.to_thread.run_sync(self._rehash_and_inspect, art.digest)
+        if actual != art.digest or fmt is None:
+            raise await self._corrupt_on_promote(art, actual, principal, route, request_id)
         # Signatures sent with this request count now but are stored only with the
         # approval, after its record is durable: a refused or unrecorded request keeps none.
         stored_sigs = dict(await self._db(self.db.signatures, art.digest)) | dict(signatures)
@@ -218,6 +197,40 @@ class Registry(IngestOps, IntegrityOps):
             },
         )
         return Outcome(updated, record, decision=decision)
+
+    def _rehash_and_inspect(self, digest: str) -> tuple[str, int, str | None]:
+        """(actual, size, format); format is None unless the bytes hash to ``digest``."""
+        try:
+            fd = self.store.open_object(digest)
+        except UnusableObject as exc:
+            return exc.problem, 0, None
+        try:
+            # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
+            actual, size = hash_fd(fd)
+            if actual != digest:
+                return actual, size, None
+            # Step PRO-2 (re-inspect): the format is judged again from content.
+            try:
+                inspection = inspect_file(lambda off, length: os.pread(fd, length, off), size)
+            except FormatRefused as exc:
+                return actual, size, f"refused:{exc.reason}"
+            return actual, size, inspection.format
+        finally:
+            os.close(fd)
+
+    async def _corrupt_on_promote(
+        self, art: Artifact, actual: str, principal: Principal, route: str, request_id: str
+    ) -> StoredBytesCorrupt:
+        """The error for a promote that found the stored bytes unusable; the discovery is
+        this request's one record (status and code as answered)."""
+        err = StoredBytesCorrupt(f"{art.digest}: {describe(actual)}")
+        if art.integrity == "ok":
+            _updated, record = await self._integrity_changed(
+                art, "failed", actual, principal, route, request_id,
+                status=err.status, error_code=err.code,
+            )  # fmt: skip
+            err.written_record = record
+        return err
 
 
 def _signature_extra(signatures: tuple[tuple[str, str], ...]) -> dict[str, str]:

@@ -7,13 +7,14 @@ directory fsynced. Every method here blocks; async callers use ``trio.to_thread`
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ READ_CHUNK = 1024 * 1024
 #: O_DIRECT staging buffer (page-aligned, from mmap) and the alignment it needs.
 STAGE_BYTES = 4 * 1024 * 1024
 ALIGN = 4096
+
+log = logging.getLogger("assay.store")
 
 
 class Ingest:
@@ -150,10 +153,11 @@ class Ingest:
         os.fsync(self._fd)
         self._close()
         final = self._store.path_for(digest)
-        if final.exists():
-            self.tmp_path.unlink(missing_ok=True)
-            return digest, False
         final.parent.mkdir(parents=True, exist_ok=True)
+        # The caller holds the digest's lock and found no row for it, so whatever is at
+        # the path is an orphan (a crash between rename and record) or was planted: a
+        # symlink, a FIFO, a file with bytes nobody checked. The verified temp file
+        # replaces it; a directory there makes the rename fail instead.
         os.replace(self.tmp_path, final)
         fsync_dir(final.parent)
         return digest, True
@@ -182,6 +186,62 @@ def _write_all(fd: int, view: memoryview) -> None:
         raise StorageError(f"writing to the store failed: {exc.strerror or exc}") from exc
 
 
+#: What an object path can hold instead of one regular file, and how a record says so.
+PROBLEMS: dict[str, str] = {
+    "missing": "stored bytes are missing",
+    "symlink": "the object path is a symlink, not a regular file",
+    "directory": "the object path is a directory, not a regular file",
+    "fifo": "the object path is a fifo, not a regular file",
+    "socket": "the object path is a socket, not a regular file",
+    "device": "the object path is a device, not a regular file",
+    "linked": "the stored file has more than one name (hard links): its bytes can change "
+    "through a name the store does not own",
+    "unreadable": "the stored bytes cannot be read",
+}
+
+
+def describe(actual: str) -> str:
+    """A record's reason for what a check found: a problem name or the bytes' digest."""
+    return PROBLEMS.get(actual, f"stored bytes hash to {actual}")
+
+
+class UnusableObject(Exception):
+    """The object path holds no bytes the store can vouch for; ``problem`` is a key of
+    ``PROBLEMS``. Callers record it as an integrity failure of that artifact alone."""
+
+    def __init__(self, problem: str, detail: str = "") -> None:
+        super().__init__(f"{PROBLEMS[problem]}{': ' + detail if detail else ''}")
+        self.problem = problem
+
+
+def hash_fd(fd: int) -> tuple[str, int]:
+    """(digest, size) of everything readable from ``fd``; ("unreadable", 0) on a read error."""
+    h = hashlib.sha256()
+    size = 0
+    try:
+        while chunk := os.read(fd, READ_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    except OSError:
+        return "unreadable", 0
+    return "sha256:" + h.hexdigest(), size
+
+
+def _kind(mode: int) -> str | None:
+    """The problem name for a file type that is not a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
+
+
 class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -193,7 +253,8 @@ class ObjectStore:
         for d in (self.root, self.objects, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in self.tmp_dir.glob("ingest-*"):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_symlink() or not leftover.is_dir():
+                leftover.unlink(missing_ok=True)
         probe = self.tmp_dir / f".probe-{secrets.token_hex(4)}"
         try:
             probe.write_bytes(b"")
@@ -208,36 +269,91 @@ class ObjectStore:
         return self.objects / hex_of(digest)
 
     def exists(self, digest: str) -> bool:
-        return self.path_for(digest).is_file()
+        """One regular file, not a link, at the digest's path."""
+        try:
+            info = os.lstat(self.path_for(digest))
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
 
     def remove(self, digest: str) -> None:
+        """Remove what is at the object path, if it is something the store could have
+        made (a file or a link); anything else is left for an operator and logged,
+        because the change that asked for the removal is already committed."""
         path = self.path_for(digest)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
-            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("could not remove %s: %s", path, exc.strerror or exc)  # noqa: TRY400
+            return
+        fsync_dir(path.parent)
 
-    def open_fd(self, digest: str) -> int:
-        return os.open(self.path_for(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def open_object(self, digest: str) -> int:
+        """An fd on the digest's stored bytes, only if they are one regular file.
+
+        The one way every reader (rehash, promote, serve, sweep) opens an object: the
+        path must not be a symlink (``O_NOFOLLOW``, even to the right bytes), a FIFO
+        (``O_NONBLOCK``: opening one never waits for a writer), a directory, socket or
+        device (``fstat``), nor a file with a second hard link. ``lstat`` first, so a
+        device is not even opened unless it is swapped in between; the fd is then
+        checked itself. Raises ``UnusableObject``.
+        """
+        path = self.path_for(digest)
+        # Step OBJ-1 (lstat): what the name is, without following it.
+        try:
+            before = os.lstat(path)
+        except FileNotFoundError:
+            raise UnusableObject("missing") from None
+        except OSError as exc:
+            raise UnusableObject("unreadable", exc.strerror or str(exc)) from None
+        kind = _kind(before.st_mode)
+        if kind is not None:
+            raise UnusableObject(kind)
+        # Step OBJ-2 (open): never follows a link, never blocks.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise UnusableObject("missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnusableObject("symlink") from None
+            raise UnusableObject("unreadable", exc.strerror or str(exc)) from None
+        # Step OBJ-3 (fstat): the fd itself is one regular file with one name.
+        try:
+            info = os.fstat(fd)
+            kind = _kind(info.st_mode)
+            if kind is not None:
+                raise UnusableObject(kind)
+            if info.st_nlink != 1:
+                raise UnusableObject("linked", f"{info.st_nlink} names")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def rehash(self, digest: str) -> tuple[str, int]:
-        """Hash the stored bytes from disk: (digest, size). Missing file -> ('missing', 0)."""
+        """Hash the stored bytes from disk: (digest, size), or (problem, 0) for an object
+        path that holds no usable bytes (a key of ``PROBLEMS``)."""
         try:
-            fd = self.open_fd(digest)
-        except FileNotFoundError:
-            return "missing", 0
-        h = hashlib.sha256()
-        size = 0
+            fd = self.open_object(digest)
+        except UnusableObject as exc:
+            return exc.problem, 0
         try:
-            while chunk := os.read(fd, READ_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
+            return hash_fd(fd)
         finally:
             os.close(fd)
-        return "sha256:" + h.hexdigest(), size
 
     def iter_chunks(self, fd: int, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         while data := os.read(fd, chunk):
             yield data
 
     def usage(self) -> int:
-        return sum(p.stat().st_size for p in self.objects.iterdir() if p.is_file())
+        total = 0
+        for p in self.objects.iterdir():
+            info = p.lstat()
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+        return total
