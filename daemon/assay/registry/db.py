@@ -10,6 +10,7 @@ and acts as the write-ahead record.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from assay.core.errors import StorageError
+from assay.core.errors import StorageError, StorageFull
+
+log = logging.getLogger("assay.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -160,8 +163,13 @@ class RegistryDB:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as rollback:  # SQLite rolls back itself on I/O errors
+                        log.error("rollback failed: %s", rollback)  # noqa: TRY400
                 if isinstance(exc, sqlite3.Error):
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                        raise StorageFull(f"database write failed: {exc}") from None
                     raise StorageError(f"database write failed: {exc}") from None
                 raise
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from assay.core.atomic import fsync_dir
-from assay.core.errors import PayloadTooLarge, StorageError
+from assay.core.errors import PayloadTooLarge, StorageError, storage_error
 from assay.registry.digests import hex_of
 from assay.registry.errors import DigestMismatch
 
@@ -38,6 +38,12 @@ class Ingest:
     system allows it: the bytes bypass the page cache, which on this appliance's disks
     cuts the kernel's CPU per GiB several-fold and keeps a huge upload from evicting the
     cache the daemon serves from. The unaligned tail is written buffered at commit.
+
+    Buffer discipline: every memoryview of an mmap (the stage, or a caller's block) is
+    taken in a ``with`` and so released on every path, an exception's included. A view
+    left alive in a traceback's frame keeps the mmap exported, and closing it then
+    raises ``BufferError``: that once turned a full disk into a bare 500 and left the
+    temp file behind, holding the space every later upload needed.
     """
 
     def __init__(self, store: ObjectStore, max_bytes: int) -> None:
@@ -45,41 +51,58 @@ class Ingest:
         self._max = max_bytes
         self._hash = hashlib.sha256()
         self.size = 0
+        self._rfd: int | None = None
+        self._stage: mmap.mmap | None = None
+        self._fill = 0
         self.tmp_path = store.tmp_dir / f"ingest-{secrets.token_hex(12)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._direct = hasattr(os, "O_DIRECT")
         try:
-            self._fd: int | None = os.open(
-                self.tmp_path, flags | (os.O_DIRECT if self._direct else 0), 0o600
-            )
-        except OSError as exc:
-            if exc.errno != errno.EINVAL or not self._direct:
+            try:
+                self._fd: int | None = os.open(
+                    self.tmp_path, flags | (os.O_DIRECT if self._direct else 0), 0o600
+                )
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._direct = False  # e.g. tmpfs: no O_DIRECT, plain buffered writes
+                self._fd = os.open(self.tmp_path, flags, 0o600)
+        except OSError as exc:  # ENOSPC here means no inode left
+            raise storage_error(exc, "creating an upload's temp file") from None
+        if self._direct:
+            try:
+                self._stage = mmap.mmap(-1, STAGE_BYTES)
+            except BaseException:
+                self.abort()
                 raise
-            self._direct = False  # e.g. tmpfs: no O_DIRECT, plain buffered writes
-            self._fd = os.open(self.tmp_path, flags, 0o600)
-        self._stage = mmap.mmap(-1, STAGE_BYTES) if self._direct else None
-        self._fill = 0
+
+    def _check_open(self) -> int:
+        if self._fd is None:
+            raise StorageError("ingest already finished")
+        return self._fd
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write one chunk; refuse before writing past the size cap."""
-        if self._fd is None:
-            raise StorageError("ingest already finished")
+        fd = self._check_open()
         if self.size + len(data) > self._max:
             raise PayloadTooLarge(f"artifact larger than the {self._max}-byte cap")
         self._hash.update(data)
-        view = memoryview(data)
-        self.size += len(view)
-        if self._stage is None:
-            _write_all(self._fd, view)
-            return
-        while view:
-            take = min(len(view), STAGE_BYTES - self._fill)
-            self._stage[self._fill : self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == STAGE_BYTES:
-                _write_all(self._fd, memoryview(self._stage))
-                self._fill = 0
+        with memoryview(data) as view:
+            self.size += len(view)
+            if self._stage is None:
+                _write_all(fd, view)
+                return
+            done = 0
+            while done < len(view):
+                take = min(len(view) - done, STAGE_BYTES - self._fill)
+                with view[done : done + take] as part:
+                    self._stage[self._fill : self._fill + take] = part
+                self._fill += take
+                done += take
+                if self._fill == STAGE_BYTES:
+                    with memoryview(self._stage) as stage:
+                        _write_all(fd, stage)
+                    self._fill = 0
 
     def alloc_block(self, size: int) -> mmap.mmap:
         """A page-aligned buffer for :meth:`write_block`, ``size`` rounded up to ``ALIGN``.
@@ -111,36 +134,38 @@ class Ingest:
         if self._stage is None or self._fd is None or not self._fill:
             return
         aligned = self._fill - self._fill % ALIGN
-        stage = memoryview(self._stage)
-        if aligned:
-            _write_all(self._fd, stage[:aligned])
-        if self._fill > aligned:
-            fcntl.fcntl(
-                self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT
-            )
-            _write_all(self._fd, stage[aligned : self._fill])
-        stage.release()
+        with memoryview(self._stage) as stage:
+            if aligned:
+                with stage[:aligned] as head:
+                    _write_all(self._fd, head)
+            if self._fill > aligned:
+                try:
+                    flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                except OSError as exc:
+                    raise storage_error(exc, "writing to the store") from None
+                with stage[aligned : self._fill] as tail:
+                    _write_all(self._fd, tail)
         self._fill = 0
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Read back from the temp file for inspection before it is committed."""
-        if self._fd is None:
-            raise StorageError("ingest already finished")
+        self._check_open()
         self._flush_tail()
-        return os.pread(self._fd_read(), length, offset)
-
-    def _fd_read(self) -> int:
-        if not hasattr(self, "_rfd"):
-            self._rfd = os.open(self.tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return self._rfd
+        try:
+            if self._rfd is None:
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._rfd = os.open(self.tmp_path, flags)
+            return os.pread(self._rfd, length, offset)
+        except OSError as exc:
+            raise storage_error(exc, "reading an upload back") from None
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
 
     def commit(self, expected: str | None) -> tuple[str, bool]:
         """fsync, check ``expected``, rename into place. Returns (digest, newly_stored)."""
-        if self._fd is None:
-            raise StorageError("ingest already finished")
+        fd = self._check_open()
         digest = self.digest()
         if expected is not None and expected != digest:
             self.abort()
@@ -149,41 +174,65 @@ class Ingest:
                 declared=expected,
                 actual=digest,
             )
-        self._flush_tail()
-        os.fsync(self._fd)
-        self._close()
         final = self._store.path_for(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # The caller holds the digest's lock and found no row for it, so whatever is at
-        # the path is an orphan (a crash between rename and record) or was planted: a
-        # symlink, a FIFO, a file with bytes nobody checked. The verified temp file
-        # replaces it; a directory there makes the rename fail instead.
-        os.replace(self.tmp_path, final)
-        fsync_dir(final.parent)
+        placed = False
+        try:
+            self._flush_tail()
+            os.fsync(fd)  # a delayed allocation can still fail here, ENOSPC included
+            self._close()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # The caller holds the digest's lock and found no row for it, so whatever is
+            # at the path is an orphan (a crash between rename and record) or was
+            # planted: a symlink, a FIFO, a file with bytes nobody checked. The verified
+            # temp file replaces it; a directory there makes the rename fail instead.
+            os.replace(self.tmp_path, final)
+            placed = True
+            fsync_dir(final.parent)
+        except BaseException as exc:
+            self.abort()
+            if placed:  # the rename may not be durable: nothing claims these bytes yet
+                final.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise storage_error(exc, "storing the upload") from None
+            raise
         return digest, True
 
     def abort(self) -> None:
-        self._close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Release everything and remove the temp file; safe to call on any path, twice."""
+        try:
+            self._close()
+        finally:
+            try:
+                self.tmp_path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("could not remove %s: %s", self.tmp_path, exc.strerror)  # noqa: TRY400
 
     def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if hasattr(self, "_rfd"):
-            os.close(self._rfd)
-            del self._rfd
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
+        """Close both fds and the stage; each is released even if another fails."""
+        fd, self._fd = self._fd, None
+        rfd, self._rfd = self._rfd, None
+        stage, self._stage = self._stage, None
+        try:
+            if fd is not None:
+                os.close(fd)
+        finally:
+            try:
+                if rfd is not None:
+                    os.close(rfd)
+            finally:
+                if stage is not None:
+                    stage.close()
 
 
 def _write_all(fd: int, view: memoryview) -> None:
+    """Write all of ``view``; each remainder is a view released before the next write."""
+    done = 0
     try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError as exc:  # e.g. ENOSPC: a typed storage failure, not a crash
-        raise StorageError(f"writing to the store failed: {exc.strerror or exc}") from exc
+        while done < len(view):
+            with view[done:] as rest:
+                done += os.write(fd, rest)
+    except OSError as exc:
+        raise storage_error(exc, "writing to the store") from None
 
 
 #: What an object path can hold instead of one regular file, and how a record says so.
@@ -288,7 +337,10 @@ class ObjectStore:
         except OSError as exc:
             log.error("could not remove %s: %s", path, exc.strerror or exc)  # noqa: TRY400
             return
-        fsync_dir(path.parent)
+        try:
+            fsync_dir(path.parent)
+        except OSError as exc:
+            log.error("could not fsync %s: %s", path.parent, exc.strerror or exc)  # noqa: TRY400
 
     def open_object(self, digest: str) -> int:
         """An fd on the digest's stored bytes, only if they are one regular file.
