@@ -92,6 +92,14 @@ class ConfigError(RejectedInput):
     title = "Invalid configuration"
 
 
+class UnsafeFile(ConfigError):
+    """A trusted file (config, policy) or its directory is a symlink, writable by group
+    or others, or owned by someone else: startup stops, naming the path."""
+
+    code = "config.file_unsafe"
+    title = "Unsafe file"
+
+
 # --- Auth --------------------------------------------------------------------------------
 
 
