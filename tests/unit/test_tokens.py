@@ -128,3 +128,23 @@ def test_token_is_not_left_behind_when_its_audit_record_cannot_be_written(tmp_pa
     assert code != 0
     ids = [r.id for r in tokenfile.load(tmp_path / "d" / "secrets" / "tokens.json")]
     assert "sneaky" not in ids
+
+
+def test_standing_sees_a_revocation_on_disk_at_once(tmp_path: Path) -> None:
+    """An approval counts only while its token may approve: the authenticator answers
+    from the token file as it is now, without waiting for its poll."""
+    from assay.core.authn import Authenticator
+
+    path = tmp_path / "tokens.json"
+    for who in ("alice", "bob"):
+        tokenfile.create(path, who, ["artifacts:promote", "artifacts:read"])
+    tokenfile.create(path, "reader", ["artifacts:read"])
+    auth = Authenticator(path)
+    auth.load()
+    ids = ["alice", "bob", "reader", "ghost"]
+    assert auth.standing(ids, "artifacts:promote") == {
+        "reader": "token no longer holds artifacts:promote",
+        "ghost": "no token with this id any more",
+    }
+    tokenfile.revoke(path, "alice")
+    assert auth.standing(["alice", "bob"], "artifacts:promote") == {"alice": "token revoked"}

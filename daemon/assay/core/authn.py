@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import trio
@@ -64,6 +64,25 @@ class Authenticator:
         while True:
             await trio.sleep(interval)
             await trio.to_thread.run_sync(self._reload_if_changed)
+
+    def standing(self, token_ids: Iterable[str], scope: str) -> dict[str, str]:
+        """Why each of ``token_ids`` may not act with ``scope`` now; absent ids may.
+
+        Blocking (it re-reads the token file first if it changed, so a revocation on
+        disk counts at once, not at the next poll). Used to count approvals: one given
+        by a token that was since revoked, removed or stripped of the scope is void.
+        """
+        self._reload_if_changed()
+        out: dict[str, str] = {}
+        for token_id in token_ids:
+            records = [r for r in self._records if r.id == token_id]
+            if not records:
+                out[token_id] = "no token with this id any more"
+            elif all(r.revoked for r in records):
+                out[token_id] = "token revoked"
+            elif not any(scope in r.scopes for r in records if not r.revoked):
+                out[token_id] = f"token no longer holds {scope}"
+        return out
 
     @property
     def token_count(self) -> int:

@@ -88,6 +88,7 @@ async def run(
         max_artifact_bytes=cfg.registry.max_artifact_bytes,
         block_bytes=cfg.registry.upload_buffer_bytes,
         events=events,
+        approver_standing=authenticator.standing,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 import trio
 
@@ -29,6 +30,9 @@ from assay.registry.ingest import IngestOps
 from assay.registry.integrity import IntegrityOps
 from assay.registry.states import Action, State, next_state
 from assay.registry.store import UnusableObject, describe, hash_fd
+
+#: The scope an approver's token must still hold for its approval to count.
+PROMOTE_SCOPE = "artifacts:promote"
 
 __all__ = ["Outcome", "Registry", "now"]
 
@@ -108,7 +112,16 @@ class Registry(IngestOps, IntegrityOps):
         # Signatures sent with this request count now but are stored only with the
         # approval, after its record is durable: a refused or unrecorded request keeps none.
         stored_sigs = dict(await self._db(self.db.signatures, art.digest)) | dict(signatures)
-        # Step PRO-3 (policy): every rule is evaluated; the caller's approval counts.
+        # Step PRO-3 (standing): an approval on record counts only while its token may
+        # still approve (not revoked, not removed, still holding the promote scope). The
+        # caller was authenticated and scope-checked for this very request.
+        earlier = art.approvers - {principal.id}
+        void: Mapping[str, str] = {}
+        if earlier and self.approver_standing is not None:
+            void = await trio.to_thread.run_sync(
+                self.approver_standing, sorted(earlier), PROMOTE_SCOPE
+            )
+        # Step PRO-4 (policy): every rule is evaluated; the caller's approval counts.
         facts = policy_mod.Facts(
             digest=art.digest,
             format=fmt,
@@ -116,10 +129,11 @@ class Registry(IngestOps, IntegrityOps):
             metadata=art.metadata,
             approvers=art.approvers | {principal.id},
             signatures=tuple(sorted(stored_sigs.items())),
+            not_counted=tuple(sorted(void.items())),
         )
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
-            # Step PRO-4 (two-person rule): record this approval; the state does not move.
+            # Step PRO-5 (two-person rule): record this approval; the state does not move.
             record = await self._append(
                 record_fields(
                     principal,
@@ -167,7 +181,8 @@ class Registry(IngestOps, IntegrityOps):
                 reasons=list(decision.passed),
                 extra={
                     "policy": self.policy.name,
-                    "approvers": ",".join(sorted(facts.approvers)),
+                    "approvers": ",".join(sorted(facts.approvers - set(void))),
+                    **({"not_counted": ",".join(sorted(void))} if void else {}),
                     **_signature_extra(signatures),
                 },
             )
