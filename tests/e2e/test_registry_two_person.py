@@ -159,7 +159,7 @@ def _signed(dep: Deployment, who: str) -> tuple[str, dict]:
     return d, first
 
 
-@pytest.mark.parametrize("how", ["revoked", "scope reduced", "removed"])
+@pytest.mark.parametrize("how", ["revoked", "scope reduced", "removed", "re-created"])
 def test_an_approval_by_a_token_that_lost_its_right_does_not_count(
     strict: Deployment, how: str
 ) -> None:
@@ -170,6 +170,16 @@ def test_an_approval_by_a_token_that_lost_its_right_does_not_count(
         run_cli("token", "revoke", "--config", str(strict.config), "--id", "alice", check=True)
     elif how == "scope reduced":
         _edit_token(strict, "alice", scopes=["artifacts:read"])
+    elif how == "re-created":
+        # The id freed by hand and a new token made under it later: another credential.
+        from assay.core.tokens import fingerprint, generate_token
+
+        _edit_token(
+            strict,
+            "alice",
+            fingerprint=fingerprint(generate_token()),
+            created="2999-01-01T00:00:00+00:00",
+        )
     else:
         import json
 
@@ -182,7 +192,12 @@ def test_an_approval_by_a_token_that_lost_its_right_does_not_count(
     # Bob's approval is the second one, but alice's no longer counts: still one.
     second = promote(strict, "bob", d)
     assert second["status"] == 202 and second["artifact"]["state"] == "quarantined", second
-    why = {"revoked": "revoked", "scope reduced": "artifacts:promote", "removed": "no token"}[how]
+    why = {
+        "revoked": "revoked",
+        "scope reduced": "artifacts:promote",
+        "removed": "no token",
+        "re-created": "re-created",
+    }[how]
     (note,) = [f for f in second["decision"]["failed"] if f.startswith("approvals_required")]
     assert "1/2" in note and "alice" in note and why in note, note
     # The record of bob's approval says so too.

@@ -141,10 +141,33 @@ def test_standing_sees_a_revocation_on_disk_at_once(tmp_path: Path) -> None:
     tokenfile.create(path, "reader", ["artifacts:read"])
     auth = Authenticator(path)
     auth.load()
-    ids = ["alice", "bob", "reader", "ghost"]
-    assert auth.standing(ids, "artifacts:promote") == {
+    later = "2999-01-01T00:00:00.000Z"
+    given = {"alice": later, "bob": later, "reader": later, "ghost": later}
+    assert auth.standing(given, "artifacts:promote") == {
         "reader": "token no longer holds artifacts:promote",
         "ghost": "no token with this id any more",
     }
     tokenfile.revoke(path, "alice")
-    assert auth.standing(["alice", "bob"], "artifacts:promote") == {"alice": "token revoked"}
+    assert auth.standing({"alice": later, "bob": later}, "artifacts:promote") == {
+        "alice": "token revoked"
+    }
+
+
+def test_an_approval_by_an_earlier_token_of_the_same_id_does_not_count(tmp_path: Path) -> None:
+    """The id was freed (file edited by hand) and a new token made under it: the new
+    holder is not the person who approved."""
+    from assay.core.authn import Authenticator
+
+    path = tmp_path / "tokens.json"
+    tokenfile.create(path, "alice", ["artifacts:promote"])
+    auth = Authenticator(path)
+    auth.load()
+    (record,) = tokenfile.load(path)
+    before = "2000-01-01T00:00:00.000Z"
+    assert auth.standing({"alice": before}, "artifacts:promote") == {
+        "alice": "token re-created under this id after it approved"
+    }
+    # The same second as the creation (``created`` has no fraction) still counts.
+    same_second = record.created.replace("+00:00", ".999Z")
+    assert auth.standing({"alice": same_second}, "artifacts:promote") == {}
+    assert auth.standing({"alice": "not a time"}, "artifacts:promote") == {}

@@ -15,7 +15,7 @@ Blocking work runs in ``trio.to_thread``. The operations are grouped by concern:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +62,7 @@ class RegistryBase:
         max_artifact_bytes: int,
         block_bytes: int = 4 * 1024 * 1024,
         events: Callable[[str, dict[str, Any]], None] | None = None,
-        approver_standing: Callable[[Iterable[str], str], Mapping[str, str]] | None = None,
+        approver_standing: Callable[[Mapping[str, str], str], Mapping[str, str]] | None = None,
     ) -> None:
         self.store = store
         self.db = db
@@ -71,7 +71,8 @@ class RegistryBase:
         self.max_artifact_bytes = max_artifact_bytes
         self.block_bytes = block_bytes
         self._events = events or (lambda _kind, record_fields: None)
-        #: Blocking: for token ids, why each may not approve now (``Authenticator.standing``).
+        #: Blocking: for approvals (token id -> when), why each no longer counts
+        #: (``Authenticator.standing``).
         #: None only where there are no tokens to check (unit tests of other concerns).
         self.approver_standing = approver_standing
         self._db_limiter = trio.CapacityLimiter(1)

@@ -194,6 +194,14 @@ class RegistryDB:
             ).fetchall()
         return [dict(r) | {"reasons": json.loads(r["reasons"])} for r in rows]
 
+    def approvals(self, digest: str) -> dict[str, str]:
+        """Who approved ``digest`` and when (token id -> ISO 8601 time)."""
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT principal, ts FROM approvals WHERE digest = ?", (digest,)
+            ).fetchall()
+        return {r["principal"]: r["ts"] for r in rows}
+
     def signatures(self, digest: str) -> tuple[tuple[str, str], ...]:
         with self.transaction() as c:
             rows = c.execute(

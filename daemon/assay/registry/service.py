@@ -112,15 +112,14 @@ class Registry(IngestOps, IntegrityOps):
         # Signatures sent with this request count now but are stored only with the
         # approval, after its record is durable: a refused or unrecorded request keeps none.
         stored_sigs = dict(await self._db(self.db.signatures, art.digest)) | dict(signatures)
-        # Step PRO-3 (standing): an approval on record counts only while its token may
-        # still approve (not revoked, not removed, still holding the promote scope). The
-        # caller was authenticated and scope-checked for this very request.
-        earlier = art.approvers - {principal.id}
+        # Step PRO-3 (standing): an approval on record counts only while the token that
+        # gave it may still approve (not revoked, removed, re-created or stripped of the
+        # promote scope). The caller was authenticated and scope-checked just now.
         void: Mapping[str, str] = {}
-        if earlier and self.approver_standing is not None:
-            void = await trio.to_thread.run_sync(
-                self.approver_standing, sorted(earlier), PROMOTE_SCOPE
-            )
+        if art.approvers - {principal.id} and self.approver_standing is not None:
+            given = await self._db(self.db.approvals, art.digest)
+            earlier = {who: ts for who, ts in given.items() if who != principal.id}
+            void = await trio.to_thread.run_sync(self.approver_standing, earlier, PROMOTE_SCOPE)
         # Step PRO-4 (policy): every rule is evaluated; the caller's approval counts.
         facts = policy_mod.Facts(
             digest=art.digest,
