@@ -209,3 +209,31 @@ def test_audit_disk_full_during_upload_fails_closed_and_recovers(
     assert_clean(dep)
     filler.unlink()
     assert send(dep, small(4), path=path, name="m/recorded").status_code == 201
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_no_inode_left_for_the_temp_file_answers_507(
+    mounted: tuple[Deployment, list[Path]], path: str
+) -> None:
+    """ENOSPC from open() itself: room for bytes, but no inode for the upload's file."""
+    dep, mounts = mounted
+    store = dep.dir / "state" / "store"
+    _require_root()
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _mount(["-t", "tmpfs", "-o", "size=4m,nr_inodes=32,mode=0700", "tmpfs", str(store)])
+    mounts.append(store)
+    dep.start(ready_path="/healthz")
+    fillers: list[Path] = []
+    for i in range(64):
+        try:
+            (store / f"filler-{i}").touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            break
+        fillers.append(store / f"filler-{i}")
+    else:
+        raise AssertionError("the tmpfs never ran out of inodes")
+    assert_storage_full(dep, send(dep, small(5), path=path, name="m/no-inode"))
+    assert_clean(dep)
+    fillers.pop().unlink()
+    assert send(dep, small(6), path=path, name="m/inode").status_code == 201
