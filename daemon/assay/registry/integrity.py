@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -14,13 +15,16 @@ import trio
 from assay.core.errors import AssayError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
-from assay.registry.db import Artifact
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
+from assay.registry.model import Artifact
 from assay.registry.states import State
 from assay.registry.store import UnusableObject, describe
 
 log = logging.getLogger("assay.registry")
+
+#: A sweep writes the times of unchanged checks this many at a time.
+TOUCH_BATCH = 512
 
 
 class IntegrityOps(RegistryBase):
@@ -42,7 +46,7 @@ class IntegrityOps(RegistryBase):
         the change carries the record's seq, so startup replay can finish it after a crash.
         """
         failed = integrity == "failed"
-        record = await self._append(
+        async with self._mutation(
             record_fields(
                 principal,
                 "artifact.integrity_failed" if failed else "artifact.integrity_restored",
@@ -57,17 +61,18 @@ class IntegrityOps(RegistryBase):
                 error_code=error_code,
                 extra={"integrity": integrity},
             )
-        )
-        updated: Artifact = await self._commit(
-            record,
-            self.db.set_integrity,
-            art,
-            integrity,
-            now(),
-            record["seq"],
-            principal.id if principal else None,
-        )
-        self.artifacts[art.digest] = updated
+        ) as mutation:
+            record = dict(mutation.record)
+            updated: Artifact = await self._commit(
+                mutation,
+                self.db.set_integrity,
+                art,
+                integrity,
+                now(),
+                record["seq"],
+                principal.id if principal else None,
+            )
+            self.artifacts[art.digest] = updated
         kind = "integrity_failed" if failed else "integrity_restored"
         fields = {"digest": art.digest, "state": art.state, "seq": record["seq"]}
         self._events(kind, fields | {"principal": principal.id if principal else ""})
@@ -83,11 +88,14 @@ class IntegrityOps(RegistryBase):
         route: str | None = None,
         request_id: str | None = None,
         status: int | None = None,
+        unchanged: list[str] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
         Returns the result and, when the integrity changed, the record of that change
         (for a verify request it is the request's one record, with ``status``).
+        ``unchanged``: a sweep collects the digests whose check changed nothing and
+        writes their ``last_verified_at`` in one transaction, not one fsync each.
         """
         async with self._lock(parse_digest(digest)):
             art = self.get(digest)
@@ -105,6 +113,9 @@ class IntegrityOps(RegistryBase):
                 )  # fmt: skip
                 return result, record
             # Step VER-3 (no change): only the time of the last check moves.
+            if unchanged is not None:
+                unchanged.append(art.digest)
+                return result, None
             updated = await self._db(self.db.touch_verified, art, now())
             self.artifacts[art.digest] = updated
             return result, None
@@ -127,24 +138,30 @@ class IntegrityOps(RegistryBase):
         failed: list[str] = []
         checked = 0
         errors: list[dict[str, str]] = []
+        unchanged: list[str] = []
         for i, digest in enumerate(digests):
+            result: dict[str, Any] | None = None
             try:
                 result, _record = await self.verify(
-                    digest, principal=principal, route=route, request_id=request_id
-                )
+                    digest, principal=principal, route=route, request_id=request_id,
+                    unchanged=unchanged,
+                )  # fmt: skip
             except AssayError as exc:
                 # One artifact's check could not finish (e.g. its record could not be
                 # written): reported, and the sweep goes on to the next artifact.
                 log.error("sweep: checking %s failed: %s", digest, exc.detail)  # noqa: TRY400
                 errors.append({"digest": digest, "code": exc.code})
-                continue
-            finally:
-                if progress is not None:
-                    progress(i + 1, len(digests))
-            if "skipped" not in result:
-                checked += 1
-            if not result["ok"]:
-                failed.append(digest)
+            if progress is not None:
+                progress(i + 1, len(digests))
+            if result is not None:
+                if "skipped" not in result:
+                    checked += 1
+                if not result["ok"]:
+                    failed.append(digest)
+            if len(unchanged) >= TOUCH_BATCH:
+                await self._touch_verified(unchanged)
+                unchanged = []
+        await self._touch_verified(unchanged)
         self.last_sweep = {
             "started": started,
             "finished": now(),
@@ -155,6 +172,14 @@ class IntegrityOps(RegistryBase):
             self.last_sweep["errors"] = errors
         self._events("sweep", {"checked": checked, "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
+
+    async def _touch_verified(self, digests: list[str]) -> None:
+        if not digests:
+            return
+        ts = now()
+        await self._db(self.db.touch_verified_many, digests, ts)
+        for digest in digests:
+            self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
 
     async def mark_corrupt_while_serving(
         self, digest: str, actual: str, *, request_id: str | None = None

@@ -23,11 +23,11 @@ from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_file
 from assay.registry import policy as policy_mod
 from assay.registry.base import Outcome, now, record_fields
-from assay.registry.db import Artifact
 from assay.registry.digests import parse_digest
 from assay.registry.errors import PolicyRefused, StoredBytesCorrupt
 from assay.registry.ingest import IngestOps
 from assay.registry.integrity import IntegrityOps
+from assay.registry.model import Artifact
 from assay.registry.states import Action, State, next_state
 from assay.registry.store import UnusableObject, describe, hash_fd
 
@@ -58,7 +58,7 @@ class Registry(IngestOps, IntegrityOps):
             if action is Action.PROMOTE:
                 return await self._promote(principal, art, route, request_id, signatures)
             reasons = [reason] if reason else []
-            record = await self._append(
+            async with self._mutation(
                 record_fields(
                     principal,
                     f"artifact.{action.value}",
@@ -70,19 +70,20 @@ class Registry(IngestOps, IntegrityOps):
                     200,
                     reasons=reasons,
                 )
-            )
-            updated = await self._commit(
-                record,
-                self.db.set_state,
-                art,
-                to_state.value,
-                action=action.value,
-                principal=principal.id,
-                reasons=reasons,
-                ts=now(),
-                seq=record["seq"],
-            )
-            self.artifacts[digest] = updated
+            ) as mutation:
+                record = mutation.record
+                updated = await self._commit(
+                    mutation,
+                    self.db.set_state,
+                    art,
+                    to_state.value,
+                    action=action.value,
+                    principal=principal.id,
+                    reasons=reasons,
+                    ts=now(),
+                    seq=record["seq"],
+                )
+                self.artifacts[digest] = updated
             if to_state is State.DELETED:
                 await trio.to_thread.run_sync(self.store.remove, digest)
             self._events(
@@ -133,7 +134,7 @@ class Registry(IngestOps, IntegrityOps):
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
             # Step PRO-5 (two-person rule): record this approval; the state does not move.
-            record = await self._append(
+            async with self._mutation(
                 record_fields(
                     principal,
                     "artifact.approve",
@@ -146,11 +147,13 @@ class Registry(IngestOps, IntegrityOps):
                     reasons=list(decision.failed),
                     extra={"policy": self.policy.name, **_signature_extra(signatures)},
                 )
-            )
-            updated = await self._commit(
-                record, self.db.add_approval, art, principal.id, now(), record["seq"], signatures
-            )
-            self.artifacts[art.digest] = updated
+            ) as mutation:
+                record = mutation.record
+                updated = await self._commit(
+                    mutation, self.db.add_approval, art, principal.id, now(), record["seq"],
+                    signatures,
+                )  # fmt: skip
+                self.artifacts[art.digest] = updated
             self._events(
                 "approve",
                 {
@@ -167,7 +170,7 @@ class Registry(IngestOps, IntegrityOps):
                 reasons=list(decision.failed),
                 policy=self.policy.name,
             )
-        record = await self._append(
+        async with self._mutation(
             record_fields(
                 principal,
                 "artifact.promote",
@@ -185,22 +188,23 @@ class Registry(IngestOps, IntegrityOps):
                     **_signature_extra(signatures),
                 },
             )
-        )
-        with_approval = await self._commit(
-            record, self.db.add_approval, art, principal.id, now(), None, signatures
-        )
-        updated = await self._commit(
-            record,
-            self.db.set_state,
-            with_approval,
-            State.TRUSTED.value,
-            action="promote",
-            principal=principal.id,
-            reasons=list(decision.passed),
-            ts=now(),
-            seq=record["seq"],
-        )
-        self.artifacts[art.digest] = updated
+        ) as mutation:
+            record = mutation.record
+            with_approval = await self._commit(
+                mutation, self.db.add_approval, art, principal.id, now(), None, signatures
+            )
+            updated = await self._commit(
+                mutation,
+                self.db.set_state,
+                with_approval,
+                State.TRUSTED.value,
+                action="promote",
+                principal=principal.id,
+                reasons=list(decision.passed),
+                ts=now(),
+                seq=record["seq"],
+            )
+            self.artifacts[art.digest] = updated
         self._events(
             "promote",
             {
