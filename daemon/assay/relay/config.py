@@ -27,7 +27,11 @@ NUMERIC: frozenset[str] = frozenset({"integer", "number"})
 
 NAME = r"^[a-z][a-z0-9_]{0,63}$"
 COLUMN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-SCOPE = SCOPE_PATTERN.pattern
+#: pydantic patterns are searched, not matched: each is anchored. Its default (Rust)
+#: engine reads ``$`` as the end of the text, so a trailing newline is refused
+#: (tests/unit/test_validation.py proves it for every config pattern).
+SCOPE = f"^{SCOPE_PATTERN.pattern}$"
+ID = f"^{ID_PATTERN.pattern}$"
 MiB = 1024 * 1024
 
 
@@ -212,7 +216,7 @@ class RelayServerConfig(ServerConfig):
 class ApiKey(Strict):
     """An API key: its fingerprint lives in a secret store, its commitment here."""
 
-    id: str = Field(pattern=ID_PATTERN.pattern)
+    id: str = Field(pattern=ID)
     fingerprint: SecretRef
     commitment: str = Field(pattern=r"^commit:sha256:[0-9a-f]{64}$")
     scopes: list[str] = Field(min_length=1, max_length=64)

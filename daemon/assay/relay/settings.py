@@ -14,9 +14,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from assay.core.errors import ConfigError, SecretError
+from assay.core.errors import SecretError
 from assay.core.secrets import read_secret, resolve_path
+from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
+from assay.core.trusted_files import read_trusted
 from assay.relay import apikeys, jws
 from assay.relay.config import (
     RelayConfig,
@@ -48,10 +50,7 @@ class RelaySecrets:
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config {path} unreadable: {exc.strerror}") from None
+    text = read_trusted(path, max_bytes=MAX_CONFIG_BYTES)  # modes checked like the registry's
     config = parse_config(text, source=str(path))
     loaded = LoadedConfig(config, path.resolve().parent, path)
     problems = population_problems(
