@@ -20,6 +20,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.validate",
     "assay.formats.errors",
     "assay.formats.sniff",
+    "assay.formats.zipend",
     "assay.formats.safetensors",
     "assay.formats.gguf",
     "assay.formats.inspect",

@@ -1,7 +1,8 @@
 """Bounded reads, and signature detection for the formats assay refuses.
 
 Why this module exists: the safetensors and GGUF validators decide whether a file *is* a
-model; this module decides what else it *also* looks like (pickle, zip, gzip, 7z). A file
+model; this module (with ``zipend``, for zip, which readers find from the end) decides what
+else it *also* looks like (pickle, zip, gzip, 7z). A file
 that validates as a model but also carries another format's live signature is a polyglot:
 a different loader pointed at the same bytes would read something else, so it is refused.
 
@@ -12,7 +13,6 @@ Pure: no I/O imports, no pickle import; the pickle opcode table below is plain d
 
 from __future__ import annotations
 
-import struct
 from typing import Protocol
 
 from assay.formats.errors import FormatRefused
@@ -29,9 +29,6 @@ class ReadAt(Protocol):
 MAX_HEAD_BYTES = 100_000_000
 #: How much of the start of a file is probed for signatures.
 HEAD_PROBE_BYTES = 64 * 1024
-#: A zip end-of-central-directory record is 22 bytes plus a comment of up to 64 KiB.
-ZIP_EOCD_MIN = 22
-TAIL_PROBE_BYTES = 0xFFFF + ZIP_EOCD_MIN
 
 
 def read_exact(read_at: ReadAt, offset: int, length: int, truncated: str) -> bytes:
@@ -230,43 +227,3 @@ def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
             return None
         pos = end + 1
     return pos
-
-
-# --- Zip end of central directory in the tail -----------------------------------------------
-
-_EOCD = struct.Struct("<4sHHHHIIH")
-_EOCD_SIG = b"PK\x05\x06"
-_CDH_SIG = b"PK\x01\x02"
-_MAX_EOCD_CANDIDATES = 64
-
-
-def zip_directory_in_tail(read_at: ReadAt, size: int) -> bool:
-    """Step SN-4: does the tail hold a zip end-of-central-directory a zip reader would use?
-
-    Zip readers find an archive from its end: the last 64 KiB + 22 bytes. A bare 4-byte
-    signature turns up by chance in tensor data, so a candidate only counts when the central
-    directory it points at (absolute, as miniz in PyTorch reads it, or relative to the
-    record, as Python's zipfile does) starts with a central-directory header, or when it
-    uses the zip64 escape values. More candidates than the budget is itself suspicious.
-    """
-    start = max(0, size - TAIL_PROBE_BYTES)
-    tail = read_exact(read_at, start, size - start, "unknown")
-    pos = tail.rfind(_EOCD_SIG)
-    for _ in range(_MAX_EOCD_CANDIDATES):
-        if pos < 0:
-            return False
-        if pos + _EOCD.size <= len(tail):
-            _, _, _, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, pos)
-            if entries == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
-                return True
-            for where in {cd_offset, start + pos - cd_size}:
-                if 0 <= where <= size - 4 and _bytes_at(read_at, tail, start, where) == _CDH_SIG:
-                    return True
-        pos = tail.rfind(_EOCD_SIG, 0, pos)
-    return pos >= 0
-
-
-def _bytes_at(read_at: ReadAt, tail: bytes, tail_start: int, where: int) -> bytes:
-    if tail_start <= where and where + 4 <= tail_start + len(tail):
-        return tail[where - tail_start : where - tail_start + 4]
-    return read_exact(read_at, where, 4, "unknown")
