@@ -229,10 +229,36 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
         (b".", False),  # STOP on an empty stack
         (b"N.", True),
         (b"\x95" + bytes(8) + b"N", False),  # ends mid-stream
+        # Line arguments are converted as the unpicklers convert them (C or Python):
+        (b"I017\n.", True),  # C strtol, base 0: octal
+        (b"I12\x00junk\n.", True),  # C strtol stops at a NUL
+        (b"I 0x1f\n.", True),
+        (b"I09\n.", False),
+        (b"I\n.", False),
+        (b"L12L\n.", True),
+        (b"F1_0\n.", True),  # Python's float()
+        (b"Fnope\n.", False),
+        (b"g1 \n.", True),
+        (b"p\x00\x00\x00{\n.", False),  # a safetensors length 0x70 reads as PUT
+        (b"Pabc\n.", True),
+        (b"P\xff\n.", False),  # persistent ids are ASCII
+        (b"S'abc\n.", False),  # quoted at both ends
     ],
 )
 def test_pickle_walk_verdicts(stream: bytes, live: bool) -> None:
     assert sniff.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
+
+
+def test_header_length_that_reads_as_put_with_a_bad_argument_is_not_a_polyglot() -> None:
+    # Length 0x70 is PUT, whose line runs to the first newline in the data; int() of that
+    # line fails in both unpicklers, so no loader unpickles this valid model.
+    header = json.dumps({"t": entry("U8", [3], 0, 3)}, separators=(",", ":")).encode()
+    data = st_raw(header + b" " * (0x70 - len(header)), b"\nN.")
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        list(pickletools.genops(data))
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)
+    assert inspect_bytes(data).format == "safetensors"
 
 
 # --- read discipline ----------------------------------------------------------------------------

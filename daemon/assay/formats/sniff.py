@@ -13,6 +13,7 @@ Pure: no I/O imports, no pickle import; the pickle opcode table below is plain d
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from assay.formats.errors import FormatRefused
@@ -94,9 +95,11 @@ _ARGS: dict[int, int] = {
     **dict.fromkeys(b"BX", _LEN4U),
     **dict.fromkeys(b"\x8e\x96\x8d", _LEN8U),
 }
-# Lines the unpickler parses as numbers (or ASCII ids) are short; longer ones cannot load.
-_SHORT_LINE_OPS = frozenset(b"ILFgpP")
+# Lines the unpickler parses as numbers are short; longer ones cannot load.
+_SHORT_LINE_OPS = frozenset(b"ILFgp")
 _SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
+# The C unpickler's INT: strtol(line, base 0), which must stop at the newline or a NUL.
+_STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:\x00|\Z)")
 _NAME_LINE_MAX = 1024
 _IMPORTING_OPS = frozenset(b"ci\x93")  # GLOBAL, INST, STACK_GLOBAL: import a callable
 _STOP = ord(".")
@@ -225,5 +228,46 @@ def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
             return None
         if kind == _PAIR and not _is_dotted_name(probe.take(pos, end - pos)):
             return None
+        if kind == _LINE and not _line_argument_loads(op, probe, pos, end):
+            return None
         pos = end + 1
     return pos
+
+
+def _line_argument_loads(op: int, probe: _Probe, pos: int, end: int) -> bool:
+    """Whether either unpickler (C ``_pickle`` or Python ``pickle``) takes this line.
+
+    The same conversions they apply: INT is ``int(line, 0)`` or C's ``strtol``; LONG
+    drops a trailing ``L`` first; FLOAT is ``float()``; GET and PUT are ``int(line)``;
+    PERSID must be ASCII; STRING must be quoted at both ends. UNICODE takes any line.
+    """
+    if op not in _CHECKED_LINE_OPS:
+        return True
+    line = probe.take(pos, end - pos)
+    try:
+        if op == ord("I"):
+            return line in (b"00", b"01") or bool(_STRTOL.match(line)) or _is_int(line, 0)
+        if op == ord("L"):
+            return _is_int(line[:-1] if line.endswith(b"L") else line, 0)
+        if op == ord("F"):
+            float(line)
+            return True
+        if op in b"gp":
+            return _is_int(line, 10)
+        if op == ord("P"):
+            line.decode("ascii")
+            return True
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"')
+
+
+_CHECKED_LINE_OPS = frozenset(b"ILFgpPS")
+
+
+def _is_int(line: bytes | str, base: int) -> bool:
+    try:
+        int(line, base)
+    except ValueError:
+        return False
+    return True
