@@ -88,7 +88,7 @@ def zip_with_absolute_offsets(archive: bytes, base: int) -> bytes:
 
 
 def plant_tar_header(data: bytes, *, member_size: int = 0) -> bytes:
-    """Rewrite bytes 100..157 of ``data`` into tar header fields with a valid checksum.
+    """Rewrite bytes 100..345 of ``data`` into tar header fields with a valid checksum.
 
     The caller makes sure those bytes lie inside a string it controls (a safetensors
     metadata value, a GGUF string) and that printable ASCII there keeps the file valid.
@@ -102,6 +102,8 @@ def plant_tar_header(data: bytes, *, member_size: int = 0) -> bytes:
         136: b"00000000000 ",  # mtime
         148: b" " * 8,  # checksum, summed as spaces
         156: b"0",  # regular file
+        329: b"0000000 ",  # devmajor
+        337: b"0000000 ",  # devminor
     }
     for at, value in fields.items():
         block[at : at + len(value)] = value

@@ -14,10 +14,25 @@ import zipfile
 
 import pytest
 
+from assay.formats import sniff
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_bytes
-from tests.formats_factory import reference_loads_safetensors, valid_st
-from tests.formats_polyglots import EVIL_PICKLE, zip64_with_decoy_eocd, zip_bytes
+from tests.formats_factory import (
+    GGUF,
+    STRING,
+    entry,
+    reference_loads_gguf,
+    reference_loads_safetensors,
+    st_file,
+    valid_st,
+)
+from tests.formats_polyglots import (
+    EVIL_PICKLE,
+    plant_tar_header,
+    tar_opens,
+    zip64_with_decoy_eocd,
+    zip_bytes,
+)
 
 
 def refusal(data: bytes) -> str:
@@ -43,3 +58,45 @@ def test_zip64_polyglot_in_tail_tensor_is_refused() -> None:
         member = opened.read("archive/data.pkl")
     assert "REDUCE" in {op.name for op, _, _ in pickletools.genops(member)}
     assert refusal(data) == "polyglot: valid safetensors that is also a zip file"
+
+
+# --- tar: a header at offset 0 ------------------------------------------------------------------
+
+
+def test_tar_header_at_offset_0_that_is_also_a_safetensors_length_prefix_is_refused() -> None:
+    # The 8-byte length is the start of the tar member's name; a metadata string carries
+    # the numeric fields and a checksum that matches: tarfile.open (torch.load's legacy
+    # path) lists a member, the Rust reference loads the model.
+    model = st_file({"__metadata__": {"x": "a" * 600}, "t": entry("U8", [4], 0, 4)}, b"abcd")
+    data = plant_tar_header(model)
+    assert reference_loads_safetensors(data) == 1
+    assert tar_opens(data)
+    assert refusal(data) == "polyglot: valid safetensors that is also a tar file"
+
+
+def test_tar_header_over_a_gguf_preamble_is_refused() -> None:
+    # The string value runs from byte 47 to 647, over every numeric field of the header.
+    model = GGUF().kv("pad", STRING, "b" * 600).tensor("a.weight", [8]).build()
+    data = plant_tar_header(model)
+    reference_loads_gguf(data)
+    assert tar_opens(data)
+    assert refusal(data) == "polyglot: valid gguf that is also a tar file"
+
+
+def test_tar_checksum_is_read_as_tarfile_and_libarchive_read_it() -> None:
+    block = bytearray(plant_tar_header(b"x" * 512))
+    assert sniff.tar_header_at_start(bytes(block))
+    total = 256 + sum(block[:148]) + sum(block[156:])
+    spellings = [
+        b"%o\0" % total,  # tarfile: NUL-terminated
+        b"  %o  " % total,  # stripped
+        b"0o%o" % total,  # Python's int(text, 8) takes the prefix too
+        b"\x80" + total.to_bytes(7, "big"),  # GNU base-256
+        b"%o\x01\x02" % total,  # libarchive: the leading octal digits
+    ]
+    for field in spellings:
+        block[148:156] = field.ljust(8, b"\0")[:8]
+        assert sniff.tar_header_at_start(bytes(block)), field
+    block[148:156] = b"%07o " % (total + 1)
+    assert not sniff.tar_header_at_start(bytes(block))
+    assert not sniff.tar_header_at_start(bytes(512))  # an end-of-archive block

@@ -14,6 +14,7 @@ import json
 import pickle
 import pickletools
 import re
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -115,6 +116,19 @@ def test_pytorch_zip_checkpoint_is_refused() -> None:
 def test_empty_zip_and_zip_behind_junk_are_refused() -> None:
     assert reason(zip_bytes({})) == "zip"
     assert reason(b"#!/bin/sh\nexec python\n" * 40 + zip_bytes({"data.pkl": b"x"})) == "zip"
+
+
+def test_tar_archives_are_refused_as_tar() -> None:
+    # torch.load's legacy format is a tar whose 'storages' member is a pickle.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        payload = pickle.dumps(Evil())
+        info = tarfile.TarInfo("storages")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    assert reason(buf.getvalue()) == "tar"
+    assert reason(buf.getvalue()[:512]) == "tar"  # the header alone is enough
+    assert reason(gzip.compress(buf.getvalue())) == "gzip"
 
 
 def test_gzip_and_7z_are_refused() -> None:
@@ -334,7 +348,7 @@ def test_pickle_opcode_table_matches_the_stdlib() -> None:
 def test_every_reason_code_in_the_source_is_documented() -> None:
     root = Path(__file__).resolve().parents[2]
     docs = (root / "docs" / "formats.md").read_text()
-    codes: set[str] = {"empty", "pickle", "zip", "gzip", "7z", "polyglot", "unknown"}
+    codes: set[str] = {"empty", "pickle", "tar", "zip", "gzip", "7z", "polyglot", "unknown"}
     for module in ("safetensors", "gguf"):
         source = (root / "daemon" / "assay" / "formats" / f"{module}.py").read_text()
         codes |= {f"{module}.{c}" for c in re.findall(r'_refuse\(\s*"([a-z0-9_]+)"', source)}

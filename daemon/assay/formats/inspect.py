@@ -2,7 +2,7 @@
 
 Why one entry point: the registry must never trust a file name or a client's claim. Only
 safetensors and GGUF are accepted, each after a full validation; everything else is
-refused with a stable reason code (``empty``, ``pickle``, ``zip``, ``gzip``,
+refused with a stable reason code (``empty``, ``pickle``, ``tar``, ``zip``, ``gzip``,
 ``7z``, ``polyglot``, ``unknown``, or a ``safetensors.*`` / ``gguf.*`` code). A file that
 validates but also opens in a stock reader of a refused format, from an offset that reader
 uses, is a ``polyglot`` and is refused too.
@@ -86,6 +86,7 @@ def inspect_bytes(data: bytes) -> Inspection:
 
 _DESCRIBE: dict[str, str] = {
     "pickle": "a Python pickle, which runs code when loaded",
+    "tar": "a tar archive (e.g. a legacy PyTorch checkpoint)",
     "zip": "a zip archive (e.g. a PyTorch .pt/.bin checkpoint)",
     "gzip": "a gzip stream",
     "7z": "a 7z archive",
@@ -94,7 +95,7 @@ _DESCRIBE: dict[str, str] = {
 
 
 def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str | None:
-    """The refused format a stock reader also opens the file as (SN-1 to SN-3, ZC-*), or None.
+    """The refused format a stock reader also opens the file as (SN-1 to SN-5, ZC-*), or None.
 
     ``lenient`` adds the bare PROTO-opcode test, which is right for files that are nothing
     else but would misfire on valid safetensors whose header length starts with 0x80.
@@ -102,6 +103,8 @@ def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str |
     signature = sniff.signature_at_start(head)
     if signature is not None:
         return signature
+    if sniff.tar_header_at_start(head):
+        return "tar"
     if lenient and sniff.starts_with_pickle_proto(head):
         return "pickle"
     if sniff.pickle_stream_is_live(read_at, size, head):

@@ -1,10 +1,14 @@
-"""Bounded reads, and signature detection for the formats assay refuses.
+"""Bounded reads, and what a file looks like from offset 0 to the readers assay refuses.
 
 Why this module exists: the safetensors and GGUF validators decide whether a file *is* a
-model; this module (with ``zipend``, for zip, which readers find from the end) decides what
-else it *also* looks like (pickle, zip, gzip, 7z). A file
-that validates as a model but also carries another format's live signature is a polyglot:
-a different loader pointed at the same bytes would read something else, so it is refused.
+model; this module (with ``zipend`` for zip, which readers find from the end) decides what
+else it *also* is to a stock reader (pickle, tar, zip, gzip, 7z). A file that validates as
+a model but also opens in another reader is a polyglot: a different loader pointed at the
+same bytes would read something else, so it is refused.
+
+Every reader checked here starts at offset 0 (see "Where readers look" in
+docs/formats.md): ``pickle``/``torch.load`` unpickle from the first byte, ``tarfile`` and
+GNU tar read a 512-byte header there, gzip and 7z readers want their magic there.
 
 Everything here reads through a caller-supplied ``read_at`` and never asks it for more than
 ``MAX_HEAD_BYTES`` at once; every probe is bounded (see the SN-* checks in docs/formats.md).
@@ -271,3 +275,54 @@ def _is_int(line: bytes | str, base: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- Tar header at offset 0 ----------------------------------------------------------------
+
+TAR_BLOCK = 512
+_CHKSUM = slice(148, 156)
+_OCTAL = b"01234567"
+
+
+def tar_header_at_start(head: bytes) -> bool:
+    """Step SN-5: does the first 512-byte block pass a tar reader's header checksum?
+
+    ``tarfile.open`` (and so ``torch.load``'s legacy tar path), GNU tar and libarchive all
+    accept a first block exactly when its checksum field matches the sum of the block's
+    bytes (the field itself counted as spaces, bytes unsigned or signed). The field is read
+    the two ways those readers read it: ``tarfile``'s (NUL-terminated, stripped, Python's
+    ``int(text, 8)``, or GNU base-256), and libarchive's (spaces, then the leading octal
+    digits). The other fields are not required to parse: refusing a superset is safe.
+    """
+    block = head[:TAR_BLOCK]
+    if len(block) < TAR_BLOCK or not block.strip(b"\0"):
+        return False  # tarfile: truncated header, or an end-of-archive block
+    body = block[: _CHKSUM.start] + block[_CHKSUM.stop :]
+    unsigned = 256 + sum(body)
+    signed = unsigned - 256 * sum(1 for b in body if b >= 0x80)
+    return bool({unsigned, signed} & _checksum_readings(block[_CHKSUM]))
+
+
+def _checksum_readings(field: bytes) -> set[int]:
+    """The values tar readers take the 8-byte checksum field to hold."""
+    readings: set[int] = set()
+    first, rest = field[0], field[1:]
+    # tarfile.nti: base-256 when the first byte is 0o200 or 0o377, else octal text
+    if first in (0o200, 0o377):
+        value = int.from_bytes(rest, "big")
+        readings.add(value - 256 ** len(rest) if first == 0o377 else value)
+    else:
+        text = field.split(b"\0", 1)[0]
+        number = text.decode("ascii").strip() if text.isascii() else "x"  # str.strip
+        if _is_int(number or "0", 8):
+            readings.add(int(number or "0", 8))
+    if first & 0x80:
+        # libarchive's tar_atol256: the high bit marks base-256, 0x40 the sign
+        top = bytes([first | 0x80]) if first & 0x40 else bytes([first & 0x7F])
+        readings.add(int.from_bytes(top + rest, "big", signed=bool(first & 0x40)))
+    else:
+        # libarchive's tar_atol8, GNU tar's from_header: spaces, then leading octal digits
+        digits = field.lstrip(b" \t")
+        run = len(digits) - len(digits.lstrip(_OCTAL))
+        readings.add(int(digits[:run] or b"0", 8))
+    return readings
