@@ -83,9 +83,10 @@ def test_samples_are_small_and_load_in_the_reference_libraries() -> None:
 
 # --- what the references write, the inspector accepts --------------------------------------------
 
-names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(
-    lambda name: name != "__metadata__"
-)
+# NUL is left out: the inspector refuses it in names on purpose (ST-18, pinned below).
+names = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+).filter(lambda name: name != "__metadata__")
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4)
 
 
@@ -232,6 +233,7 @@ def test_gguf_type_table_matches_the_gguf_package() -> None:
             "duplicate tensor",
         ),
         ('{"__metadata__":null,"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "null"),
+        ('{"t\\u0000":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "NUL in a name"),
     ],
 )
 def test_inspector_is_stricter_than_the_rust_reference_where_files_are_ambiguous(
