@@ -239,7 +239,10 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
         (b"c\x00os\nsystem\n", False),  # not an importable module name
         (b"I" + b"1" * 5000 + b"\n.", False),  # int() refuses that many digits
         (b"\x80\x06.", False),  # protocol 6 does not exist
-        (b"\x80\x05\x93", True),
+        (b"\x80\x05\x8c\x02os\x8c\x06system\x93", True),
+        (b"\x80\x05\x8c\x02os\x94h\x00\x93", True),  # the second str from the memo
+        (b"\x80\x05\x93", False),  # STACK_GLOBAL with nothing to pop
+        (b"(\x93", False),  # a safetensors length of 0x...9328: a MARK is not a str
         (b".", False),  # STOP on an empty stack
         (b"N.", True),
         (b"\x95" + bytes(8) + b"N", False),  # ends mid-stream

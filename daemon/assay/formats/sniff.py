@@ -105,7 +105,10 @@ _SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
 # The C unpickler's INT: strtol(line, base 0), which must stop at the newline or a NUL.
 _STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:\x00|\Z)")
 _NAME_LINE_MAX = 1024
-_IMPORTING_OPS = frozenset(b"ci\x93")  # GLOBAL, INST, STACK_GLOBAL: import a callable
+_STACK_GLOBAL = 0x93  # imports a callable named by two strs on the stack
+# Opcodes that can leave a str on the stack: the text pushes (protocol 0-2 strings decode
+# to str by default), memo reads and DUP. STACK_GLOBAL pops two strs: it needs two of these.
+_MAY_PUSH_STR = frozenset(b"VX\x8c\x8dSTUghj2")
 _STOP = ord(".")
 _STRING_NL = ord("S")
 _PROTO = 0x80
@@ -166,13 +169,15 @@ def pickle_stream_is_live(read_at: ReadAt, size: int, head: bytes) -> bool:
     """Step SN-3: does the file, read from offset 0, unpickle far enough to matter?
 
     Walks opcodes without executing anything. Live means it reaches an opcode that imports
-    a callable (GLOBAL/INST with importable-looking names, STACK_GLOBAL), reaches STOP after
-    at least one other opcode (a complete pickle), or is still valid when the walk's budget
-    runs out (conservative). An unknown opcode, an argument the unpickler would reject, or
-    the end of the file means no unpickler gets anywhere with these bytes.
+    a callable (GLOBAL/INST with importable-looking names, STACK_GLOBAL after two opcodes
+    that can push a str), reaches STOP after at least one other opcode (a complete pickle),
+    or is still valid when the walk's budget runs out (conservative). An unknown opcode, an
+    argument the unpickler would reject, a STACK_GLOBAL with no two strs to pop, or the end
+    of the file means no unpickler gets anywhere with these bytes.
     """
     probe = _Probe(read_at, size, head)
     pos = 0
+    str_pushes = 0
     for count in range(_MAX_OPS):
         if pos >= size:
             return False
@@ -184,8 +189,9 @@ def pickle_stream_is_live(read_at: ReadAt, size: int, head: bytes) -> bool:
             return False
         if op == _STOP:
             return count > 0
-        if op in _IMPORTING_OPS and kind == 0:
-            return True
+        if op == _STACK_GLOBAL:
+            return str_pushes >= 2
+        str_pushes += op in _MAY_PUSH_STR
         pos += 1
         if op == _PROTO:
             arg = probe.take(pos, 1)
