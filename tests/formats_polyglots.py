@@ -123,6 +123,20 @@ def zip_opens(data: bytes) -> bool:
         return False
 
 
+#: Go's archive/zip searches the last 65 KiB for the end record, zipfile 64 KiB + 22 bytes.
+GO_ZIP_WINDOW = 65 * 1024
+
+
+def zip_opens_in_go_s_window(data: bytes) -> bool:
+    """``zipfile`` given Go's wider search: the last EOCD in the last 65 KiB whose comment
+    fits (Go's rule), with whatever follows the comment cut off so zipfile finds it too."""
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - GO_ZIP_WINDOW))
+    if at < 0 or at + ZIP_EOCD.size > len(data):
+        return False
+    end = at + ZIP_EOCD.size + ZIP_EOCD.unpack_from(data, at)[7]
+    return end <= len(data) and zip_opens(data[:end])
+
+
 def tar_opens(data: bytes) -> bool:
     """``tarfile.open`` (compression auto-detected, as torch's legacy loader) lists a member."""
     try:
@@ -142,8 +156,51 @@ def gzip_opens(data: bytes) -> bool:
         return False
 
 
-def pickle_walks(data: bytes) -> bool:
-    """``pickletools.genops`` walks a complete pickle (to STOP) from offset 0."""
+class _Anything:
+    """What the stubbed ``find_class`` hands back: accepts any call, any state."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+class _StubbedUnpickler(pickle.Unpickler):
+    """The real (C) unpickler with imports and persistent ids stubbed out, so it runs
+    any stream as far as a loader would without importing or calling anything real."""
+
+    imported = False
+
+    def find_class(self, module: str, name: str) -> type[_Anything]:
+        if not all(part.isidentifier() for part in f"{module}.{name}".split(".")):
+            raise pickle.UnpicklingError(f"cannot import {module!r}.{name!r}")
+        self.imported = True  # a loader would import module.name here
+        return _Anything
+
+    def persistent_load(self, pid: object) -> None:  # torch.load defines one
+        return None
+
+
+def pickle_loads(data: bytes) -> bool:
+    """The unpickler, reading from offset 0, imports something or finishes a pickle.
+
+    ``pickletools.genops`` alone is only syntax: it walks ``(\\x93.`` (MARK, STACK_GLOBAL,
+    STOP), which every unpickler refuses (nothing to pop), and which is what one valid
+    safetensors header length in about 1,600 looks like. The unpickler is the reader.
+    """
+    if not pickle_syntax_walks(data):
+        return False
+    unpickler = _StubbedUnpickler(io.BytesIO(data))
+    try:
+        unpickler.load()
+    except Exception:
+        return unpickler.imported
+    return True
+
+
+def pickle_syntax_walks(data: bytes) -> bool:
+    """``pickletools.genops`` walks a complete pickle (to STOP, after one opcode) from 0."""
     try:
         for count, (op, _, _) in enumerate(pickletools.genops(data)):
             if op.name == "STOP":
@@ -155,9 +212,10 @@ def pickle_walks(data: bytes) -> bool:
 
 READERS: dict[str, Callable[[bytes], bool]] = {
     "zip": zip_opens,
+    "zip (Go's window)": zip_opens_in_go_s_window,
     "tar": tar_opens,
     "gzip": gzip_opens,
-    "pickle": pickle_walks,
+    "pickle": pickle_loads,
 }
 
 

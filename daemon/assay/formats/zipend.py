@@ -29,7 +29,9 @@ from assay.formats.sniff import ReadAt, read_exact
 
 #: A zip end-of-central-directory record is 22 bytes plus a comment of up to 64 KiB.
 EOCD_BYTES = 22
-TAIL_PROBE_BYTES = 0xFFFF + EOCD_BYTES
+#: How far back from the end readers search for the EOCD: 65,557 bytes (miniz, Java), 65,558
+#: (zipfile: 64 KiB + 22), 65,577 (libzip), 66,560 (Go's 65 KiB). The widest one wins.
+TAIL_PROBE_BYTES = 65 * 1024
 #: More EOCD signatures than this in the tail is refused outright (ZC-1).
 MAX_EOCD_CANDIDATES = 64
 
@@ -69,8 +71,8 @@ def zip_directory_reachable(read_at: ReadAt, size: int) -> bool:
     in tensor data, an archive with an empty directory) is not an archive anyone can load.
     """
     window = _Window(read_at, size)
-    # Step 1 (ZC-1: every EOCD signature in the last 64 KiB + 22 bytes, newest first; more
-    # than the budget is refused as if it were an archive, since no model needs them)
+    # Step 1 (ZC-1: every EOCD signature in the last 65 KiB, newest first; more than the
+    # budget is refused as if it were an archive, since no model needs them)
     pos = window.tail.rfind(_EOCD_SIG)
     for _ in range(MAX_EOCD_CANDIDATES):
         if pos < 0:
