@@ -2,9 +2,9 @@
 
 Why separate from ``formats_factory``: these builders make *foreign* formats (zip in its
 classic, ZIP64, commented and prepended shapes; tar headers planted in a model's header;
-gzip; pickles) and the oracles ask the real readers (``zipfile``, ``tarfile``, ``gzip``,
-``pickletools``) whether they open the bytes. A test then only has to say: whenever a
-reader opens it, the inspector refuses it.
+gzip; pickles; HDF5) and the oracles ask the real readers (``zipfile``, ``tarfile``,
+``gzip``, the unpickler, ``h5py``) whether they open the bytes. A test then only has to
+say: whenever a reader opens it, the inspector refuses it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import struct
 import tarfile
 import zipfile
 from collections.abc import Callable
+
+import h5py
+import numpy as np
 
 ZIP_EOCD = struct.Struct("<4sHHHHIIH")
 ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
@@ -111,6 +114,18 @@ def plant_tar_header(data: bytes, *, member_size: int = 0) -> bytes:
     return bytes(block) + data[512:]
 
 
+# --- HDF5 ------------------------------------------------------------------------------------
+
+
+def hdf5_bytes() -> bytes:
+    """A small HDF5 file shaped like a Keras .h5 model: a dataset and a model_config."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["model_weights/w"] = np.arange(4, dtype=np.float32)
+        f.attrs["model_config"] = '{"class_name": "Sequential", "config": {"layers": []}}'
+    return buf.getvalue()
+
+
 # --- the readers -------------------------------------------------------------------------------
 
 
@@ -135,6 +150,15 @@ def zip_opens_in_go_s_window(data: bytes) -> bool:
         return False
     end = at + ZIP_EOCD.size + ZIP_EOCD.unpack_from(data, at)[7]
     return end <= len(data) and zip_opens(data[:end])
+
+
+def hdf5_opens(data: bytes) -> bool:
+    """``h5py`` (the HDF5 library, which Keras's .h5 loader uses) opens it, with objects."""
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            return bool(list(f)) or bool(f.attrs)
+    except Exception:
+        return False
 
 
 def tar_opens(data: bytes) -> bool:
@@ -216,6 +240,7 @@ READERS: dict[str, Callable[[bytes], bool]] = {
     "tar": tar_opens,
     "gzip": gzip_opens,
     "pickle": pickle_loads,
+    "hdf5": hdf5_opens,
 }
 
 

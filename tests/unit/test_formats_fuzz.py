@@ -38,7 +38,7 @@ SAMPLES = [
     small_gguf().kv("k", ARRAY, (STRING, ["x", "y"])).build(),
 ]
 REASON = re.compile(
-    r"(empty|pickle|tar|zip|gzip|7z|polyglot|unknown|safetensors\.[a-z0-9_]+|gguf\.[a-z0-9_]+)"
+    r"(empty|pickle|tar|zip|gzip|7z|hdf5|polyglot|unknown|safetensors\.[a-z0-9_]+|gguf\.[a-z0-9_]+)"
 )
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -28,6 +28,8 @@ from tests.formats_factory import (
 )
 from tests.formats_polyglots import (
     EVIL_PICKLE,
+    hdf5_bytes,
+    hdf5_opens,
     plant_tar_header,
     tar_opens,
     zip64_with_decoy_eocd,
@@ -100,3 +102,34 @@ def test_tar_checksum_is_read_as_tarfile_and_libarchive_read_it() -> None:
     block[148:156] = b"%07o " % (total + 1)
     assert not sniff.tar_header_at_start(bytes(block))
     assert not sniff.tar_header_at_start(bytes(512))  # an end-of-archive block
+
+
+# --- HDF5: a superblock at 0 or 512 * 2**k ---------------------------------------------------
+
+
+def tensor_at(offset: int, blob: bytes) -> bytes:
+    """A valid safetensors file whose last tensor holds ``blob`` at file offset ``offset``."""
+    lead = 0
+    for _ in range(8):
+        data = in_last_tensor(b"\xaa" * lead + blob)
+        start = len(data) - len(blob) - lead
+        if start + lead == offset:
+            return data
+        lead = offset - start
+    raise AssertionError("layout did not settle")
+
+
+@pytest.mark.parametrize("offset", [512, 1024, 4096])
+def test_hdf5_file_at_a_power_of_two_inside_tensor_data_is_refused(offset: int) -> None:
+    # h5py (so tf.keras.models.load_model, which tests h5py.is_hdf5 on any path) finds
+    # the superblock at 512 * 2**k and opens the rest as the whole HDF5 file.
+    data = tensor_at(offset, hdf5_bytes())
+    assert reference_loads_safetensors(data) == 2
+    assert hdf5_opens(data)
+    assert refusal(data) == "polyglot: valid safetensors that is also a hdf5 file"
+
+
+def test_hdf5_file_at_any_other_offset_is_just_tensor_data() -> None:
+    data = tensor_at(700, hdf5_bytes())
+    assert not hdf5_opens(data)
+    assert inspect_bytes(data).format == "safetensors"

@@ -28,6 +28,7 @@ from assay.formats.inspect import inspect_bytes
 from tests.formats_factory import GGUF, STRING, UINT32, align, entry, st_file, st_raw
 from tests.formats_polyglots import (
     EVIL_PICKLE,
+    hdf5_bytes,
     pickle_loads,
     pickle_syntax_walks,
     readers_that_open,
@@ -51,7 +52,8 @@ def tar_bytes() -> bytes:
 
 @st.composite
 def archives(draw: st.DrawFn) -> tuple[str, Archive]:
-    kind = draw(st.sampled_from(["zip", "zip64", "zip_abs", "tar", "gzip", "7z", "pickle"]))
+    kinds = ["zip", "zip64", "zip_abs", "tar", "gzip", "7z", "pickle", "hdf5"]
+    kind = draw(st.sampled_from(kinds))
     members = {draw(st.sampled_from(["data.pkl", "archive/data.pkl", "a"])): EVIL_PICKLE}
     comment = b"c" * draw(st.integers(0, 64) | st.sampled_from([0xFFFF - 30, 0xFFFF]))
     plain = zip_bytes(members, comment=comment)
@@ -64,8 +66,12 @@ def archives(draw: st.DrawFn) -> tuple[str, Archive]:
         "gzip": lambda _: gzip.compress(EVIL_PICKLE),
         "7z": lambda _: b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(24),
         "pickle": lambda _: pickle.dumps({"w": [1.0] * 4}, protocol=protocol),
+        "hdf5": lambda _: HDF5,
     }
     return kind, builders[kind]
+
+
+HDF5 = hdf5_bytes()
 
 
 def filler(n: int, seed: int) -> bytes:
@@ -92,6 +98,23 @@ def in_safetensors_tensor(
         if landed == size_guess:
             break
         size_guess = landed
+    return data, True
+
+
+def in_safetensors_tensor_at_a_power_of_two(
+    archive: Archive, lead: int, trail: int, first: int, seed: int
+) -> tuple[bytes, bool]:
+    """As ``in_safetensors_tensor``, with the archive moved to a 512 * 2**k file offset:
+    where the HDF5 library looks for a superblock."""
+    size = len(archive(0))
+    lead = 0
+    for _ in range(8):  # the header's length can change with the tensor's: settle it
+        data, _ = in_safetensors_tensor(archive, lead, trail, first, seed)
+        data_start = len(data) - (lead + size + trail)
+        target = max(512, 1 << (data_start - 1).bit_length())
+        if data_start + lead == target:
+            break
+        lead = target - data_start
     return data, True
 
 
@@ -154,6 +177,7 @@ def in_safetensors_header_padding(
 
 PLACEMENTS = {
     "safetensors_tensor": in_safetensors_tensor,
+    "safetensors_tensor_at_a_power_of_two": in_safetensors_tensor_at_a_power_of_two,
     "gguf_tensor": in_gguf_tensor,
     "gguf_padding": in_gguf_padding,
     "gguf_string": in_gguf_string,

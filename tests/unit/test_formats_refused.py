@@ -34,6 +34,7 @@ from tests.formats_factory import (
     st_raw,
     valid_st,
 )
+from tests.formats_polyglots import hdf5_bytes
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
@@ -129,6 +130,11 @@ def test_tar_archives_are_refused_as_tar() -> None:
     assert reason(buf.getvalue()) == "tar"
     assert reason(buf.getvalue()[:512]) == "tar"  # the header alone is enough
     assert reason(gzip.compress(buf.getvalue())) == "gzip"
+
+
+def test_hdf5_files_are_refused_as_hdf5() -> None:
+    assert reason(hdf5_bytes()) == "hdf5"
+    assert reason(bytes(512) + hdf5_bytes()) == "hdf5"  # behind a 512-byte user block
 
 
 def test_gzip_and_7z_are_refused() -> None:
@@ -351,7 +357,7 @@ def test_pickle_opcode_table_matches_the_stdlib() -> None:
 def test_every_reason_code_in_the_source_is_documented() -> None:
     root = Path(__file__).resolve().parents[2]
     docs = (root / "docs" / "formats.md").read_text()
-    codes: set[str] = {"empty", "pickle", "tar", "zip", "gzip", "7z", "polyglot", "unknown"}
+    codes = {"empty", "pickle", "tar", "zip", "gzip", "7z", "hdf5", "polyglot", "unknown"}
     for module in ("safetensors", "gguf"):
         source = (root / "daemon" / "assay" / "formats" / f"{module}.py").read_text()
         codes |= {f"{module}.{c}" for c in re.findall(r'_refuse\(\s*"([a-z0-9_]+)"', source)}

@@ -3,9 +3,9 @@
 Why one entry point: the registry must never trust a file name or a client's claim. Only
 safetensors and GGUF are accepted, each after a full validation; everything else is
 refused with a stable reason code (``empty``, ``pickle``, ``tar``, ``zip``, ``gzip``,
-``7z``, ``polyglot``, ``unknown``, or a ``safetensors.*`` / ``gguf.*`` code). A file that
-validates but also opens in a stock reader of a refused format, from an offset that reader
-uses, is a ``polyglot`` and is refused too.
+``7z``, ``hdf5``, ``polyglot``, ``unknown``, or a ``safetensors.*`` / ``gguf.*`` code). A
+file that validates but also opens in a stock reader of a refused format, from an offset
+that reader uses, is a ``polyglot`` and is refused too.
 
 The caller supplies ``read_at`` (an I/O adapter over the real file); this module asks it for
 at most ``MAX_HEAD_BYTES`` per call and reads only headers and small probes, never tensor
@@ -90,12 +90,13 @@ _DESCRIBE: dict[str, str] = {
     "zip": "a zip archive (e.g. a PyTorch .pt/.bin checkpoint)",
     "gzip": "a gzip stream",
     "7z": "a 7z archive",
+    "hdf5": "an HDF5 file (e.g. a Keras .h5 model)",
     "unknown": "not safetensors or GGUF",
 }
 
 
 def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str | None:
-    """The refused format a stock reader also opens the file as (SN-1 to SN-5, ZC-*), or None.
+    """The refused format a stock reader also opens the file as (SN-1 to SN-6, ZC-*), or None.
 
     ``lenient`` adds the bare PROTO-opcode test, which is right for files that are nothing
     else but would misfire on valid safetensors whose header length starts with 0x80.
@@ -111,4 +112,6 @@ def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str |
         return "pickle"
     if zipend.zip_directory_reachable(read_at, size):
         return "zip"
+    if sniff.hdf5_superblock(read_at, size, head):
+        return "hdf5"
     return None

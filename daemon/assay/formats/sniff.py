@@ -2,13 +2,14 @@
 
 Why this module exists: the safetensors and GGUF validators decide whether a file *is* a
 model; this module (with ``zipend`` for zip, which readers find from the end) decides what
-else it *also* is to a stock reader (pickle, tar, zip, gzip, 7z). A file that validates as
-a model but also opens in another reader is a polyglot: a different loader pointed at the
-same bytes would read something else, so it is refused.
+else it *also* is to a stock reader (pickle, tar, zip, gzip, 7z, HDF5). A file that
+validates as a model but also opens in another reader is a polyglot: a different loader
+pointed at the same bytes would read something else, so it is refused.
 
-Every reader checked here starts at offset 0 (see "Where readers look" in
+Every reader checked here starts at a fixed offset (see "Where readers look" in
 docs/formats.md): ``pickle``/``torch.load`` unpickle from the first byte, ``tarfile`` and
-GNU tar read a 512-byte header there, gzip and 7z readers want their magic there.
+GNU tar read a 512-byte header there, gzip and 7z readers want their magic there, and the
+HDF5 library tries 0, 512, 1024, 2048 and on.
 
 Everything here reads through a caller-supplied ``read_at`` and never asks it for more than
 ``MAX_HEAD_BYTES`` at once; every probe is bounded (see the SN-* checks in docs/formats.md).
@@ -332,3 +333,37 @@ def _checksum_readings(field: bytes) -> set[int]:
         run = len(digits) - len(digits.lstrip(_OCTAL))
         readings.add(int(digits[:run] or b"0", 8))
     return readings
+
+
+# --- HDF5 superblock at 0 or 512 * 2**k ----------------------------------------------------
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_FIRST_USER_BLOCK = 512
+
+
+def hdf5_offsets(size: int) -> list[int]:
+    """Where the HDF5 library looks for a superblock: 0, then 512, 1024, 2048, ...
+
+    The library (H5FD_locate_signature, used by ``h5py.File`` and so by Keras's
+    ``load_model`` on .h5 files) tries every power of two from 512 below the end of the
+    file, so a model whose tensor data holds an HDF5 file at such an offset opens, whole,
+    as that file; a Keras one can carry a Lambda layer's code.
+    """
+    offsets: list[int] = []
+    where = 0
+    while where + len(HDF5_SIGNATURE) <= size:
+        offsets.append(where)
+        where = max(HDF5_FIRST_USER_BLOCK, where * 2)
+    return offsets
+
+
+def hdf5_superblock(read_at: ReadAt, size: int, head: bytes) -> bool:
+    """Step SN-6: an HDF5 signature at one of the offsets the library searches."""
+    for where in hdf5_offsets(size):
+        if where + len(HDF5_SIGNATURE) <= len(head):
+            found = head[where : where + len(HDF5_SIGNATURE)]
+        else:
+            found = read_exact(read_at, where, len(HDF5_SIGNATURE), "unknown")
+        if found == HDF5_SIGNATURE:
+            return True
+    return False
