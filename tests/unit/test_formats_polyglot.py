@@ -8,18 +8,24 @@ property tests in ``test_formats_polyglot_property.py`` search the rest.
 
 from __future__ import annotations
 
+import collections
+import gzip
 import io
+import pickle
 import pickletools
 import zipfile
 
 import pytest
 
-from assay.formats import sniff
+from assay.formats import safetensors as st_module
+from assay.formats import sniff, zipend
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_bytes
+from assay.formats.sniff import HDF5_SIGNATURE
 from tests.formats_factory import (
     GGUF,
     STRING,
+    UINT32,
     entry,
     reference_loads_gguf,
     reference_loads_safetensors,
@@ -28,12 +34,17 @@ from tests.formats_factory import (
 )
 from tests.formats_polyglots import (
     EVIL_PICKLE,
+    Evil,
+    gzip_opens,
     hdf5_bytes,
     hdf5_opens,
     plant_tar_header,
+    readers_that_open,
     tar_opens,
     zip64_with_decoy_eocd,
     zip_bytes,
+    zip_opens,
+    zip_opens_in_go_s_window,
 )
 
 
@@ -133,3 +144,129 @@ def test_hdf5_file_at_any_other_offset_is_just_tensor_data() -> None:
     data = tensor_at(700, hdf5_bytes())
     assert not hdf5_opens(data)
     assert inspect_bytes(data).format == "safetensors"
+
+
+# --- the rest of the class, attacked from outside ------------------------------------------------
+
+
+def test_zip_end_record_found_through_a_full_comment_is_refused() -> None:
+    archive = zip_bytes({"data.pkl": EVIL_PICKLE}, comment=b"c" * 0xFFFF)
+    data = in_last_tensor(archive)
+    assert zip_opens(data)
+    assert refusal(data) == "polyglot: valid safetensors that is also a zip file"
+
+
+@pytest.mark.parametrize("after", [0x10000, 65 * 1024 - 22])
+def test_zip_end_record_past_a_64_kib_comment_is_still_found(after: int) -> None:
+    # zipfile searches the last 64 KiB + 22 bytes (so an end record 65,558 bytes from the
+    # end, one more than the longest comment allows), Go's archive/zip the last 65 KiB: the
+    # data after the record need not be a comment at all.
+    archive = zip_bytes({"data.pkl": EVIL_PICKLE})
+    data = in_last_tensor(archive + b"w" * after)
+    assert zip_opens_in_go_s_window(data)
+    assert zip_opens(data) is (after + 22 <= 0x10000 + 22)
+    assert refusal(data) == "polyglot: valid safetensors that is also a zip file"
+
+
+def test_zip_end_record_beyond_every_reader_s_window_is_just_tensor_data() -> None:
+    data = in_last_tensor(zip_bytes({"data.pkl": EVIL_PICKLE}) + b"w" * (65 * 1024))
+    assert not zip_opens(data) and not zip_opens_in_go_s_window(data)
+    assert inspect_bytes(data).format == "safetensors"
+
+
+def test_zip64_record_reached_only_through_the_locator_offset_is_refused() -> None:
+    # "Extensible data" after the ZIP64 record: zipfile (which assumes none) misses the
+    # record, miniz, Go and libzip follow the locator's absolute offset to it.
+    archive = zip64_with_decoy_eocd(zip_bytes({"data.pkl": EVIL_PICKLE}))
+    at = archive.rfind(b"PK\x06\x07")
+    padded = archive[:at] + b"x" * 16 + archive[at:]
+    data = in_last_tensor(padded)
+    offset = data.rfind(b"PK\x06\x06")
+    locator = data.rfind(b"PK\x06\x07")
+    data = data[: locator + 8] + offset.to_bytes(8, "little") + data[locator + 16 :]
+    assert not zip_opens(data)  # zipfile finds no record, falls back on the decoy, fails
+    assert refusal(data) == "polyglot: valid safetensors that is also a zip file"
+
+
+def test_more_end_record_signatures_than_the_budget_are_refused() -> None:
+    blob = b"PK\x05\x06" * (zipend.MAX_EOCD_CANDIDATES + 1)
+    assert refusal(in_last_tensor(blob)) == "polyglot: valid safetensors that is also a zip file"
+    assert inspect_bytes(in_last_tensor(blob[4:])).format == "safetensors"
+
+
+def utf8_zip() -> bytes:
+    """A zip whose every byte is ASCII, so it can be a GGUF string: a protocol 0 pickle,
+    trailing bytes after STOP varied until the CRC is ASCII too."""
+    for nonce in range(10_000):
+        content = pickle.dumps(Evil(), protocol=0) + b"#%d" % nonce
+        info = zipfile.ZipInfo("a.pkl", (1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0x20
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as archive:
+            archive.writestr(info, content)
+        if buf.getvalue().isascii():
+            return buf.getvalue()
+    raise AssertionError("no ASCII zip found")
+
+
+def test_zip_inside_a_gguf_metadata_string_is_refused() -> None:
+    data = GGUF().kv("general.architecture", STRING, "llama").kv("x", STRING, utf8_zip()).build()
+    reference_loads_gguf(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as opened:
+        assert "REDUCE" in {op.name for op, _, _ in pickletools.genops(opened.read("a.pkl"))}
+    assert refusal(data) == "polyglot: valid gguf that is also a zip file"
+
+
+def test_gzip_member_in_gguf_padding_is_refused_and_inside_tensor_data_is_not() -> None:
+    member = gzip.compress(b"payload")
+    g = GGUF(alignment=256).kv("general.alignment", UINT32, 256).tensor("a", [4])
+    data = g.build()
+    header_end = int(str(inspect_bytes(data).details["header_bytes"]))
+    padded = data[:header_end] + member + data[header_end + len(member) :]
+    assert refusal(padded).startswith("gguf.nonzero_padding")
+    # No gzip reader looks anywhere but offset 0: a member in tensor data is only data.
+    inside = in_last_tensor(member)
+    assert not gzip_opens(inside) and not readers_that_open(inside)
+    assert inspect_bytes(inside).format == "safetensors"
+
+
+def test_gguf_that_pickle_loads_from_offset_0_is_refused() -> None:
+    # 'G' (BINFLOAT) eats the magic's "GUF", the version and a byte of tensor_count; the
+    # next byte, tensor_count's second, is 'V' (UNICODE) when there are 0x5600 tensors,
+    # whose line runs to the first newline: inside a metadata string, where the pickle goes.
+    def gguf_with(payload: bytes) -> bytes:
+        g = GGUF().kv("p", STRING, payload)
+        for i in range(0x5600):
+            g.tensor(f"t{i}", [1])
+        return g.build()
+
+    data = gguf_with(b"\nccollections\nOrderedDict\n)R.")
+    assert pickle.loads(data) == collections.OrderedDict()  # imports and calls a class
+    assert refusal(data) == "polyglot: valid gguf that is also a pickle file"
+    assert inspect_bytes(gguf_with(b" ccollections OrderedDict )R.")).format == "gguf"
+
+
+@pytest.mark.parametrize(
+    "magic",
+    [
+        b"BZh9",  # bzip2: tarfile.open tries it
+        b"\xfd7zXZ\x00",  # xz
+        b"\x28\xb5\x2f\xfd",  # zstd (tarfile in Python 3.14)
+        b"\x04\x22\x4d\x18",  # lz4 frame
+        b"7z\xbc\xaf\x27\x1c",
+        b"\x93NUMPY",  # numpy.load, which can unpickle object arrays
+        b"PK\x05\x06",  # an empty zip's end record first
+        b"PK\x07\x08",
+        b"Rar!\x1a\x07",
+        HDF5_SIGNATURE,
+    ],
+    ids=repr,
+)
+def test_magics_that_no_valid_model_can_start_with(magic: bytes) -> None:
+    # A safetensors length above 100,000,000 is refused (ST-2) and GGUF starts "GGUF", so
+    # a model can only begin with a magic whose smallest 8-byte completion is a small
+    # length: gzip's and zip's local header are (and SN-1 refuses them); these are not.
+    assert int.from_bytes(magic[:8].ljust(8, b"\0"), "little") > st_module.MAX_HEADER_BYTES
+    assert not magic.startswith(b"GGUF")
+    for small in (b"\x1f\x8b", b"PK\x03\x04"):
+        assert int.from_bytes(small.ljust(8, b"\0"), "little") <= st_module.MAX_HEADER_BYTES
