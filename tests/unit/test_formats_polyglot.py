@@ -270,3 +270,14 @@ def test_magics_that_no_valid_model_can_start_with(magic: bytes) -> None:
     assert not magic.startswith(b"GGUF")
     for small in (b"\x1f\x8b", b"PK\x03\x04"):
         assert int.from_bytes(small.ljust(8, b"\0"), "little") <= st_module.MAX_HEADER_BYTES
+
+
+def test_gguf_with_0x2e00_tensors_is_a_pickle_of_one_float_and_is_refused() -> None:
+    # The documented cost of "whatever the unpickler loads is refused": BINFLOAT eats the
+    # magic, tensor_count's second byte (0x2E) is STOP. Harmless, but a complete pickle.
+    g = GGUF()
+    for i in range(0x2E00):
+        g.tensor(f"t{i}", [1])
+    data = g.build()
+    assert isinstance(pickle.loads(data), float)
+    assert refusal(data) == "polyglot: valid gguf that is also a pickle file"

@@ -197,6 +197,7 @@ def inspect_gguf(read_at: ReadAt, size: int) -> dict[str, object]:
     header_end = cur.pos
     data_start = _align(header_end, alignment)
     padding = _check_layout(tensors, header_end, data_start, alignment, size)
+    # Step 18 (GG-18: alignment padding is zeros)
     _check_padding(read_at, padding)
     details: dict[str, object] = {
         "version": version,
