@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import gzip
 import io
+import json
 import pickle
 import pickletools
 import zipfile
@@ -30,6 +31,7 @@ from tests.formats_factory import (
     reference_loads_gguf,
     reference_loads_safetensors,
     st_file,
+    st_raw,
     valid_st,
 )
 from tests.formats_polyglots import (
@@ -281,3 +283,17 @@ def test_gguf_with_0x2e00_tensors_is_a_pickle_of_one_float_and_is_refused() -> N
     data = g.build()
     assert isinstance(pickle.loads(data), float)
     assert refusal(data) == "polyglot: valid gguf that is also a pickle file"
+
+
+def test_pickle_behind_a_header_length_reaching_a_long_dotted_global_is_refused() -> None:
+    # Length 0x..56 is UNICODE, whose line runs through the JSON header to the first
+    # newline, at the start of the tensor data; there GLOBAL names builtins.dict through
+    # a 1.2 KB chain (print.__self__ is the builtins module), which protocol 4 resolves.
+    name = b"print.__self__." * 80 + b"dict"
+    payload = b"\n\x80\x04cbuiltins\n" + name + b"\n)R."
+    header = json.dumps({"p": entry("U8", [len(payload)], 0, len(payload))}).encode()
+    length = 0x56 + 256 * (1 + len(header) // 256)
+    data = st_raw(header + b" " * (length - len(header)), payload)
+    assert reference_loads_safetensors(data) == 1
+    assert pickle.loads(data) == {}  # imports builtins.dict through the chain, calls it
+    assert refusal(data) == "polyglot: valid safetensors that is also a pickle file"

@@ -266,6 +266,14 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
         (b"Pabc\n.", True),
         (b"P\xff\n.", False),  # persistent ids are ASCII
         (b"S'abc\n.", False),  # quoted at both ends
+        # No length cap an attacker can pass: a line is dead at its first wrong byte.
+        (b"I\x00anything at all\n.", True),  # C strtol converts nothing: 0
+        (b"I" + b" " * 5000 + b"1\n.", True),  # whitespace pads numbers without limit
+        (b"I" + b"0" * 5000 + b"1\n.", True),  # octal to strtol, no digit limit
+        (b"L" + b" " * 5000 + b"1\n.", True),
+        (b"F" + b"1" * 5000 + b"\n.", True),  # Python's float() takes it (as inf)
+        (b"I" + b"1" * 10 + b"z\n.", False),
+        (b"\x80\x04cbuiltins\n" + b"print.__self__." * 100 + b"len\n.", True),  # 1.5 KB
     ],
 )
 def test_pickle_walk_verdicts(stream: bytes, live: bool) -> None:

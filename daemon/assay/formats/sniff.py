@@ -100,12 +100,27 @@ _ARGS: dict[int, int] = {
     **dict.fromkeys(b"BX", _LEN4U),
     **dict.fromkeys(b"\x8e\x96\x8d", _LEN8U),
 }
-# Lines the unpickler parses as numbers are short; longer ones cannot load.
-_SHORT_LINE_OPS = frozenset(b"ILFgp")
-_SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
-# The C unpickler's INT: strtol(line, base 0), which must stop at the newline or a NUL.
-_STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:\x00|\Z)")
-_NAME_LINE_MAX = 1024
+# The C unpickler's INT: strtol(line, base 0), which must stop at the newline or a NUL (or
+# convert nothing at all from a line that starts with NUL: that is 0).
+_STRTOL = re.compile(rb"\x00|[ \t\v\f\r]*[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:\x00|\Z)")
+# What may come before the newline in each text argument, so a line that can no longer
+# convert is dead at its first wrong byte instead of at a length cap an attacker can pass
+# (whitespace pads numbers without limit; dotted names chain without limit in protocol 4).
+_WS = b" \t\v\f\r"  # C isspace() less the newline
+_NOT_IN_LINE: dict[int, re.Pattern[bytes]] = {
+    op: re.compile(b"[^" + allowed + b"]")
+    for op, allowed in {
+        ord("I"): _WS + rb"+\-0-9a-fA-FxXoObB_",  # a NUL lets anything follow (strtol)
+        ord("L"): _WS + rb"+\-0-9a-fA-FxXoObB_L",
+        ord("F"): _WS + rb"+\-0-9._eEinftyaINFTYA",
+        ord("g"): _WS + rb"+\-0-9_",
+        ord("p"): _WS + rb"+\-0-9_",
+        ord("P"): rb"\x00-\x09\x0b-\x7f",  # ASCII
+        ord("c"): rb"A-Za-z0-9_.\x80-\xff",  # dotted identifiers, UTF-8 included
+        ord("i"): rb"A-Za-z0-9_.\x80-\xff",
+    }.items()
+}
+_ANY_LINE = re.compile(b"\n")
 _STACK_GLOBAL = 0x93  # imports a callable named by two strs on the stack
 # Opcodes that can leave a str on the stack: the text pushes (protocol 0-2 strings decode
 # to str by default), memo reads and DUP. STACK_GLOBAL pops two strs: it needs two of these.
@@ -143,18 +158,29 @@ class _Probe:
             self._start = pos
         return self._buf[pos - self._start : pos - self._start + n]
 
-    def line_end(self, pos: int, cap: int) -> int | None:
-        """Offset of the first newline in ``[pos, pos + cap)``, or None."""
-        limit = min(self.size, pos + cap)
-        while pos < limit and not self.spent():
-            chunk = self.take(pos, min(HEAD_PROBE_BYTES, limit - pos))
-            found = chunk.find(b"\n")
-            if found >= 0:
-                return pos + found
-            if not chunk:
-                return None
-            self.scanned += len(chunk)
-            pos += len(chunk)
+    def line_end(self, pos: int, op: int) -> int | None:
+        """Offset of the newline ending ``op``'s line argument at ``pos``, or None.
+
+        None when a byte the argument cannot hold comes first, the file ends first, or the
+        scan budget runs out first (``spent()`` then tells the last case apart).
+        """
+        stop = _NOT_IN_LINE.get(op, _ANY_LINE)
+        while pos < self.size and not self.spent():
+            chunk = self.take(pos, min(HEAD_PROBE_BYTES, self.size - pos))
+            found = stop.search(chunk)
+            if found is None:
+                self.scanned += len(chunk)
+                pos += len(chunk)
+                continue
+            byte = chunk[found.start()]
+            if byte == 0x0A:
+                return pos + found.start()
+            if op == ord("I") and byte == 0:
+                stop = _ANY_LINE  # strtol stops at the NUL; the rest of the line is free
+                self.scanned += found.start()
+                pos += found.start() + 1
+                continue
+            return None
         return None
 
 
@@ -226,15 +252,9 @@ def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
     both look like dotted Python identifiers.
     """
     for _ in range(2 if kind == _PAIR else 1):
-        if kind == _PAIR:
-            cap = _NAME_LINE_MAX
-        elif op in _SHORT_LINE_OPS:
-            cap = _SHORT_LINE_MAX
-        else:
-            cap = probe.size
         if op == _STRING_NL and probe.take(pos, 1) not in (b"'", b'"'):
             return None  # STRING's argument must be quoted
-        end = probe.line_end(pos, cap)
+        end = probe.line_end(pos, op)
         if end is None:
             return None
         if kind == _PAIR and not _is_dotted_name(probe.take(pos, end - pos)):
@@ -257,7 +277,7 @@ def _line_argument_loads(op: int, probe: _Probe, pos: int, end: int) -> bool:
     line = probe.take(pos, end - pos)
     try:
         if op == ord("I"):
-            return line in (b"00", b"01") or bool(_STRTOL.match(line)) or _is_int(line, 0)
+            return line in (b"00", b"01") or _strtol_takes(line) or _is_int(line, 0)
         if op == ord("L"):
             return _is_int(line[:-1] if line.endswith(b"L") else line, 0)
         if op == ord("F"):
@@ -274,6 +294,23 @@ def _line_argument_loads(op: int, probe: _Probe, pos: int, end: int) -> bool:
 
 
 _CHECKED_LINE_OPS = frozenset(b"ILFgpPS")
+
+
+def _strtol_takes(line: bytes) -> bool:
+    """C ``strtol(line, base 0)`` converts up to the newline or a NUL without overflow."""
+    found = _STRTOL.match(line)
+    if found is None:
+        return False
+    number = found.group().strip(_WS + b"\x00")
+    if not number:
+        return True  # nothing converted from a line that starts with NUL: 0
+    digits = number.lstrip(b"+-")
+    base = 16 if digits[:2] in (b"0x", b"0X") else 8 if digits[:1] == b"0" else 10
+    try:
+        value = int(digits[2:] if base == 16 else digits, base)
+    except ValueError:  # over 4,300 decimal digits: strtol overflows long before
+        return False
+    return value <= (1 << 63) - (0 if number[:1] == b"-" else 1)
 
 
 def _is_int(line: bytes | str, base: int) -> bool:
