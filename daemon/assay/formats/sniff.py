@@ -123,8 +123,9 @@ _NOT_IN_LINE: dict[int, re.Pattern[bytes]] = {
 _ANY_LINE = re.compile(b"\n")
 _STACK_GLOBAL = 0x93  # imports a callable named by two strs on the stack
 # Opcodes that can leave a str on the stack: the text pushes (protocol 0-2 strings decode
-# to str by default), memo reads and DUP. STACK_GLOBAL pops two strs: it needs two of these.
-_MAY_PUSH_STR = frozenset(b"VX\x8c\x8dSTUghj2")
+# to str by default), memo reads, DUP, and persistent ids (a loader's persistent_load may
+# return anything). STACK_GLOBAL pops two strs: it needs two of these before it.
+_MAY_PUSH_STR = frozenset(b"VX\x8c\x8dSTUghj2PQ")
 _STOP = ord(".")
 _STRING_NL = ord("S")
 _PROTO = 0x80
