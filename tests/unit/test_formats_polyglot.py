@@ -14,7 +14,10 @@ import io
 import json
 import pickle
 import pickletools
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -297,3 +300,17 @@ def test_pickle_behind_a_header_length_reaching_a_long_dotted_global_is_refused(
     assert reference_loads_safetensors(data) == 1
     assert pickle.loads(data) == {}  # imports builtins.dict through the chain, calls it
     assert refusal(data) == "polyglot: valid safetensors that is also a pickle file"
+
+
+def test_safetensors_file_that_python_runs_as_a_zip_app_is_refused(tmp_path: Path) -> None:
+    # `python model.safetensors` finds the zip from the end (zipimport) and runs its
+    # __main__.py: a valid model that is also a program.
+    data = in_last_tensor(zip_bytes({"__main__.py": b"print('ran from a model')"}))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    run = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.stdout == "ran from a model\n"
+    assert reference_loads_safetensors(data) == 2
+    assert refusal(data) == "polyglot: valid safetensors that is also a zip file"
