@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assay.formats import sniff, zipend
+from assay.formats import pickles, sniff, zipend
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import Inspection, inspect_bytes
 from tests.formats_factory import (
@@ -313,4 +313,4 @@ def test_end_relative_and_offset_probes_alone_never_crash(data: bytes, cut: int)
     if data:
         head = data[: sniff.HEAD_PROBE_BYTES]
         assert sniff.hdf5_superblock(read_at, len(data), head) in (True, False)
-        assert sniff.pickle_stream_is_live(read_at, len(data), head) in (True, False)
+        assert pickles.pickle_stream_is_live(read_at, len(data), head) in (True, False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from assay.formats import sniff
+from assay.formats import pickles, sniff
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import MAX_HEAD_BYTES, Inspection, inspect_bytes, inspect_file
 from tests.formats_factory import (
@@ -233,7 +233,7 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
     body = b"\x80\x04B" + (200 * 1024).to_bytes(4, "little") + bytes(200 * 1024)
     data = body + b"cos\nsystem\n" + bytes(100)
     fake = Recorder(data)
-    assert sniff.pickle_stream_is_live(fake, len(data), data[: sniff.HEAD_PROBE_BYTES])
+    assert pickles.pickle_stream_is_live(fake, len(data), data[: sniff.HEAD_PROBE_BYTES])
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
     ],
 )
 def test_pickle_walk_verdicts(stream: bytes, live: bool) -> None:
-    assert sniff.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
+    assert pickles.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
 
 
 def test_header_length_that_reads_as_put_with_a_bad_argument_is_not_a_polyglot() -> None:
@@ -344,16 +344,16 @@ def test_negative_size_is_a_programming_error() -> None:
 
 def test_pickle_opcode_table_matches_the_stdlib() -> None:
     kinds = {
-        pickletools.UP_TO_NEWLINE: {sniff._LINE, sniff._PAIR},
-        pickletools.TAKEN_FROM_ARGUMENT1: {sniff._LEN1},
-        pickletools.TAKEN_FROM_ARGUMENT4: {sniff._LEN4S},
-        pickletools.TAKEN_FROM_ARGUMENT4U: {sniff._LEN4U},
-        pickletools.TAKEN_FROM_ARGUMENT8U: {sniff._LEN8U},
+        pickletools.UP_TO_NEWLINE: {pickles._LINE, pickles._PAIR},
+        pickletools.TAKEN_FROM_ARGUMENT1: {pickles._LEN1},
+        pickletools.TAKEN_FROM_ARGUMENT4: {pickles._LEN4S},
+        pickletools.TAKEN_FROM_ARGUMENT4U: {pickles._LEN4U},
+        pickletools.TAKEN_FROM_ARGUMENT8U: {pickles._LEN8U},
     }
     expected = {ord(op.code) for op in pickletools.opcodes}
-    assert set(sniff._ARGS) == expected
+    assert set(pickles._ARGS) == expected
     for op in pickletools.opcodes:
-        mine = sniff._ARGS[ord(op.code)]
+        mine = pickles._ARGS[ord(op.code)]
         if op.arg is None:
             assert mine == 0, op.name
         elif op.arg.n >= 0:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from assay.formats import gguf, safetensors, sniff, zipend
+from assay.formats import gguf, pickles, safetensors, sniff, zipend
 from assay.formats.errors import FormatRefused
 from assay.formats.sniff import HEAD_PROBE_BYTES, MAX_HEAD_BYTES, ReadAt, read_exact
 
@@ -108,7 +108,7 @@ def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str |
         return "tar"
     if lenient and sniff.starts_with_pickle_proto(head):
         return "pickle"
-    if sniff.pickle_stream_is_live(read_at, size, head):
+    if pickles.pickle_stream_is_live(read_at, size, head):
         return "pickle"
     if zipend.zip_directory_reachable(read_at, size):
         return "zip"
