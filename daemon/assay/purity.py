@@ -21,6 +21,8 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.bodies",
     "assay.formats.errors",
     "assay.formats.sniff",
+    "assay.formats.zipend",
+    "assay.formats.pickles",
     "assay.formats.safetensors",
     "assay.formats.gguf",
     "assay.formats.inspect",
