@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from assay.core.audit import files, reader
+from assay.core.audit.verify import StreamVerifier
 from tests.unit.audit_util import SIGNING, open_log, write_log
 
 
@@ -108,4 +109,32 @@ def test_the_anchor_search_does_not_parse_every_checkpoint_ever_written(
     assert spy.loads_calls <= 16, (
         f"replaying 1 record after the mark parsed {spy.loads_calls} of {lines} "
         "checkpoint index lines"
+    )
+
+
+class CountingVerifier(StreamVerifier):
+    """The real verifier, counting the lines replay authenticates."""
+
+    lines = 0
+
+    def check_line(self, line: bytes, torn: bool = False) -> dict[str, Any] | None:
+        CountingVerifier.lines += 1
+        return super().check_line(line, torn)
+
+
+def test_without_a_signing_key_replay_still_reads_the_whole_segment_before_the_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``audit.signing_key`` is optional; without it no checkpoint is ever written, so
+    there is no anchor and replay authenticates every line from the start of the segment
+    holding the mark (64 MiB by default, ~200k records) to replay the one after it: the
+    cost follows the segment's traffic, not the records after the mark."""
+    write_log(tmp_path, 2000)  # no signing key: no checkpoints.jsonl
+    assert not (tmp_path / files.CHECKPOINTS).exists()
+    monkeypatch.setattr(reader, "StreamVerifier", CountingVerifier)
+    CountingVerifier.lines = 0
+    with open_log(tmp_path) as log:
+        assert len(list(log.records_after(1999))) == 1
+    assert CountingVerifier.lines <= 64, (
+        f"replaying 1 record after the mark authenticated {CountingVerifier.lines} lines"
     )
