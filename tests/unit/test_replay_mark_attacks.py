@@ -203,14 +203,16 @@ class Disconnect:
             trio.from_thread.run_sync(scope.cancel)
 
 
-async def _with_real_writer(tmp: Path, body: Any) -> list[dict[str, Any]]:
+async def _with_real_writer(
+    tmp: Path, body: Any, db: RegistryDB | None = None
+) -> list[dict[str, Any]]:
     """Run ``body(registry, db, store, disconnect)`` against the real AuditLog and
     AuditWriter (group commit in a worker thread); returns the durable records."""
     disconnect = Disconnect()
     audit = open_log(tmp / "audit", fsync=disconnect.fsync)
     writer = AuditWriter(audit, checkpoint_every_seconds=None)
     store = ObjectStore(tmp / "store")
-    db = RegistryDB(tmp / "r.db")
+    db = db or RegistryDB(tmp / "r.db")
     reg = Registry(store=store, db=db, policy=policy_mod.Policy(name="t"),
                    audit_append=writer.append, max_artifact_bytes=1 << 20,
                    audit_head=lambda: writer.head_seq,
@@ -317,8 +319,9 @@ def test_a_listing_that_pages_while_an_upload_commits_never_sees_it(tmp_path: Pa
     """``created_at`` (the listing key) is taken before the awaited audit append; rows
     become visible in commit order. An upload A that starts first but commits after B
     lands *behind* a cursor already past B: a client walking every page from before A
-    committed to after it never sees A, though A was committed before the page that
-    should have held it was served."""
+    committed to after it never sees A, though A was committed (and answered 201)
+    before the walk's next page was served. Keyset paging needs a key in visibility
+    order, which ``created_at`` taken before the await is not."""
     log = GatedLog()
     db = RegistryDB(tmp_path / "r.db")
     reg = Registry(store=ObjectStore(tmp_path / "store"), db=db,
@@ -499,3 +502,41 @@ def test_no_kill_moment_under_group_commit_loses_a_mutation_below_the_mark(
     for copy, recs in snapshots:
         after = kill9_and_restart(tmp_path, RegistryDB(copy), store, recs)
         assert unreflected(recs, after.db) == [], copy.name
+
+
+# -- promote: one record, two commits, a kill between them ----------------------------------
+
+
+class Killed(Exception):
+    """Stands for kill -9: nothing after it runs (not a StorageError, so no void)."""
+
+
+class KilledBetweenCommits(RegistryDB):
+    armed = False
+
+    def set_state(self, art: Artifact, to_state: str, **kw: Any) -> Artifact:
+        if self.armed and kw.get("action") == "promote":
+            raise Killed
+        return super().set_state(art, to_state, **kw)
+
+
+def test_a_kill_between_a_promotes_two_commits_replays_to_one_approval(tmp_path: Path) -> None:
+    """``_promote`` commits the promoter's approval (seq None), then the state change
+    (with the seq). Killed between them, replay finds no change carrying the seq and
+    re-applies the whole promote, approval included: the state ends right, but the
+    history then shows the promoter approving twice."""
+    state: dict[str, Any] = {}
+    db = KilledBetweenCommits(tmp_path / "r.db")
+
+    async def body(reg: Registry, _db: RegistryDB, store: ObjectStore, _d: Disconnect) -> None:
+        digest = await _ingest_sample(reg)
+        db.armed = True
+        with pytest.raises(Killed):
+            await reg.transition(ADMIN, digest, Action.PROMOTE, route="r", request_id="p")
+        state.update(digest=digest, store=store)
+
+    records = trio.run(_with_real_writer, tmp_path, body, db)
+    after = kill9_and_restart(tmp_path, db, state["store"], records)
+    assert after.get(state["digest"]).state == "trusted"
+    approvals = [h for h in after.db.history(state["digest"]) if h["action"] == "approve"]
+    assert len(approvals) == 1, approvals
