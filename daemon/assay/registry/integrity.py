@@ -179,16 +179,18 @@ class IntegrityOps(RegistryBase):
         ts = now()
         await self._db(self.db.touch_verified_many, digests, ts)
         for digest in digests:
-            self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
+            if self.artifacts[digest].integrity == "ok":
+                self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
 
     async def mark_corrupt_while_serving(
         self, digest: str, actual: str, *, request_id: str | None = None
     ) -> None:
         """A fetch found the bytes changed mid-stream, after its response had started
         (and its request record was written): the failure is a record of its own."""
-        art = self.get(digest)
-        if art.integrity == "ok":
-            await self._integrity_changed(art, "failed", actual, None, None, request_id)
+        async with self._lock(parse_digest(digest)):
+            art = self.get(digest)
+            if art.integrity == "ok":
+                await self._integrity_changed(art, "failed", actual, None, None, request_id)
 
     async def open_consumable(
         self, digest: str, *, principal: Principal, route: str, request_id: str
