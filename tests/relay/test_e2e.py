@@ -141,9 +141,13 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
 ) -> None:
     env, url, proc = live
     cap = int(env.doc["server"].get("max_header_bytes", 16 * 1024))
+    pad = env.headers("all") | {"X-Pad": "a" * (cap + 1)}
     with httpx.Client(base_url=url, timeout=30) as c:
-        r = c.get("/v1/datasets/civil", headers=env.headers("all") | {"X-Pad": "a" * (cap + 1)})
+        r = c.get("/v1/datasets/civil", headers=pad)
+        by_id = c.get("/v1/datasets/civil/entities/person/records/P00000009", headers=pad)
+        unmatched = c.get("/v1/P00000009/x", headers=pad)
     assert r.status_code == 431 and r.json()["code"] == "request.headers_too_large"
+    assert by_id.status_code == unmatched.status_code == 431
     assert r.headers["x-content-type-options"] == "nosniff"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -155,8 +159,14 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
         if line.strip()
     ]
     refused = [r for r in records if r.get("status") == 431]
-    assert len(refused) == 1 and refused[0]["route"] == "GET /v1/datasets/civil"
-    assert refused[0]["error_code"] == "request.headers_too_large"
+    # The route is the template the path matches, or a keyed hash: never the raw path.
+    assert [r["route"] for r in refused][:2] == [
+        "GET /v1/datasets/<dataset>",
+        "GET /v1/datasets/<dataset>/entities/<entity>/records/<record_id>",
+    ]
+    assert refused[2]["route"].startswith("GET unmatched:hmac-sha256:")
+    assert all(r["error_code"] == "request.headers_too_large" for r in refused)
+    assert "P00000009" not in json.dumps(records)
 
 
 def test_registry_and_relay_can_write_one_shared_chain(tmp_path: Path) -> None:
