@@ -122,6 +122,10 @@ def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
     _secret(sec / "answer-signing.key", jws.private_pem(env.signing_key))
     doc = env.doc
     doc["server"]["bind"] = "127.0.0.1:8480"
+    # The example's budgets, kept in this test's directory; the default raised so tests
+    # about other things can page freely (tests/relay/test_budgets.py sets its own).
+    doc["row_budgets"] = {"state_dir": str(tmp / "state" / "row-budgets"),
+                          "default": {"rows": 1_000_000, "window_seconds": 86_400}}  # fmt: skip
     doc["audit"]["dir"] = str(tmp / "state" / "audit")
     doc["audit"]["hmac_key"] = {"file": str(sec / "audit-hmac.key")}
     generate_signing_key(sec / "audit-signing.key", sec / "audit-signing.pub")
