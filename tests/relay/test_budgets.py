@@ -272,9 +272,9 @@ async def test_budget_state_that_cannot_be_written_fails_closed(
     running, _clock = budgeted
     assert running.parts.budgets is not None
     running.parts.budgets.close()  # the file is gone from under the relay
-    status, body, _headers = await _page(running, "limit=5")
+    status, body, headers = await _page(running, "limit=5")
     assert status == 503 and body["code"] == "relay.row_budget_unavailable"
-    assert "records" not in body
+    assert "records" not in body and "Retry-After" not in headers
     assert running.audit.records[-1]["error_code"] == "relay.row_budget_unavailable"
 
 

@@ -32,7 +32,8 @@ from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
 from assay.relay import access, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
-from assay.relay.service import Relay, Target, dumps, lookup_refused
+from assay.relay.service import Relay, dumps
+from assay.relay.views import Target, lookup_refused
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 JOSE = "application/jose"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -26,9 +25,11 @@ from assay.core.errors import BadRequest, NotFound
 from assay.core.web import RequestAudit
 from assay.relay import access, cursor, disclosure, jws, order, planner, query
 from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
-from assay.relay.config import Aggregate, Dataset, Entity, RelayConfig, RowBudget, Table
-from assay.relay.planner import Bounds, Condition, FieldSpec
+from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
+from assay.relay.errors import BudgetExhausted
+from assay.relay.planner import Bounds, Condition
 from assay.relay.snapshot import Snapshot, SnapshotStore
+from assay.relay.views import EntityView, Target, entity_view, lookup_refused
 
 #: Scans over more rows than this run in a worker thread so the loop keeps answering.
 THREAD_ROWS = 20_000
@@ -36,52 +37,6 @@ THREAD_ROWS = 20_000
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=planner.canonical, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class EntityView:
-    """An entity with its lookups precomputed once at startup."""
-
-    dataset: Dataset
-    entity: Entity
-    table: Table
-    fields: tuple[FieldSpec, ...]
-    allowed: dict[str, frozenset[str]]
-    #: The exposed field that reads the primary key; None when the entity hides it.
-    key: FieldSpec | None
-
-    @property
-    def by_name(self) -> dict[str, FieldSpec]:
-        return {f.name: f for f in self.fields}
-
-    @property
-    def lookup(self) -> bool:
-        """``/records/{id}`` is answered only where the key is exposed and ``eq``-filterable:
-        a lookup is then exactly the records query ``key=id`` (with the required filters),
-        so it can reveal nothing that query could not."""
-        return self.key is not None and "eq" in self.allowed.get(self.key.name, frozenset())
-
-
-def _entity_view(ds: Dataset, entity: Entity) -> EntityView:
-    table = next(t for t in ds.tables if t.id == entity.table)
-    types = {c.name: c.type for c in table.columns}
-    fields = tuple(FieldSpec(f.name, f.column, types[f.column], f.sensitive) for f in entity.fields)
-    allowed: dict[str, frozenset[str]] = {f.field: frozenset(f.ops) for f in entity.allowed_filters}
-    key = next((f for f in fields if f.column == table.primary_key), None)
-    return EntityView(ds, entity, table, fields, allowed, key)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A request's names, resolved for its credential before any handler runs."""
-
-    dataset: Dataset
-    view: EntityView | None = None
-    aggregate: Aggregate | None = None
-
-
-def lookup_refused() -> NotFound:
-    return NotFound("this entity does not answer lookups by id", code="entity.lookup_not_allowed")
 
 
 def _exhausted_headers(policy: RowBudget, reset: int) -> dict[str, str]:
@@ -113,7 +68,7 @@ class Relay:
         self.bounds = Bounds(server.max_filters, server.max_in_values, server.max_value_chars)
         self.datasets = {d.id: d for d in config.datasets}
         self.entities = {
-            (d.id, e.name): _entity_view(d, e) for d in config.datasets for e in d.entities
+            (d.id, e.name): entity_view(d, e) for d in config.datasets for e in d.entities
         }
 
     # --- names -------------------------------------------------------------------------
@@ -235,7 +190,7 @@ class Relay:
         key, policy = budget
         try:
             return self.budgets.reserve(key, policy, want, whole=whole)
-        except BaseException:
+        except BudgetExhausted:
             out.update(_exhausted_headers(policy, self.budgets.state(key, policy)[1]))
             raise
 
@@ -246,7 +201,7 @@ class Relay:
         assert self.budgets is not None
         try:
             await self.budgets.spend(grant, rows)
-        except BaseException:
+        except BudgetExhausted:  # spent elsewhere meanwhile (another relay on the file)
             reset = self.budgets.state(grant.key, grant.policy)[1]
             out.update(_exhausted_headers(grant.policy, reset))
             raise
