@@ -18,6 +18,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.policy",
     "assay.registry.digests",
     "assay.registry.validate",
+    "assay.registry.bodies",
     "assay.formats.errors",
     "assay.formats.sniff",
     "assay.formats.safetensors",

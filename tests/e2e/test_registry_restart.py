@@ -44,6 +44,7 @@ def test_a_clean_restart_reads_no_record_however_long_the_log(
     again = status(dep)["replay"]
     assert again == {"scanned": 0, "mutations": 0, "applied": 0, "mark": again["mark"]}
     assert again["mark"] > filled.head_seq
+    assert "last start replayed 0 audit records" in dep.cli("status").stdout
 
 
 def test_a_crash_restart_reads_only_what_the_mark_had_not_covered(

@@ -285,4 +285,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, check in ready.get("checks", {}).items():
         print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in status["counts"].items()))
+    replay = status.get("replay")
+    if replay:
+        print(
+            f"last start replayed {replay['scanned']} audit records "
+            f"({replay['mutations']} mutations, {replay['applied']} applied); "
+            f"replay mark {status['replay_mark']}"
+        )
     return 0 if ready.get("ready") else 1

@@ -12,12 +12,14 @@ from typing import Any
 
 import trio
 
+from assay.core.errors import AssayError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
 from assay.registry.model import Artifact
 from assay.registry.states import State
+from assay.registry.store import UnusableObject, describe
 
 log = logging.getLogger("assay.registry")
 
@@ -54,11 +56,7 @@ class IntegrityOps(RegistryBase):
                 art.state,
                 art.state,
                 status,
-                reasons=[
-                    "stored bytes are missing"
-                    if actual == "missing"
-                    else f"stored bytes hash to {actual}"
-                ],
+                reasons=[describe(actual)],
                 decision="deny" if failed else "allow",
                 error_code=error_code,
                 extra={"integrity": integrity},
@@ -139,28 +137,40 @@ class IntegrityOps(RegistryBase):
         digests = sorted(self.artifacts)
         failed: list[str] = []
         checked = 0
+        errors: list[dict[str, str]] = []
         unchanged: list[str] = []
         for i, digest in enumerate(digests):
-            result, _record = await self.verify(
-                digest, principal=principal, route=route, request_id=request_id,
-                unchanged=unchanged,
-            )  # fmt: skip
-            if "skipped" not in result:
-                checked += 1
-            if not result["ok"]:
-                failed.append(digest)
+            result: dict[str, Any] | None = None
+            try:
+                result, _record = await self.verify(
+                    digest, principal=principal, route=route, request_id=request_id,
+                    unchanged=unchanged,
+                )  # fmt: skip
+            except AssayError as exc:
+                # One artifact's check could not finish (e.g. its record could not be
+                # written): reported, and the sweep goes on to the next artifact.
+                log.error("sweep: checking %s failed: %s", digest, exc.detail)  # noqa: TRY400
+                errors.append({"digest": digest, "code": exc.code})
             if progress is not None:
                 progress(i + 1, len(digests))
-            if len(unchanged) >= TOUCH_BATCH or i + 1 == len(digests):
+            if result is not None:
+                if "skipped" not in result:
+                    checked += 1
+                if not result["ok"]:
+                    failed.append(digest)
+            if len(unchanged) >= TOUCH_BATCH:
                 await self._touch_verified(unchanged)
                 unchanged = []
+        await self._touch_verified(unchanged)
         self.last_sweep = {
             "started": started,
             "finished": now(),
             "checked": checked,
             "failed": failed,
         }
-        self._events("sweep", {"checked": checked, "failed": len(failed)})
+        if errors:
+            self.last_sweep["errors"] = errors
+        self._events("sweep", {"checked": checked, "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
 
     async def _touch_verified(self, digests: list[str]) -> None:
@@ -185,19 +195,20 @@ class IntegrityOps(RegistryBase):
     ) -> tuple[Artifact, int]:
         """A trusted, intact artifact and an open fd on its bytes, for serving.
 
-        Bytes gone from the store are an integrity failure like bytes changed: recorded
-        (as this request's record) and serving blocked, never a bare 500.
+        Bytes gone from the store, or an object path that is not one regular file, are
+        an integrity failure like bytes changed: recorded (as this request's record) and
+        serving blocked, never a bare 500.
         """
         art = self.check_consumable(digest)
         try:
-            fd: int = await trio.to_thread.run_sync(self.store.open_fd, art.digest)
-        except FileNotFoundError:
-            err = StoredBytesCorrupt(f"stored bytes of {art.digest} are missing")
+            fd: int = await trio.to_thread.run_sync(self.store.open_object, art.digest)
+        except UnusableObject as exc:
+            err = StoredBytesCorrupt(f"{art.digest}: {exc}")
             async with self._lock(art.digest):
                 current = self.get(art.digest)
                 if current.integrity == "ok":
                     _updated, record = await self._integrity_changed(
-                        current, "failed", "missing", principal, route, request_id,
+                        current, "failed", exc.problem, principal, route, request_id,
                         status=err.status, error_code=err.code,
                     )  # fmt: skip
                     err.written_record = record
