@@ -150,8 +150,13 @@ def install(
     audit: AuditSink,
     param_names: Callable[[], list[str]] | None = None,
     receipt_hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]] | None = None,
+    route: Callable[[], str] | None = None,
 ) -> None:
-    """Wire the auth/scope/problem/audit/header discipline into ``app``."""
+    """Wire the auth/scope/problem/audit/header discipline into ``app``.
+
+    ``route`` names the request in its audit record (default ``route_template``); the
+    relay passes one that never records a raw unmatched path.
+    """
 
     def params() -> list[str]:
         if param_names is not None:
@@ -252,7 +257,7 @@ def install(
             audit_state,
             response.status_code,
             g.get("error_code"),
-            route_template(),
+            route() if route is not None else route_template(),
             g.get("request_id", ""),
             params(),
             g.purpose if "purpose" in g else purpose(),

@@ -87,6 +87,7 @@ async def run(
             cast(ASGIApp, parts.app),
             max_header_bytes=cfg.server.max_header_bytes,
             audit=audit.writer,
+            route=parts.audit_route(),
         )
         drained = trio.Event()
         serve = partial(serving.serve, asgi, hypercorn_config(loaded), shutdown, drained)
@@ -113,6 +114,7 @@ async def run(
             started=started,
         )
         nursery.cancel_scope.cancel()
+    parts.close()  # the row-budget store: every spend is on disk already, so a crash is safe
 
 
 async def _signals(shutdown: trio.Event, notifier: Notifier, store: SnapshotStore) -> None:
