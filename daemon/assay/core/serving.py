@@ -1,6 +1,7 @@
 """The hypercorn settings both daemons share, from the core's ``ServerConfig``.
 
-One place, so the registry and the relay cannot drift on limits, timeouts or headers.
+One place, so the registry and the relay cannot drift on limits, timeouts or headers:
+both get the same connection guard (``assay.core.connections``) with the same limits.
 Socket activation wins over the configured bind: systemd owns the socket.
 """
 
@@ -15,8 +16,9 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from assay.core import logsetup
+from assay.core import connections, logsetup
 from assay.core.audit.writer import AuditWriter
+from assay.core.connlimits import Limits
 from assay.core.schema import ServerConfig
 from assay.core.systemd import Notifier, listen_fds
 
@@ -33,14 +35,28 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     # ``assay.core.asgi.HeaderCap``; h11's bound on *incomplete* data is only a memory
     # backstop above it, because when it fires hypercorn answers a bare, unaudited 400.
     hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
-    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
+    # The connection guard (``assay.core.connections``) enforces keep-alive, header and
+    # request timeouts and the connection cap. hypercorn's own idle timer runs from a
+    # connection's start to its first complete head, so it is set past the guard's
+    # keep-alive plus header read time, never cutting a head the guard still allows.
+    hc.keep_alive_timeout = server.keep_alive_timeout_seconds + server.header_read_timeout_seconds
     hc.graceful_timeout = server.shutdown_timeout_seconds
     hc.include_server_header = False
     hc.include_date_header = True
     hc.accesslog = None
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
+    connections.install(hc, connection_limits(server))
     return hc
+
+
+def connection_limits(server: ServerConfig) -> Limits:
+    return Limits(
+        max_connections=server.max_connections,
+        keep_alive=server.keep_alive_timeout_seconds,
+        header_read=server.header_read_timeout_seconds,
+        request=server.request_timeout_seconds,
+    )
 
 
 async def serve(
