@@ -361,7 +361,7 @@ def install(hc: HyperConfig, limits: Limits) -> ConnectionTable:
         raise RuntimeError("this hypercorn has no trio TCPServer to guard")
     table = ConnectionTable(limits)
     setattr(hc, _TABLE_ATTR, table)
-    hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[attr-defined]
+    hypercorn_run.TCPServer = GuardedTCPServer
     return table
 
 
