@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tests.conftest import Deployment
 from tests.e2e.deployments import BIG, ST, Make, get, make, pid, trusted, wait_for
 from tests.e2e.wire import (
     closed_by_peer,
@@ -222,3 +223,23 @@ def test_sigterm_is_not_held_up_by_a_client_that_stopped_reading(make: Make) -> 
         assert dep.proc is not None
         dep.proc.send_signal(signal.SIGTERM)
         assert dep.proc.wait(timeout=30) == 0
+
+
+# --- other protocols on the same port -------------------------------------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # + SETTINGS
+H2C_UPGRADE = (
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("opening", [H2_PREFACE, H2C_UPGRADE], ids=["prior-knowledge", "h2c"])
+def test_http2_is_not_spoken_so_the_limits_cannot_be_multiplexed_around(
+    deployment: Deployment, opening: bytes
+) -> None:
+    with connect(deployment.port) as sock:
+        sock.sendall(opening)
+        first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 ")  # never an h2 SETTINGS frame
+    assert not first.startswith(b"HTTP/1.1 101")  # nor a switch to h2c

@@ -303,10 +303,32 @@ class _WatchedApp:
         await self._app(scope, receive, send, *args)
 
 
+async def _no_protocol_switch(_request: h11.Request) -> None:
+    """In place of hypercorn's check for ``PRI * HTTP/2.0`` and ``Upgrade: h2c``: the
+    daemons speak HTTP/1.1 only (``alpn_protocols``), in cleartext too. Over h2 one
+    connection carries up to 100 requests at once and a download can stall on h2 flow
+    control, where neither the connection cap nor the request timeout could see it. The
+    upgrade is ignored, as RFC 9110 allows; the preface is an HTTP/1.1 request like any."""
+
+
 class GuardedTCPServer(hypercorn_tcp.TCPServer):
     """hypercorn's connection handler under the daemon's ``ConnectionTable``."""
 
     _guard: Guard | None = None
+    _protocol: Any = None
+
+    @property
+    def protocol(self) -> Any:
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, wrapper: Any) -> None:
+        # hypercorn makes its ProtocolWrapper inside ``run``; its HTTP/1.1 protocol is
+        # the one place that would switch the connection to h2.
+        inner: Any = getattr(wrapper, "protocol", None)
+        if self._guard is not None and hasattr(inner, "_check_protocol"):
+            inner._check_protocol = _no_protocol_switch
+        self._protocol = wrapper
 
     async def run(self) -> None:
         table = getattr(self.config, _TABLE_ATTR, None)
