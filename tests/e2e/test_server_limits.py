@@ -136,6 +136,35 @@ def test_download_that_keeps_moving_outlives_the_request_timeout(make: Make) -> 
     assert hashlib.sha256(body).hexdigest() == digest[7:]
 
 
+def test_body_behind_an_early_refusal_cannot_hold_its_connection(make: Make) -> None:
+    """No token, a chunked upload: the app answers 401 at once and never reads the body.
+    hypercorn queues the body for the app until its queue is full, and then both its
+    read loop and the finished app wait on that queue for good, with the socket open."""
+    dep = make(max_connections=4, request_timeout_seconds=1)
+    head = (
+        b"POST /v1/artifacts?name=x HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + b"z" * 43 + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
+    held = []
+    try:
+        for _ in range(4):  # every slot
+            sock = connect(dep.port)
+            sock.sendall(head)
+            sock.setblocking(False)
+            for _ in range(100):  # as much body as the daemon takes
+                try:
+                    sock.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.02)
+            held.append(sock)
+        with dep.client() as c:  # the slots come back: the next caller is served
+            assert wait_for(lambda: c.get("/v1/status").status_code == 200)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 # --- many connections ---------------------------------------------------------------------
 
 

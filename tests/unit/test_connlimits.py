@@ -15,7 +15,9 @@ from assay.core.connlimits import Clock, Limits, Phase, pick_eviction
 
 LIMITS = Limits(max_connections=8, keep_alive=5.0, header_read=10.0, request=60.0)
 
-EVENTS = st.sampled_from(["received", "sent", "head", "answered", "wait", "unwait", "tick"])
+EVENTS = st.sampled_from(
+    ["received", "sent", "head", "answered", "wait", "unwait", "finished", "tick"]
+)
 STEPS = st.lists(st.tuples(EVENTS, st.floats(0, 30), st.integers(0, 4096)), max_size=60)
 
 
@@ -32,11 +34,13 @@ def apply(clock: Clock, kind: str, now: float, count: int) -> None:
         clock.wait_began(now)
     elif kind == "unwait":
         clock.wait_ended()
+    elif kind == "finished":
+        clock.app_finished(now)
 
 
 @settings(max_examples=300, deadline=None)
 @given(STEPS)
-def test_only_a_request_without_a_client_wait_has_no_deadline(
+def test_only_a_request_the_app_works_on_unwaited_has_no_deadline(
     steps: list[tuple[str, float, int]],
 ) -> None:
     clock = Clock(LIMITS, since=0.0)
@@ -45,7 +49,7 @@ def test_only_a_request_without_a_client_wait_has_no_deadline(
         now += dt
         apply(clock, kind, now, count)
         deadline = clock.deadline()
-        if clock.phase is Phase.REQUEST and clock.waits == 0:
+        if clock.phase is Phase.REQUEST and clock.waits == 0 and not clock.app_done:
             assert deadline is None
         else:
             assert deadline is not None
@@ -80,7 +84,7 @@ def test_inside_a_request_only_moving_bytes_push_the_deadline_out(
     now = 0.0
     last_progress = 0.0
     for kind, dt, count in steps:
-        if kind in ("head", "answered", "unwait"):
+        if kind in ("head", "answered", "unwait", "finished"):
             continue  # stay inside the request, with the client wait open
         now += dt
         apply(clock, kind, now, count)
@@ -130,3 +134,19 @@ def test_eviction_closes_the_oldest_connection_without_a_request(
     assert chosen is not None
     assert clocks[chosen].phase is not Phase.REQUEST
     assert clocks[chosen].since == min(c.since for c in evictable)
+
+
+def test_after_the_app_finished_only_the_transport_holds_the_request_and_it_is_timed() -> None:
+    clock = Clock(LIMITS, since=0.0)
+    clock.head_complete(0.0)
+    assert clock.deadline() is None  # the app works
+    clock.app_finished(100.0)  # answered; an unread body still holds the request
+    assert clock.deadline() == 160.0
+    clock.app_finished(150.0)  # a second notice changes nothing
+    clock.received(150.0, 10)  # the body keeps coming: progress, not an endless hold
+    assert clock.deadline() == 210.0
+    clock.answered(151.0)
+    assert clock.phase is Phase.IDLE and clock.deadline() == 156.0
+    clock.received(152.0, 1)
+    clock.head_complete(153.0)
+    assert clock.deadline() is None  # the next request starts without the old state

@@ -45,6 +45,9 @@ from assay.core.errors import ServerBusy
 
 log = logging.getLogger("assay.connections")
 
+#: After its socket is closed, how long a connection's tasks get to finish on their own
+#: (the app sees the disconnect and records it) before they are cancelled.
+CANCEL_GRACE_SECONDS = 5.0
 #: Refusals lingering at once (answer sent, draining what the client already sent so
 #: it reads the 503 rather than a reset); past this a refused connection just closes.
 MAX_REFUSING = 16
@@ -87,6 +90,10 @@ class Guard:
         self.clock.answered(trio.current_time())
         self._wake_if_earlier()
 
+    def app_finished(self) -> None:
+        self.clock.app_finished(trio.current_time())
+        self._wake_if_earlier()
+
     @contextmanager
     def client_wait(self) -> Iterator[None]:
         """Around a wait on the client (a body read, a response write)."""
@@ -111,22 +118,29 @@ class Guard:
         if self.closed_because is None:
             self.closed_because = because
         self._sock.close()
+        self._rearm.set()
 
-    async def watch(self) -> None:
-        """Sleep until the deadline; close once it passes. Cancelled: close too, so a
-        task blocked in a shielded write cannot hold the daemon's shutdown."""
+    async def watch(self, connection: trio.CancelScope) -> None:
+        """Sleep until the deadline; close the socket once it passes (or once anyone
+        closed it), then give the connection ``CANCEL_GRACE_SECONDS`` to finish (the app
+        records the disconnect) before cancelling it: a task can be stuck on something
+        other than the socket (hypercorn's app queue, full behind an unread body).
+        Cancelled itself: close too, so a task blocked in a shielded write cannot hold
+        the daemon's shutdown."""
         try:
-            while True:
+            while self.closed_because is None:
                 deadline = self.clock.deadline()
                 if deadline is not None and trio.current_time() >= deadline:
                     log.debug("closing a connection: %s timeout", self.clock.phase.value)
                     self.close(f"{self.clock.phase.value} timeout")
-                    return
+                    break
                 self._until = deadline if deadline is not None else float("inf")
                 with trio.move_on_at(self._until):
                     await self._rearm.wait()
                 if self._rearm.is_set():
                     self._rearm = trio.Event()
+            await trio.sleep(CANCEL_GRACE_SECONDS)
+            connection.cancel()
         finally:
             self.close(self.closed_because or "done")
 
@@ -289,7 +303,15 @@ class _ClientWaits:
 
 
 class _WatchedApp:
-    """hypercorn's app wrapper, with each request's ``receive`` watched."""
+    """hypercorn's app wrapper, with each request's ``receive`` and ``send`` watched.
+
+    The app's last body message ends its part of the request: from then on whatever
+    holds the request is transport. That includes hypercorn itself: when the app
+    answered without reading the body (a 401 to a chunked upload), the body fills the
+    app's queue, and hypercorn's read loop and its handling of that last message both
+    wait on the full queue for good, inside this ``send``. The guard's clock runs from
+    the last message, and the guard closes and then cancels the connection.
+    """
 
     def __init__(self, app: Any, guard: Guard) -> None:
         self._app = app
@@ -298,9 +320,20 @@ class _WatchedApp:
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Any, send: Any, *args: Any
     ) -> None:
-        if scope.get("type") == "http":
-            receive = _ClientWaits(receive, self._guard)
-        await self._app(scope, receive, send, *args)
+        if scope.get("type") != "http":
+            await self._app(scope, receive, send, *args)
+            return
+        guard = self._guard
+
+        async def watched_send(message: MutableMapping[str, Any]) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                guard.app_finished()
+            await send(message)
+
+        try:
+            await self._app(scope, _ClientWaits(receive, guard), watched_send, *args)
+        finally:
+            guard.app_finished()
 
 
 async def _no_protocol_switch(_request: h11.Request) -> None:
@@ -346,7 +379,7 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         self.app = _WatchedApp(self.app, guard)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(guard.watch)
+                nursery.start_soon(guard.watch, nursery.cancel_scope)
                 try:
                     hook = getattr(self.config, _HOOK_ATTR, None)
                     if hook is None or not await hook(stream, guard):

@@ -17,6 +17,8 @@ passes. The phases and their limits:
    and nothing moves for ``request``, it is closed; every byte that moves restarts
    that wait. Server-side work (hashing, a sweep) is not waiting on the client and is
    never cut, and a 70 GB upload or download that keeps moving is never cut either.
+   Once the app has finished, whatever still holds the request (an unread body
+   behind an early refusal) is transport only, and the timer runs until it is done.
 
 At the cap, a new connection is admitted by closing the connection that has waited
 longest without a request in progress (``IDLE`` or ``HEAD``): connections that hold no
@@ -53,8 +55,9 @@ class Clock:
     since: float
     phase: Phase = Phase.IDLE
     #: Client waits in progress (a body read, a response write); the request's timer
-    #: runs only while there is at least one.
+    #: runs only while there is at least one, or once the app has finished.
     waits: int = 0
+    app_done: bool = False
 
     def received(self, now: float, count: int) -> None:
         if count <= 0:
@@ -75,9 +78,16 @@ class Clock:
         self._enter(Phase.IDLE, now)
 
     def wait_began(self, now: float) -> None:
-        if self.waits == 0 and self.phase is Phase.REQUEST:
+        if not self._timing and self.phase is Phase.REQUEST:
             self.since = now
         self.waits += 1
+
+    def app_finished(self, now: float) -> None:
+        """The app returned; until the answer is done, only the client can hold it up."""
+        if self.phase is Phase.REQUEST:
+            if not self._timing:
+                self.since = now
+            self.app_done = True
 
     def wait_ended(self) -> None:
         self.waits = max(0, self.waits - 1)
@@ -92,15 +102,20 @@ class Clock:
             return self.since + self.limits.keep_alive
         if self.phase is Phase.HEAD:
             return self.since + self.limits.header_read
-        return self.since + self.limits.request if self.waits else None
+        return self.since + self.limits.request if self._timing else None
 
     def expired(self, now: float) -> bool:
         deadline = self.deadline()
         return deadline is not None and now >= deadline
 
+    @property
+    def _timing(self) -> bool:
+        return self.waits > 0 or self.app_done
+
     def _enter(self, phase: Phase, now: float) -> None:
         self.phase = phase
         self.since = now
+        self.app_done = False
 
 
 def pick_eviction(clocks: Sequence[Clock]) -> int | None:
