@@ -23,9 +23,9 @@ from tests.e2e.wire import (
     closed_by_peer,
     connect,
     connect_unix,
+    open_connections,
     response,
     settled,
-    socket_fds,
     trickle_until_closed,
 )
 
@@ -59,6 +59,18 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(make: Make) -> N
         status, headers, _body = response(sock)
         assert status == 200 and headers.get("connection") != "close"
         assert closed_by_peer(sock)
+
+
+def test_a_client_that_closes_after_keep_alive_answers_is_let_go_at_once(make: Make) -> None:
+    """The common client: a few requests on one keep-alive connection, then it closes.
+    The daemon must not hold that descriptor (or its slot) until the keep-alive timer."""
+    dep = make(keep_alive_timeout_seconds=120)
+    for _ in range(5):
+        with connect(dep.port) as sock:
+            for _ in range(3):
+                sock.sendall(get(dep, "/v1/status"))
+                assert response(sock)[0] == 200
+    assert wait_for(lambda: open_connections(pid(dep), dep.port) == 0, rounds=100)
 
 
 def test_connection_that_never_sends_a_byte_is_closed_after_the_keep_alive_timeout(
@@ -99,7 +111,6 @@ def test_download_whose_client_stops_reading_is_cut_after_the_request_timeout(
 ) -> None:
     dep = make(max_bytes=64 * 1024 * 1024, request_timeout_seconds=1)
     digest = trusted(dep, BIG, name="m/big")
-    baseline = settled(lambda: socket_fds(pid(dep)))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     sock.settimeout(15)
@@ -108,7 +119,7 @@ def test_download_whose_client_stops_reading_is_cut_after_the_request_timeout(
         sock.sendall(get(dep, f"/v1/artifacts/{digest}/content"))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
         # Stop reading. The daemon's writes block; it must give the connection up.
-        assert wait_for(lambda: socket_fds(pid(dep)) <= baseline)
+        assert wait_for(lambda: open_connections(pid(dep), dep.port) == 0)
         received = 0
         while chunk := sock.recv(1024 * 1024):
             received += len(chunk)
@@ -185,7 +196,7 @@ def test_idle_connections_cannot_starve_an_authenticated_request(make: Make) -> 
         with dep.client() as c:
             r = c.get("/v1/status", headers={"Connection": "close"})
             assert r.status_code == 200, r.text
-        assert settled(lambda: socket_fds(pid(dep))) <= 64 + 4  # + listeners
+        assert settled(lambda: open_connections(pid(dep), dep.port)) <= 64
     finally:
         for sock in held:
             sock.close()
@@ -199,13 +210,12 @@ def test_connections_over_the_cap_get_a_fast_503_when_none_is_idle(make: Make) -
         f"Host: x\r\nAuthorization: Bearer {dep.admin_token}\r\n"
         f"Content-Length: {len(ST)}\r\n\r\n"
     ).encode()
-    baseline = settled(lambda: socket_fds(pid(dep)))
     try:
         for _ in range(4):  # four uploads in flight, each waiting for the rest of its body
             sock = connect(dep.port)
             sock.sendall(head + ST[:10])
             busy.append(sock)
-        assert wait_for(lambda: socket_fds(pid(dep)) >= baseline + 4)
+        assert wait_for(lambda: open_connections(pid(dep), dep.port) == 4)
         with connect(dep.port) as extra:
             extra.sendall(get(dep, "/v1/status"))
             status, headers, body = response(extra)

@@ -14,7 +14,8 @@ in and out, its app sees when it waits on the client, and a watcher task closes 
 socket once the connection's clock (``connlimits.Clock``) passes its deadline. Closing
 the socket, rather than cancelling, is what also frees a task blocked in hypercorn's
 shielded ``send_all`` to a client that stopped reading. hypercorn's own close and idle
-timer run shielded from the app's cancellation, so both work again.
+timer restart run shielded from the app's cancellation (and nothing that can wait on
+the app does), so both work again.
 
 A ``ConnectionTable`` per daemon admits connections up to ``max_connections``
 (TCP and Unix socket together): past it the connection idle longest is closed to
@@ -34,8 +35,8 @@ from typing import Any
 import h11
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, Updated
 from hypercorn.events import Event as HyperEvent
-from hypercorn.events import Updated
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
@@ -390,18 +391,40 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             table.release(guard)
             guard.close(guard.closed_because or "done")
 
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # The client has gone (EOF, reset, or the guard closed it): nothing is left
+            # to time. hypercorn's idle timer would otherwise keep the connection, its
+            # descriptor and its slot until the keep-alive timeout, as its task group
+            # waits for the timer before the socket is closed.
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
+
     async def protocol_send(self, event: HyperEvent) -> None:
-        if self._guard is not None and isinstance(event, Updated):
-            if event.idle:
-                self._guard.answered()
-            else:
-                self._guard.head_complete()
-        # Shielded: the app's own scope may already be cancelled (quart-trio cancels it
-        # as the answer completes), and this is where the server closes the connection
-        # or restarts its idle timer. Bounded: a write to a client that stopped reading
-        # is ended by the guard closing the socket, not by cancellation.
-        with trio.CancelScope(shield=True):
-            await super().protocol_send(event)
+        if isinstance(event, Closed):
+            # hypercorn closes the connection here, often from inside the app's send,
+            # whose scope quart-trio has already cancelled as the answer completes: the
+            # close itself is shielded (it is bounded: EOF and close, no waiting). Telling
+            # the protocol is not: it can wait on the app's queue, and must stay
+            # cancellable for the guard and for shutdown.
+            with trio.CancelScope(shield=True):
+                await self._close()
+            await self.protocol.handle(Closed())
+            return
+        if isinstance(event, Updated):
+            if self._guard is not None:
+                if event.idle:
+                    self._guard.answered()
+                else:
+                    self._guard.head_complete()
+            # Restarting or stopping the idle timer: shielded for the same reason, and
+            # bounded (a lock held only by other restarts, a task start).
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
+        await super().protocol_send(event)  # data: hypercorn shields the write itself
 
 
 def install(hc: HyperConfig, limits: Limits) -> ConnectionTable:
