@@ -176,6 +176,59 @@ def test_body_behind_an_early_refusal_cannot_hold_its_connection(make: Make) -> 
             sock.close()
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["direct", "hypercorn"])
+def test_upload_that_keeps_moving_outlives_the_request_timeout(make: Make, chunked: bool) -> None:
+    dep = make(max_bytes=64 * 1024 * 1024, request_timeout_seconds=1)
+    head = (
+        "POST /v1/artifacts?name=slow%2Fbig&meta=source%3Dt&meta=license%3Dmit HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {dep.admin_token}\r\n"
+    ).encode()
+    head += (
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        if chunked
+        else b"Content-Length: %d\r\n\r\n" % len(BIG)
+    )
+    piece = 512 * 1024
+    with connect(dep.port) as sock:
+        sock.sendall(head)
+        for i in range(0, len(BIG), piece):  # 24 pieces, 0.15 s apart: ~3.6 s, always moving
+            part = BIG[i : i + piece]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            time.sleep(0.15)
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+        status, _headers, body = response(sock, "POST")
+    assert status == 201, body
+    assert json.loads(body)["artifact"]["digest"] == "sha256:" + hashlib.sha256(BIG).hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["direct", "hypercorn"])
+def test_stalled_upload_is_cut_after_the_request_timeout_and_still_recorded(
+    make: Make, chunked: bool
+) -> None:
+    dep = make(request_timeout_seconds=1)  # the upload stall timeout stays at 60 s
+    head = (
+        "POST /v1/artifacts?name=stall%2Fx&meta=source%3Dt&meta=license%3Dmit HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {dep.admin_token}\r\n"
+    ).encode()
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s" % (len(ST), ST[:100])
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % len(ST) + ST[:100]
+    with connect(dep.port) as sock:
+        sock.sendall(head)  # and then nothing
+        assert wait_for(lambda: open_connections(pid(dep), dep.port) == 0)
+
+    def recorded() -> bool:
+        return any(
+            r.get("route") == "POST /v1/artifacts" and r.get("error_code") == "request.incomplete"
+            for r in dep.audit_records()
+        )
+
+    assert wait_for(recorded)
+    assert list((dep.dir / "state" / "store" / "tmp").iterdir()) == []
+
+
 # --- many connections ---------------------------------------------------------------------
 
 
