@@ -263,6 +263,9 @@ def test_connections_over_the_cap_get_a_fast_503_when_none_is_idle(make: Make) -
         f"Host: x\r\nAuthorization: Bearer {dep.admin_token}\r\n"
         f"Content-Length: {len(ST)}\r\n\r\n"
     ).encode()
+    # The readiness probe's connection must be gone: at the cap, a connection still in
+    # its request makes the newest, not yet read, connection the one displaced.
+    assert wait_for(lambda: open_connections(pid(dep), dep.port) == 0)
     try:
         for _ in range(4):  # four uploads in flight, each waiting for the rest of its body
             sock = connect(dep.port)

@@ -1,44 +1,30 @@
 """Connection limits for both daemons: the trio adapter around ``assay.core.connlimits``.
 
-Why here and not in hypercorn's settings: hypercorn 0.18's trio server has one timer
-(keep-alive), and under quart-trio it does not even hold. The app's cancel scope is
-cancelled while the app is still inside hypercorn's ``send``, and that cancellation
-lands in the server's own close (``Connection: close`` ignored) and in the restart of
-its idle timer (keep-alive ignored), so an answered connection stays open for good
-(pgjones/hypercorn#330 is the visible half). There is no header read timeout, no
-request timeout and no connection cap at all.
+Why: hypercorn 0.18's trio server has one timer (keep-alive), which under quart-trio
+did not even hold, and no header read timeout, no request timeout and no connection
+cap at all. Each admitted connection here has a ``Guard``: its stream (``GuardedStream``)
+and its app (``assay.core.hypercorn_guard``) report every byte in and out and every wait
+on the client to the connection's clock (``connlimits.Clock``), and a watcher task closes
+the socket once the clock's deadline passes. Closing the socket, rather than cancelling,
+is what also frees a task blocked in hypercorn's shielded ``send_all`` to a client that
+stopped reading; what is stuck elsewhere is cancelled after a grace period.
 
-So each accepted connection is wrapped, in hypercorn's own connection handler (a
-subclass, installed like ``hypercorn_tcp.MAX_RECV`` is raised): its stream counts bytes
-in and out, its app sees when it waits on the client, and a watcher task closes the
-socket once the connection's clock (``connlimits.Clock``) passes its deadline. Closing
-the socket, rather than cancelling, is what also frees a task blocked in hypercorn's
-shielded ``send_all`` to a client that stopped reading. hypercorn's own close and idle
-timer restart run shielded from the app's cancellation (and nothing that can wait on
-the app does), so both work again.
-
-A ``ConnectionTable`` per daemon admits connections up to ``max_connections``
-(TCP and Unix socket together): past it the connection idle longest is closed to
-make room, and only when every connection is inside a request does the newcomer get
-a fixed 503 (``server.busy``, ``Retry-After``) before any of its bytes are read.
+A ``ConnectionTable`` per daemon admits connections up to ``max_connections`` (TCP and
+Unix socket together): past it the connection idle longest is closed to make room, and
+only when every connection is inside a request does the newcomer get a fixed 503
+(``server.busy``, ``Retry-After``) before any of its bytes are read.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
-from typing import Any
 
 import h11
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.events import Closed, Updated
-from hypercorn.events import Event as HyperEvent
-from hypercorn.trio import run as hypercorn_run
-from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay.core import problem
 from assay.core.connlimits import Clock, Limits, pick_eviction
@@ -58,9 +44,6 @@ _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 #: A connection handler a daemon offers each admitted connection before hypercorn:
 #: True when it served the connection (the direct upload transport), False to pass.
 ConnectionHook = Callable[["GuardedStream", "Guard"], Awaitable[bool]]
-
-_TABLE_ATTR = "assay_connections"
-_HOOK_ATTR = "assay_connection_hook"
 
 
 class Guard:
@@ -271,178 +254,3 @@ def busy_response(max_connections: int) -> bytes:
     )
     out = (out or b"") + (conn.send(h11.Data(data=payload)) or b"")
     return out + (conn.send(h11.EndOfMessage()) or b"")
-
-
-class _ClientWaits:
-    """The ASGI ``receive`` an app gets: a wait for request-body bytes is a client wait.
-
-    Once the body has ended, ``receive`` only waits for a disconnect (quart-trio keeps
-    one such call pending for the whole request): that is not waiting on the client.
-    """
-
-    def __init__(self, receive: Callable[[], Awaitable[Any]], guard: Guard) -> None:
-        self._receive = receive
-        self._guard = guard
-        self._body_done = False
-
-    async def __call__(self) -> Any:
-        if self._body_done:
-            m = await self._receive()
-            import sys
-
-            print("DBG late recv", m.get("type"), file=sys.stderr, flush=True)
-            return m
-        with self._guard.client_wait():
-            message = await self._receive()
-        kind = message.get("type")
-        import sys
-
-        print("DBG recv", kind, file=sys.stderr, flush=True)
-        if kind == "http.disconnect" or (kind == "http.request" and not message.get("more_body")):
-            self._body_done = True
-        return message
-
-
-class _WatchedApp:
-    """hypercorn's app wrapper, with each request's ``receive`` and ``send`` watched.
-
-    The app's last body message ends its part of the request: from then on whatever
-    holds the request is transport. That includes hypercorn itself: when the app
-    answered without reading the body (a 401 to a chunked upload), the body fills the
-    app's queue, and hypercorn's read loop and its handling of that last message both
-    wait on the full queue for good, inside this ``send``. The guard's clock runs from
-    the last message, and the guard closes and then cancels the connection.
-    """
-
-    def __init__(self, app: Any, guard: Guard) -> None:
-        self._app = app
-        self._guard = guard
-
-    async def __call__(
-        self, scope: MutableMapping[str, Any], receive: Any, send: Any, *args: Any
-    ) -> None:
-        if scope.get("type") != "http":
-            await self._app(scope, receive, send, *args)
-            return
-        guard = self._guard
-
-        async def watched_send(message: MutableMapping[str, Any]) -> None:
-            if message.get("type") == "http.response.body" and not message.get("more_body"):
-                guard.app_finished()
-            await send(message)
-
-        try:
-            await self._app(scope, _ClientWaits(receive, guard), watched_send, *args)
-        finally:
-            guard.app_finished()
-
-
-async def _no_protocol_switch(_request: h11.Request) -> None:
-    """In place of hypercorn's check for ``PRI * HTTP/2.0`` and ``Upgrade: h2c``: the
-    daemons speak HTTP/1.1 only (``alpn_protocols``), in cleartext too. Over h2 one
-    connection carries up to 100 requests at once and a download can stall on h2 flow
-    control, where neither the connection cap nor the request timeout could see it. The
-    upgrade is ignored, as RFC 9110 allows; the preface is an HTTP/1.1 request like any."""
-
-
-class GuardedTCPServer(hypercorn_tcp.TCPServer):
-    """hypercorn's connection handler under the daemon's ``ConnectionTable``."""
-
-    _guard: Guard | None = None
-    _protocol: Any = None
-
-    @property
-    def protocol(self) -> Any:
-        return self._protocol
-
-    @protocol.setter
-    def protocol(self, wrapper: Any) -> None:
-        # hypercorn makes its ProtocolWrapper inside ``run``; its HTTP/1.1 protocol is
-        # the one place that would switch the connection to h2.
-        inner: Any = getattr(wrapper, "protocol", None)
-        if self._guard is not None and hasattr(inner, "_check_protocol"):
-            inner._check_protocol = _no_protocol_switch
-        self._protocol = wrapper
-
-    async def run(self) -> None:
-        table = getattr(self.config, _TABLE_ATTR, None)
-        raw = self.stream
-        if not isinstance(table, ConnectionTable) or not isinstance(raw, trio.SocketStream):
-            await super().run()
-            return
-        guard = table.admit(raw.socket)
-        if guard is None:
-            await table.refuse(raw)
-            return
-        self._guard = guard
-        stream = GuardedStream(raw, guard)
-        self.stream = stream
-        self.app = _WatchedApp(self.app, guard)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(guard.watch, nursery.cancel_scope)
-                try:
-                    hook = getattr(self.config, _HOOK_ATTR, None)
-                    if hook is None or not await hook(stream, guard):
-                        await super().run()
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            table.release(guard)
-            guard.close(guard.closed_because or "done")
-
-    async def _read_data(self) -> None:
-        try:
-            await super()._read_data()
-        finally:
-            # The client has gone (EOF, reset, or the guard closed it): nothing is left
-            # to time. hypercorn's idle timer would otherwise keep the connection, its
-            # descriptor and its slot until the keep-alive timeout, as its task group
-            # waits for the timer before the socket is closed.
-            with trio.CancelScope(shield=True):
-                await self.idle_task.stop()
-
-    async def protocol_send(self, event: HyperEvent) -> None:
-        if isinstance(event, Closed):
-            # hypercorn closes the connection here, often from inside the app's send,
-            # whose scope quart-trio has already cancelled as the answer completes: the
-            # close itself is shielded (it is bounded: EOF and close, no waiting). Telling
-            # the protocol is not: it can wait on the app's queue, and must stay
-            # cancellable for the guard and for shutdown.
-            with trio.CancelScope(shield=True):
-                await self._close()
-            await self.protocol.handle(Closed())
-            return
-        if isinstance(event, Updated):
-            if self._guard is not None:
-                if event.idle:
-                    self._guard.answered()
-                else:
-                    self._guard.head_complete()
-            # Restarting or stopping the idle timer: shielded for the same reason, and
-            # bounded (a lock held only by other restarts, a task start).
-            with trio.CancelScope(shield=True):
-                await super().protocol_send(event)
-            return
-        await super().protocol_send(event)  # data: hypercorn shields the write itself
-
-
-def install(hc: HyperConfig, limits: Limits) -> ConnectionTable:
-    """Serve this config's connections under a new ``ConnectionTable`` of ``limits``.
-
-    hypercorn has no hook for this, so its trio worker's connection class is replaced by
-    the subclass above; the table is looked up on the config, so two daemons in one
-    process keep their own.
-    """
-    if not hasattr(hypercorn_run, "TCPServer"):
-        # Fail closed: without the guard no connection limit would hold.
-        raise RuntimeError("this hypercorn has no trio TCPServer to guard")
-    table = ConnectionTable(limits)
-    setattr(hc, _TABLE_ATTR, table)
-    hypercorn_run.TCPServer = GuardedTCPServer
-    return table
-
-
-def set_hook(hc: HyperConfig, hook: ConnectionHook) -> None:
-    """Offer each admitted connection of this config to ``hook`` before hypercorn."""
-    setattr(hc, _HOOK_ATTR, hook)

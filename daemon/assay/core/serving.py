@@ -16,7 +16,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from assay.core import connections, logsetup
+from assay.core import hypercorn_guard, logsetup
 from assay.core.audit.writer import AuditWriter
 from assay.core.connlimits import Limits
 from assay.core.schema import ServerConfig
@@ -35,8 +35,8 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     # ``assay.core.asgi.HeaderCap``; h11's bound on *incomplete* data is only a memory
     # backstop above it, because when it fires hypercorn answers a bare, unaudited 400.
     hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
-    # The connection guard (``assay.core.connections``) enforces keep-alive, header and
-    # request timeouts and the connection cap. hypercorn's own idle timer runs from a
+    # The connection guard (``assay.core.hypercorn_guard``) enforces the keep-alive, header
+    # read and request timeouts and the connection cap. hypercorn's own idle timer runs from a
     # connection's start to its first complete head, so it is set past the guard's
     # keep-alive plus header read time, never cutting a head the guard still allows.
     hc.keep_alive_timeout = server.keep_alive_timeout_seconds + server.header_read_timeout_seconds
@@ -46,7 +46,7 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     hc.accesslog = None
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
-    connections.install(hc, connection_limits(server))
+    hypercorn_guard.install(hc, connection_limits(server))
     return hc
 
 

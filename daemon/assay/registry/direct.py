@@ -35,7 +35,7 @@ import h11
 import trio
 from hypercorn.config import Config as HyperConfig
 
-from assay.core import connections
+from assay.core import hypercorn_guard
 from assay.core.asgi import ASGIApp
 from assay.core.connections import Guard, GuardedStream
 from assay.core.errors import BadRequest
@@ -291,4 +291,4 @@ async def _linger(stream: GuardedStream, remaining: int) -> None:
 
 def install(hc: HyperConfig, direct: DirectUpload) -> None:
     """Offer this config's admitted connections to ``direct`` before hypercorn."""
-    connections.set_hook(hc, direct.try_serve)
+    hypercorn_guard.set_hook(hc, direct.try_serve)
