@@ -23,6 +23,7 @@ from tests.e2e.wire import (
     closed_by_peer,
     connect,
     connect_unix,
+    fd_count,
     open_connections,
     response,
     settled,
@@ -232,13 +233,23 @@ def test_stalled_upload_is_cut_after_the_request_timeout_and_still_recorded(
 # --- many connections ---------------------------------------------------------------------
 
 
-def test_idle_connections_cannot_starve_an_authenticated_request(make: Make) -> None:
-    dep = make(
-        nofile=256,  # fewer descriptors than the attack's connections
-        max_connections=64,
-        keep_alive_timeout_seconds=120,
-        header_read_timeout_seconds=120,
-    )
+@pytest.mark.parametrize("cap", [64, None], ids=["configured-cap", "default-cap-fitted"])
+def test_idle_connections_cannot_starve_an_authenticated_request(
+    make: Make, cap: int | None
+) -> None:
+    """300 connections without a request against a daemon with 256 descriptors. With the
+    default cap (256) the daemon lowers it to what 256 descriptors allow (96), else the
+    descriptors run out before the cap binds and accept fails instead."""
+    keys: dict[str, object] = {
+        "keep_alive_timeout_seconds": 120,
+        "header_read_timeout_seconds": 120,
+    }
+    if cap is not None:
+        keys["max_connections"] = cap
+    dep = make(nofile=256, **keys)  # fewer descriptors than the attack's connections
+    effective = cap or (256 - 64) // 2
+    assert wait_for(lambda: open_connections(pid(dep), dep.port) == 0)
+    baseline_fds = fd_count(pid(dep))
     held: list[socket.socket] = []
     try:
         for i in range(300):  # half silent, half a head that never ends
@@ -249,7 +260,10 @@ def test_idle_connections_cannot_starve_an_authenticated_request(make: Make) -> 
         with dep.client() as c:
             r = c.get("/v1/status", headers={"Connection": "close"})
             assert r.status_code == 200, r.text
-        assert settled(lambda: open_connections(pid(dep), dep.port)) <= 64
+        assert settled(lambda: open_connections(pid(dep), dep.port)) <= effective
+        assert fd_count(pid(dep)) <= baseline_fds + effective  # every descriptor
+        if cap is None:
+            assert "serving at most 96 connections" in dep.stderr()
     finally:
         for sock in held:
             sock.close()

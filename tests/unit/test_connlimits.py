@@ -11,7 +11,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assay.core.connlimits import Clock, Limits, Phase, pick_eviction
+from assay.core.connlimits import (
+    Clock,
+    Limits,
+    Phase,
+    descriptors_wanted,
+    fit_to_descriptors,
+    pick_eviction,
+)
 
 LIMITS = Limits(max_connections=8, keep_alive=5.0, header_read=10.0, request=60.0)
 
@@ -150,3 +157,15 @@ def test_after_the_app_finished_only_the_transport_holds_the_request_and_it_is_t
     clock.received(152.0, 1)
     clock.head_complete(153.0)
     assert clock.deadline() is None  # the next request starts without the old state
+
+
+@given(st.integers(1, 65536), st.integers(0, 1 << 20))
+def test_the_cap_always_fits_the_descriptor_limit(cap: int, nofile: int) -> None:
+    limits = Limits(max_connections=cap, keep_alive=5.0, header_read=10.0, request=60.0)
+    fitted = fit_to_descriptors(limits, nofile)
+    assert 1 <= fitted.max_connections <= cap
+    if nofile >= descriptors_wanted(limits):
+        assert fitted == limits  # room enough: untouched
+    elif fitted.max_connections > 1:
+        assert descriptors_wanted(fitted) <= nofile  # lowered only as far as needed
+        assert descriptors_wanted(Limits(fitted.max_connections + 1, 5.0, 10.0, 60.0)) > nofile

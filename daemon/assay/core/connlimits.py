@@ -29,8 +29,15 @@ a request is the new one refused (a fast 503).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+
+#: Descriptors one connection may hold besides its socket: the object it is being
+#: served, or an upload's temp file.
+FDS_PER_CONNECTION = 2
+#: Descriptors kept for everything else: listeners, the audit log, the database, the
+#: event loop, worker threads, the refusals being answered.
+FD_RESERVE = 64
 
 
 class Phase(Enum):
@@ -116,6 +123,23 @@ class Clock:
         self.phase = phase
         self.since = now
         self.app_done = False
+
+
+def descriptors_wanted(limits: Limits) -> int:
+    return limits.max_connections * FDS_PER_CONNECTION + FD_RESERVE
+
+
+def fit_to_descriptors(limits: Limits, nofile: int) -> Limits:
+    """``limits`` with ``max_connections`` lowered to what ``nofile`` descriptors allow.
+
+    Why: past the descriptor limit ``accept`` fails (EMFILE) before the cap is reached,
+    and then no connection can be admitted by displacing an idle one: the cap must bind
+    first for idle connections not to starve a request.
+    """
+    most = max(1, (nofile - FD_RESERVE) // FDS_PER_CONNECTION)
+    if limits.max_connections <= most:
+        return limits
+    return replace(limits, max_connections=most)
 
 
 def pick_eviction(clocks: Sequence[Clock]) -> int | None:

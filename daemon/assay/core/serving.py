@@ -8,6 +8,7 @@ Socket activation wins over the configured bind: systemd owns the socket.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from assay.core import hypercorn_guard, logsetup
 from assay.core.audit.writer import AuditWriter
-from assay.core.connlimits import Limits
+from assay.core.connlimits import Limits, descriptors_wanted, fit_to_descriptors
 from assay.core.schema import ServerConfig
 from assay.core.systemd import Notifier, listen_fds
 
 H11_BACKSTOP_BYTES = 1024 * 1024
+
+log = logging.getLogger("assay.serving")
 
 
 def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -> HyperConfig:
@@ -46,8 +49,40 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     hc.accesslog = None
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
-    hypercorn_guard.install(hc, connection_limits(server))
+    hypercorn_guard.install(hc, fitted_limits(connection_limits(server)))
     return hc
+
+
+def fitted_limits(limits: Limits) -> Limits:
+    """The limits, with ``max_connections`` within this process's descriptor limit.
+
+    The soft limit is raised toward the hard one first; if that is still short, the cap
+    is lowered and the operator told, because a cap above the descriptor limit never
+    binds (``connlimits.fit_to_descriptors``).
+    """
+    fitted = fit_to_descriptors(limits, descriptor_limit(descriptors_wanted(limits)))
+    if fitted != limits:
+        log.warning(
+            "server.max_connections %d needs %d file descriptors, RLIMIT_NOFILE allows %d: "
+            "serving at most %d connections",
+            limits.max_connections, descriptors_wanted(limits),
+            descriptor_limit(0), fitted.max_connections,
+        )  # fmt: skip
+    return fitted
+
+
+def descriptor_limit(wanted: int) -> int:
+    """RLIMIT_NOFILE's soft limit, raised to ``wanted`` first where the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and soft < wanted:
+        target = wanted if hard == unlimited else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    return 1 << 30 if soft == unlimited else soft
 
 
 def connection_limits(server: ServerConfig) -> Limits:
