@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
-#: Descriptors one connection may hold besides its socket: the object it is being
-#: served, or an upload's temp file.
-FDS_PER_CONNECTION = 2
+#: Descriptors one connection may hold: its socket, and the object it is being served
+#: or an upload's temp file (open for writing, and for reading back to inspect it).
+FDS_PER_CONNECTION = 3
 #: Descriptors kept for everything else: listeners, the audit log, the database, the
 #: event loop, worker threads, the refusals being answered.
 FD_RESERVE = 64
