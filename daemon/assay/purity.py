@@ -13,6 +13,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.problem",
     "assay.core.schema",
     "assay.core.strict_yaml",
+    "assay.core.connlimits",
     "assay.registry.errors",
     "assay.registry.states",
     "assay.registry.policy",

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Response, g, request
@@ -21,12 +21,14 @@ from quart_trio import QuartTrio
 
 from assay import __version__
 from assay.core import web
+from assay.core.asgi import ASGIApp
 from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
 from assay.registry import bodies
 from assay.registry.digests import parse_digest
+from assay.registry.download import OpenObject, ReleaseAtEnd, own
 from assay.registry.service import Registry
 from assay.registry.states import Action
 from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
@@ -134,6 +136,9 @@ def create_app(
     receipt_hook: ReceiptHook | None = None,
 ) -> QuartTrio:
     app = QuartTrio("assay.registry")
+    # Whatever a request's handler owns (a download's open file) is closed when its ASGI
+    # call returns, however the request ended (``assay.registry.download``).
+    app.asgi_app = cast(Any, ReleaseAtEnd(cast(ASGIApp, app.asgi_app)))  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = True
@@ -305,9 +310,22 @@ def create_app(
         art, fd = await registry.open_consumable(
             digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
         )
-        resp = Response(
-            _serve(registry, art.digest, fd), status=200, content_type="application/octet-stream"
-        )
+        # No checkpoint between the open and here: the request owns the descriptor from
+        # now on, and it is closed when the request ends even if the body never runs.
+        obj = OpenObject(fd)
+        own(request.scope, obj)
+        if request.method == "HEAD":
+            obj.close()  # the length is known; HEAD reads and hashes nothing
+            resp = Response(b"", status=200, content_type="application/octet-stream")
+        else:
+            resp = Response(
+                _serve(registry, art.digest, obj),
+                status=200,
+                content_type="application/octet-stream",
+            )
+            # Not Quart's 60 s response timeout: a 70 GB download takes longer. A client
+            # that stops taking bytes is cut by the server's request timeout instead.
+            resp.timeout = None
         resp.headers["Content-Length"] = str(art.size)
         resp.headers["Digest"] = art.digest
         return resp
@@ -324,12 +342,12 @@ def create_app(
     return app
 
 
-async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[bytes]:
+async def _serve(registry: Registry, digest: str, obj: OpenObject) -> AsyncIterator[bytes]:
     """Yield chunks while hashing, always holding the last one back until the hash checks."""
     h = hashlib.sha256()
     pending: bytes | None = None
     try:
-        while chunk := await trio.to_thread.run_sync(os.read, fd, SERVE_CHUNK):
+        while chunk := await trio.to_thread.run_sync(os.read, obj.fd, SERVE_CHUNK):
             h.update(chunk)
             if pending is not None:
                 yield pending
@@ -344,7 +362,7 @@ async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[byte
         if pending is not None:
             yield pending
     finally:
-        os.close(fd)
+        obj.close()
 
 
 #: A listing page: the default, and the most one request may ask for.

@@ -134,14 +134,13 @@ async def run(
     asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
-    direct_upload.install(
-        hc,
-        direct_upload.DirectUpload(
-            asgi,
-            first_byte_timeout=cfg.server.keep_alive_timeout_seconds,
-            read_timeout=cfg.registry.upload_stall_timeout_seconds,
-        ),
-    )
+    if cfg.registry.direct_upload:
+        direct_upload.install(
+            hc,
+            direct_upload.DirectUpload(
+                asgi, read_timeout=cfg.registry.upload_stall_timeout_seconds
+            ),
+        )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
