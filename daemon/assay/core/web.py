@@ -20,6 +20,7 @@ from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from assay.core import problem
+from assay.core.audit.bounds import bound
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, AuditWriteFailed, ScopeDenied
 from assay.core.tokens import Principal
@@ -30,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 PURPOSE_HEADER = "x-purpose"
 MAX_PURPOSE_CHARS = 200
+MAX_REQUEST_ID_CHARS = 64
 
 
 class AuditSink(Protocol):
@@ -88,8 +90,17 @@ def route_template() -> str:
 
 
 def purpose() -> str | None:
-    value = request.headers.get(PURPOSE_HEADER)
+    return purpose_of(request.headers.get(PURPOSE_HEADER))
+
+
+def purpose_of(value: str | None) -> str | None:
+    """What a record keeps of an ``X-Purpose`` header (the relay refuses longer ones)."""
     return value[:MAX_PURPOSE_CHARS] if value else None
+
+
+def request_id_of(value: str | None) -> str:
+    """The client's ``X-Request-Id`` (its first 64 characters), else a fresh one."""
+    return (value or "")[:MAX_REQUEST_ID_CHARS] or secrets.token_hex(8)
 
 
 def base_fields(
@@ -97,30 +108,36 @@ def base_fields(
     audit: RequestAudit,
     status: int,
     error_code: str | None,
-    route: str,
+    route: str | None,
     request_id: str,
     params: list[str],
     purpose_value: str | None,
 ) -> dict[str, Any]:
-    """The shared record shape; also used by non-Quart adapters (the upload path)."""
+    """The shared record shape; also used by non-Quart adapters (the upload path).
+
+    Built through ``bounds.bound``: whatever the attacker put in the path, the query or
+    the headers, the record is one the log accepts (shortened and marked, never refused).
+    """
     decision = audit.decision or ("allow" if status < 400 else "deny" if status < 500 else "error")
-    return {
-        "request_id": request_id,
-        "principal": principal.id if principal else None,
-        "auth_mode": principal.auth_mode if principal else "none",
-        "action": audit.action,
-        "route": route,
-        "target": audit.target,
-        "from_state": audit.from_state,
-        "to_state": audit.to_state,
-        "decision": decision,
-        "reasons": list(audit.reasons),
-        "status": status,
-        "error_code": error_code,
-        "params": params,
-        "purpose": purpose_value,
-        "extra": dict(audit.extra),
-    }
+    return bound(
+        {
+            "request_id": request_id,
+            "principal": principal.id if principal else None,
+            "auth_mode": principal.auth_mode if principal else "none",
+            "action": audit.action,
+            "route": route,
+            "target": audit.target,
+            "from_state": audit.from_state,
+            "to_state": audit.to_state,
+            "decision": decision,
+            "reasons": list(audit.reasons),
+            "status": status,
+            "error_code": error_code,
+            "params": params,
+            "purpose": purpose_value,
+            "extra": audit.extra,
+        }
+    )
 
 
 def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> None:
@@ -172,9 +189,8 @@ def install(
             lowered[lk] = v
             if lk not in first:
                 first[lk] = v
-        g.request_id = first.get("x-request-id", "")[:64] or secrets.token_hex(8)
-        purpose_value = first.get(PURPOSE_HEADER)
-        g.purpose = purpose_value[:MAX_PURPOSE_CHARS] if purpose_value else None
+        g.request_id = request_id_of(first.get("x-request-id"))
+        g.purpose = purpose_of(first.get(PURPOSE_HEADER))
         g.started = time.monotonic()
         g.audit = RequestAudit()
         g.principal = None

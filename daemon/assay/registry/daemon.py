@@ -22,7 +22,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup, serving
+from assay.core import logsetup, refusals, serving
 from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
@@ -130,6 +130,7 @@ async def run(
     asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
+    refusals.install(hc, audit.writer)
     direct_upload.install(
         hc,
         direct_upload.DirectUpload(

@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from assay import __version__
-from assay.core import logsetup, serving
+from assay.core import logsetup, refusals, serving
 from assay.core.asgi import ASGIApp, HeaderCap
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.serving import hypercorn_config as core_hypercorn_config
@@ -89,7 +89,9 @@ async def run(
             audit=audit.writer,
         )
         drained = trio.Event()
-        serve = partial(serving.serve, asgi, hypercorn_config(loaded), shutdown, drained)
+        hc = hypercorn_config(loaded)
+        refusals.install(hc, audit.writer)
+        serve = partial(serving.serve, asgi, hc, shutdown, drained)
         binds: list[str] = await nursery.start(serve)
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
