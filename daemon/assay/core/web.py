@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from assay.core import problem
 from assay.core.audit.bounds import bound
 from assay.core.authn import Authenticator
-from assay.core.errors import AssayError, AuditWriteFailed, ScopeDenied
+from assay.core.errors import AssayError, AuditWriteFailed, AuthError, ScopeDenied
 from assay.core.tokens import Principal
 
 log = logging.getLogger("assay.http")
@@ -140,9 +140,21 @@ def base_fields(
     )
 
 
-def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> None:
+#: Which checks (and which of their details) a caller may see; None: only the summary.
+Details = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def add_health_routes(
+    app: Quart, readiness: Callable[[], dict[str, Any]], details: Details
+) -> None:
     """``/healthz`` (liveness) and ``/readyz`` (named readiness checks): the only public
-    routes, the same in every component so systemd and operators probe them alike."""
+    routes, the same in every component so systemd and operators probe them alike.
+
+    Public, so ``/readyz`` tells anyone only ``{"ready", "failing"}``: whether the daemon
+    is ready and the names of the checks that fail. The details (paths, free bytes, the
+    audit head, table digests) move as the daemon works and describe its host, so they
+    are added as ``checks`` only for a caller whose credential ``details`` accepts.
+    """
 
     @app.get("/healthz")
     @public
@@ -155,9 +167,39 @@ def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> No
     async def readyz() -> Response:
         """Readiness: every named check (store, audit, config, tables...) passes."""
         checks = readiness()
-        ok = all(c.get("ok") for c in checks.values())
-        body = json.dumps({"ready": ok, "checks": checks}, sort_keys=True)
-        return Response(body, status=200 if ok else 503, content_type="application/json")
+        failing = sorted(name for name, c in checks.items() if not c.get("ok"))
+        out: dict[str, Any] = {"ready": not failing, "failing": failing}
+        shown = details(checks)
+        if shown is not None:
+            out["checks"] = shown
+        current_audit().extra["details"] = shown is not None
+        body = json.dumps(out, sort_keys=True)
+        return Response(body, status=503 if failing else 200, content_type="application/json")
+
+
+def optional_principal(authenticator: Authenticator) -> Principal | None:
+    """The caller, if it presented a credential that authenticates; else None, no error.
+
+    For the public health routes: a probe with a stale or missing credential is still
+    answered (the summary), never refused; a good one is recorded as the principal.
+    """
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        principal = authenticator.authenticate(headers)
+    except AuthError:
+        return None
+    g.principal = principal
+    return principal
+
+
+def scoped_details(authenticator: Authenticator, scope: str) -> Details:
+    """Every check in full, for a caller holding ``scope``."""
+
+    def details(checks: dict[str, Any]) -> dict[str, Any] | None:
+        principal = optional_principal(authenticator)
+        return checks if principal is not None and scope in principal.scopes else None
+
+    return details
 
 
 def install(

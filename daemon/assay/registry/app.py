@@ -31,6 +31,7 @@ from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
 from assay.registry.validate import check_name
 
 SERVE_CHUNK = 1024 * 1024
+READINESS_SCOPE = "artifacts:read"
 MAX_REASON_CHARS = 500
 
 #: Hook that turns a mutation's audit record into response headers (receipts).
@@ -178,7 +179,8 @@ def create_app(
             resp.headers[k] = v
         return resp
 
-    web.add_health_routes(app, readiness)
+    #: Readiness details describe the host (paths, free bytes, the audit head): readers only.
+    web.add_health_routes(app, readiness, web.scoped_details(authenticator, READINESS_SCOPE))
 
     @app.get("/v1/status")
     @requires("artifacts:read")
