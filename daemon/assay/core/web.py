@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from quart import Quart, Response, g, request
+from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from assay.core import problem
@@ -202,6 +202,41 @@ def scoped_details(authenticator: Authenticator, scope: str) -> Details:
     return details
 
 
+@dataclass(frozen=True)
+class _Edge:
+    """What ``record_request`` needs from ``install``: the sink and the params reader."""
+
+    audit: AuditSink
+    params: Callable[[], list[str]]
+
+
+_EDGE = "assay.edge"
+
+
+def _request_fields(status: int, error_code: str | None = None) -> dict[str, Any]:
+    edge: _Edge = current_app.extensions[_EDGE]
+    return base_fields(
+        g.get("principal"),
+        g.get("audit") or RequestAudit(),
+        status,
+        error_code,
+        route_template(),
+        g.get("request_id", ""),
+        edge.params(),
+        g.purpose if "purpose" in g else purpose(),
+    )
+
+
+async def record_request(status: int) -> Mapping[str, Any]:
+    """Write this request's one record *now*, as ``status``, before the handler's side
+    effects (verify, sweep): if it cannot be written (``AuditWriteFailed``, a 503), the
+    handler stops and nothing changed. The edge then writes no second record."""
+    edge: _Edge = current_app.extensions[_EDGE]
+    record = await edge.audit.append(_request_fields(status))
+    current_audit().written = record
+    return record
+
+
 def install(
     app: Quart,
     *,
@@ -216,6 +251,8 @@ def install(
         if param_names is not None:
             return param_names()
         return sorted({f"{k}:eq" for k in request.args})
+
+    app.extensions[_EDGE] = _Edge(audit, params)
 
     @app.before_request
     async def _authenticate() -> None:
@@ -305,16 +342,7 @@ def install(
             audit_state = RequestAudit()
         if audit_state.written is not None:
             return response
-        fields = base_fields(
-            g.get("principal"),
-            audit_state,
-            response.status_code,
-            g.get("error_code"),
-            route_template(),
-            g.get("request_id", ""),
-            params(),
-            g.purpose if "purpose" in g else purpose(),
-        )
+        fields = _request_fields(response.status_code, g.get("error_code"))
         try:
             record = await audit.append(fields)
         except AuditWriteFailed as exc:

@@ -6,11 +6,12 @@ Split from ``service.py`` by concern; the ordering rule is in ``base.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
 
+from assay.core.errors import StorageError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.db import Artifact
@@ -19,6 +20,9 @@ from assay.registry.errors import NotTrusted, StoredBytesCorrupt
 from assay.registry.states import State
 
 log = logging.getLogger("assay.registry")
+
+#: Writes the request's own record, given the check's result, before anything changes.
+RecordRequest = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any]]]
 
 
 class IntegrityOps(RegistryBase):
@@ -85,31 +89,46 @@ class IntegrityOps(RegistryBase):
         route: str | None = None,
         request_id: str | None = None,
         status: int | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        record_request: RecordRequest | None = None,
+    ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
-        Returns the result and, when the integrity changed, the record of that change
-        (for a verify request it is the request's one record, with ``status``).
+        Returns the result and the request's record when this call wrote it: the record
+        of the integrity change (with ``status``), or else the one ``record_request``
+        writes. Either way it is durable before anything changes: if it cannot be
+        written, the check changes nothing.
         """
         async with self._lock(parse_digest(digest)):
             art = self.get(digest)
             if art.state == State.DELETED:
                 return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
-            # Step VER-1 (re-hash): the stored bytes, read from disk now.
+            # Step VER-1 (re-hash): the stored bytes, read from disk now. Reads only.
             actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
             ok = actual == art.digest
             result = {"digest": art.digest, "ok": ok, "actual": actual}
-            # Step VER-2 (record a change): failed <-> ok is a state change with a record.
+            # Step VER-2 (record a change): failed <-> ok is a state change with a record,
+            # durable before the database changes; for a request it is its one record.
             if (art.integrity == "ok") != ok:
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
                     status=status,
                 )  # fmt: skip
                 return result, record
-            # Step VER-3 (no change): only the time of the last check moves.
-            updated = await self._db(self.db.touch_verified, art, now())
-            self.artifacts[art.digest] = updated
-            return result, None
+            # Step VER-3 (no change): the request's record first, then only the time of
+            # the last check moves.
+            written = await record_request(result) if record_request is not None else None
+            await self._touch(art)
+            return result, written
+
+    async def _touch(self, art: Artifact) -> None:
+        """Move ``last_verified_at``. Its failure is logged, not raised: the check did
+        happen (its record may already say so), only its time is not kept."""
+        try:
+            self.artifacts[art.digest] = await self._db(self.db.touch_verified, art, now())
+        except StorageError as exc:
+            log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
+                "could not store the time of the check of %s: %s", art.digest, exc.detail
+            )
 
     async def sweep(
         self,
@@ -118,33 +137,49 @@ class IntegrityOps(RegistryBase):
         principal: Principal | None = None,
         route: str | None = None,
         request_id: str | None = None,
+        record_request: RecordRequest | None = None,
     ) -> dict[str, Any]:
         """Verify every stored artifact; returns counts and the failures.
 
-        Each integrity change is its own record (one per artifact, carrying the request
-        id of a sweep asked for over HTTP), besides the sweep request's own record.
+        In two phases, so that a sweep asked for over HTTP changes nothing unless its
+        request's record (``record_request``, given the counts) is durable first: every
+        artifact is re-hashed (reads only), the record is written, and only then are the
+        findings applied. Each integrity change is also its own record (carrying the
+        request id), durable before its database change.
         """
         started = now()
         digests = sorted(self.artifacts)
-        failed: list[str] = []
-        checked = 0
+        found: list[tuple[Artifact, str]] = []
+        # Step SWP-1 (re-hash): every stored artifact, under its lock; nothing changes.
         for i, digest in enumerate(digests):
-            result, _record = await self.verify(
-                digest, principal=principal, route=route, request_id=request_id
-            )
-            if "skipped" not in result:
-                checked += 1
-            if not result["ok"]:
-                failed.append(digest)
+            async with self._lock(digest):
+                art = self.artifacts.get(digest)
+                if art is not None and art.state != State.DELETED:
+                    actual, _size = await trio.to_thread.run_sync(self.store.rehash, digest)
+                    found.append((art, actual))
             if progress is not None:
                 progress(i + 1, len(digests))
-        self.last_sweep = {
-            "started": started,
-            "finished": now(),
-            "checked": checked,
-            "failed": failed,
-        }
-        self._events("sweep", {"checked": checked, "failed": len(failed)})
+        failed = [art.digest for art, actual in found if actual != art.digest]
+        summary: dict[str, Any] = {"started": started, "checked": len(found), "failed": failed}
+        # Step SWP-2 (the request's record): if it cannot be written, nothing is applied.
+        if record_request is not None:
+            await record_request(summary)
+        # Step SWP-3 (apply): per artifact, under its lock, unless a newer check or change
+        # moved its integrity meanwhile (that one saw fresher bytes).
+        for seen, actual in found:
+            async with self._lock(seen.digest):
+                art = self.artifacts.get(seen.digest)
+                if art is None or art.state == State.DELETED or art.integrity != seen.integrity:
+                    continue
+                ok = actual == art.digest
+                if (art.integrity == "ok") != ok:
+                    await self._integrity_changed(
+                        art, "ok" if ok else "failed", actual, principal, route, request_id
+                    )
+                else:
+                    await self._touch(art)
+        self.last_sweep = summary | {"finished": now()}
+        self._events("sweep", {"checked": len(found), "failed": len(failed)})
         return self.last_sweep
 
     async def mark_corrupt_while_serving(
