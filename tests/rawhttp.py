@@ -30,14 +30,16 @@ class RawResponse:
         return json.loads(self.body)
 
 
-def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse | None:
+def exchange(port: int, data: bytes, *, timeout: float = 5.0) -> RawResponse | None:
     """Send ``data``; the first response, parsed, or None if the server closed without one.
 
     No half-close: hypercorn takes EOF from the client as the client leaving, and may
     drop the answer.
     """
     conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    # The answer's framing depends on the method asked (HEAD: a head, never a body).
+    method = "HEAD" if data.startswith(b"HEAD ") else "GET"
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
     conn.send(h11.EndOfMessage())
     status, headers, body = 0, {}, bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
