@@ -9,13 +9,15 @@ leave exactly one record, and the log must still verify.
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Deployment, init_deployment, run_cli
+from tests.conftest import Deployment, init_deployment, run_cli, upload
 from tests.e2e.test_audit_daemon_coverage import artifact
 from tests.rawhttp import exchange, request
 
@@ -254,3 +256,32 @@ def test_readiness_details_need_the_read_scope(dep: Deployment) -> None:
     with dep.client("not-a-token") as c:  # a bad credential is not an error on a probe
         shown = c.get("/readyz")
         assert shown.status_code == 200 and "checks" not in shown.json()
+
+
+# -- hanging up ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", [b"POST /v1/sweep", b"POST /v1/artifacts/{d}/verify"])
+def test_a_client_that_hangs_up_right_after_asking_still_leaves_a_record(
+    dep: Deployment, route: bytes
+) -> None:
+    """Quart cancels a handler when its client leaves; the record used to go with it."""
+    with dep.client() as c:
+        r = upload(c, artifact(500 + len(route)), name="m/hangup")
+        assert r.status_code in (200, 201), r.text
+        digest = r.json()["artifact"]["digest"]
+    method, path = route.replace(b"{d}", digest.encode()).split(b" ")
+    auth = (b"Authorization", b"Bearer " + dep.admin_token.encode())
+    before = record_count(dep)
+    for i in range(3):
+        rid = (b"X-Request-Id", b"hangup-%d" % i)
+        with socket.create_connection(("127.0.0.1", dep.port)) as sock:
+            sock.sendall(request(method, path, [auth, rid]))  # and close at once, unread
+    wanted = {f"hangup-{i}" for i in range(3)}
+    for _ in range(200):  # bounded: the handlers finish on their own
+        if record_count(dep) >= before + 3:
+            break
+        time.sleep(0.05)
+    got = {r["request_id"] for r in dep.audit_records()[-3:]}
+    assert got == wanted
+    verify_log(dep)

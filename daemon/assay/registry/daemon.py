@@ -23,7 +23,7 @@ from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
 from assay.core import logsetup, refusals, serving
-from assay.core.asgi import ASGIApp, HeaderCap
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
@@ -119,7 +119,7 @@ async def run(
         receipt_hook=audit.receipt_headers,
     )
     upload = UploadAdapter(
-        cast(ASGIApp, app),
+        RecordBeforeDisconnect(cast(ASGIApp, app)),
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,

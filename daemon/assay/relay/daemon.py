@@ -22,7 +22,7 @@ from hypercorn.config import Config as HyperConfig
 
 from assay import __version__
 from assay.core import logsetup, refusals, serving
-from assay.core.asgi import ASGIApp, HeaderCap
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
@@ -84,7 +84,7 @@ async def run(
         for state in parts.store.tables():
             nursery.start_soon(parts.store.watch, state)
         asgi = HeaderCap(
-            cast(ASGIApp, parts.app),
+            RecordBeforeDisconnect(cast(ASGIApp, parts.app)),
             max_header_bytes=cfg.server.max_header_bytes,
             audit=audit.writer,
         )
