@@ -203,6 +203,24 @@ def test_a_request_the_parser_refuses_still_leaves_a_record(dep: Deployment, nam
     verify_log(dep)
 
 
+@pytest.mark.parametrize("path", [b"/v1/sweep", b"/nowhere", b"/v1/artifacts?name=m/x"])
+def test_a_body_the_parser_refuses_leaves_exactly_one_record(dep: Deployment, path: bytes) -> None:
+    """The head reached the app before the bad chunk: the app's record is the one."""
+    auth = (b"Authorization", b"Bearer " + dep.admin_token.encode())
+    raw = request(b"POST", path, [auth, (b"Transfer-Encoding", b"chunked")]) + b"zz\r\nabc\r\n"
+    before = record_count(dep)
+    got = exchange(dep.port, raw)
+    assert got is not None and got.status == 400, got
+    assert got.headers["content-type"] == "application/problem+json"
+    for _ in range(200):  # bounded: the app's handler finishes on its own
+        if record_count(dep) > before:
+            break
+        time.sleep(0.05)
+    # A refusal's own record would be there before the answer: the first is the app's.
+    rec = one_new_record(dep, before)
+    assert rec["action"] != "http.refused" and rec["route"].startswith("POST /")
+
+
 def test_a_header_line_the_parser_refuses_is_not_copied_into_the_record(dep: Deployment) -> None:
     """h11's message quotes the bad line: a bearer token in it must not reach the log."""
     secret = "assay_" + "s" * 40

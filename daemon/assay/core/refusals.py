@@ -17,6 +17,10 @@ an ``except`` block). ``hypercorn.protocol.H11Protocol``, the name each connecti
 ``ProtocolWrapper`` builds, is pointed at the subclass; the handler itself is looked up
 on hypercorn's config, so two daemons in one process keep their own audit logs.
 
+When the head was accepted and the *body* fails (a bad chunk), the request already
+reached the app, whose edge writes its one record (``RecordBeforeDisconnect`` keeps the
+handler running to it); the problem then goes out without a second record.
+
 The subclass also never switches to HTTP/2 (an ``Upgrade: h2c`` header or the prior-
 knowledge preface): both daemons speak HTTP/1.1 only (``alpn_protocols``), and a second
 protocol stack would be a second set of refusals that no record covers. Such a request
@@ -65,12 +69,16 @@ class Refusals:
     def __init__(self, audit: AuditSink) -> None:
         self.audit = audit
 
-    async def answer(self, status: int, error: BaseException | None) -> tuple[int, bytes, str]:
+    async def answer(
+        self, status: int, error: BaseException | None, *, record: bool = True
+    ) -> tuple[int, bytes, str]:
         """Write the refusal's record; the status, problem body and request id to send."""
         request_id = secrets.token_hex(8)
         reason = reason_of(error)
         status, body = problem.from_status(status, reason, instance="", request_id=request_id)
         del body["instance"]  # the target may not even have parsed
+        if not record:
+            return status, problem.encode(body), request_id
         audit = RequestAudit(action=ACTION, decision="deny", reasons=[reason])
         fields = base_fields(None, audit, status, body["code"], None, request_id, [], None)
         try:
@@ -90,7 +98,11 @@ class AuditedH11Protocol(H11Protocol):
             await super()._send_error_response(status_code)
             return
         error = sys.exc_info()[1]  # the h11.RemoteProtocolError being handled
-        status, body, request_id = await refusals.answer(status_code, error)
+        # A head h11 accepted is already the app's request (its body failed later, e.g.
+        # a bad chunk): the app's edge writes that request's one record, and its answer
+        # cannot be sent any more, so this problem goes out without a second record.
+        reached_app = self.stream is not None
+        status, body, request_id = await refusals.answer(status_code, error, record=not reached_app)
         headers = [
             (b"content-type", problem.PROBLEM_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),
