@@ -106,10 +106,23 @@ def headers_strategy(
             st.tuples(st.sampled_from([b"Authorization", b"X-API-Key"]), HEADER_VALUE),
             st.tuples(st.just(b"X-Purpose"), HEADER_VALUE),
             st.tuples(st.just(b"X-Request-Id"), HEADER_VALUE),
-            st.tuples(st.sampled_from([b"Accept", b"Assay-Digest", b"X-Junk"]), HEADER_VALUE),
+            st.tuples(
+                st.sampled_from([b"Accept", b"Assay-Digest", b"Content-Type", b"X-Junk"]),
+                HEADER_VALUE,
+            ),
+            st.just((b"Expect", b"100-continue")),
+            st.just((b"Accept", b"application/jose")),
         ),
         max_size=4,
     )
+
+
+BODY = st.one_of(
+    st.just(b""),
+    st.binary(max_size=64),
+    st.sampled_from([b"{}", b'{"reason": "x"}', b"[]", b"null"]),
+    st.builds(lambda n: b"{" * n, st.integers(2000, 300_000)),  # over the JSON cap
+)
 
 
 def request_strategy(
@@ -117,17 +130,34 @@ def request_strategy(
     credentials: Sequence[tuple[bytes, bytes]],
     names: Sequence[str] = (),
 ) -> st.SearchStrategy[bytes]:
+    """Half plausible (a real route and method, clean headers with or without the real
+    credential, junk only in the query and values), half junk everywhere."""
+
     def build(method: bytes, path: bytes, query: bytes | None, headers: list[tuple[bytes, bytes]],
               host: bool, body: bytes) -> bytes:  # fmt: skip
         target = path if query is None else path + b"?" + query
         return request(method, target, headers, body, host=host)
 
-    return st.builds(
+    query = st.one_of(st.none(), query_strategy(names))
+    clean = st.tuples(
+        st.sampled_from([b"X-Purpose", b"X-Request-Id", b"Accept", b"X-Junk"]), CLEAN_VALUE
+    )
+    plausible = st.builds(
+        build,
+        COMMON_METHODS,
+        st.sampled_from([p.encode() for p in known]),
+        query,
+        st.lists(st.one_of(st.sampled_from(credentials), clean), max_size=3),
+        st.just(True),
+        BODY,
+    )
+    junk = st.builds(
         build,
         METHOD,
         path_strategy(known),
-        st.one_of(st.none(), query_strategy(names)),
+        query,
         headers_strategy(credentials),
         st.sampled_from([True] * 7 + [False]),  # Host, mostly
-        st.one_of(st.just(b""), st.binary(max_size=64)),
+        BODY,
     )
+    return st.one_of(plausible, junk)

@@ -38,7 +38,7 @@ NAMES = [
     "national_id", "national_id.in", "enrolled_on.gte", "enrolled_on.between", "municipality",
     "size.gte", "limit", "cursor", "fields", "status", "sex",
 ]  # fmt: skip
-SEARCH = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+SEARCH = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
