@@ -265,6 +265,12 @@ def test_watching_readiness_does_not_reveal_activity(dep: Deployment) -> None:
 
 def test_readiness_details_need_the_read_scope(dep: Deployment) -> None:
     dep.create_token("prober", "artifacts:verify")
+    with dep.client("prober") as c:
+        for _ in range(100):  # bounded: the daemon reloads its token file every second
+            if c.get("/v1/status").status_code == 403:  # known now, lacking the scope
+                break
+            time.sleep(0.05)
+        assert c.get("/v1/status").status_code == 403
     with dep.client() as c:
         full = c.get("/readyz").json()
     assert set(full["checks"]) == {"store", "database", "audit", "config", "policy"}
