@@ -186,6 +186,21 @@ def stopped_deployment(tmp_path: Path) -> Iterator[Deployment]:
         dep.stop()
 
 
+def list_all(client: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    """Every listed artifact, following ``next_cursor`` (bounded: 1,000 pages)."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _page in range(1000):
+        query = {**params, "limit": "1000"} | ({"cursor": cursor} if cursor else {})
+        r = client.get("/v1/artifacts", params=query)
+        assert r.status_code == 200, r.text
+        found += r.json()["artifacts"]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return found
+    raise AssertionError("listing did not end after 1,000 pages")
+
+
 def upload(
     client: httpx.Client,
     data: bytes,

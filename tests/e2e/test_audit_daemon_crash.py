@@ -28,7 +28,7 @@ from safetensors.numpy import save as st_save
 
 from assay.core.audit.keys import load_public_key
 from assay.core.audit.receipt import verify_receipt
-from tests.conftest import Deployment, run_cli, upload
+from tests.conftest import Deployment, list_all, run_cli, upload
 
 pytestmark = pytest.mark.e2e
 
@@ -150,9 +150,7 @@ def tear_tail(dep: Deployment) -> None:
 
 def registry_states(dep: Deployment) -> dict[str, str]:
     with dep.client() as c:
-        r = c.get("/v1/artifacts")
-        assert r.status_code == 200, r.text
-        return {a["digest"]: a["state"] for a in r.json()["artifacts"]}
+        return {a["digest"]: a["state"] for a in list_all(c)}
 
 
 def check_log_and_registry(dep: Deployment, acks: list[Ack]) -> set[int]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from assay.cli.client import Client
-from assay.cli.output import emit_json, progress_bar, table
+from assay.cli.output import emit_json, progress_bar
 from assay.core.errors import BadRequest
 from assay.registry.errors import DigestMismatch
 
@@ -130,17 +133,44 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pages(client: Client, query: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Every listed artifact, one page in memory at a time, following ``next_cursor``."""
+    cursor: str | None = None
+    for _page in range(MAX_LIST_PAGES):
+        page_query = {**query, "limit": str(LIST_PAGE)} | ({"cursor": cursor} if cursor else {})
+        out, _ = client.request("GET", "/v1/artifacts", query=page_query)
+        yield from out["artifacts"]
+        cursor = out.get("next_cursor")
+        if not cursor:
+            return
+    raise BadRequest(f"listing did not end after {MAX_LIST_PAGES} pages", code="cli.list_unbounded")
+
+
+#: Rows per request while listing, and a bound on pages (10 million artifacts).
+LIST_PAGE = 1000
+MAX_LIST_PAGES = 10_000
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    """Streamed: a page is printed before the next is fetched, with ``--json`` too (one
+    JSON document, written as it arrives; if a later page fails it stays unterminated and
+    the exit code says why)."""
     query = {k: v for k, v in (("state", args.state), ("name", args.name)) if v}
-    out, _ = _client(args).request("GET", "/v1/artifacts", query=query)
+    rows = _pages(_client(args), query)
+    out = sys.stdout
     if args.json:
-        emit_json(out)
+        out.write('{\n  "artifacts": [')
+        count = 0
+        for art in rows:
+            out.write(("," if count else "") + "\n    " + json.dumps(art, sort_keys=True))
+            count += 1
+        out.write(f'\n  ],\n  "count": {count}\n}}\n')
         return 0
-    rows = [
-        (a["digest"][:19], a["name"], a["state"], a["format"], str(a["size"]), a["integrity"])
-        for a in out["artifacts"]
-    ]
-    table(rows, ("DIGEST", "NAME", "STATE", "FORMAT", "SIZE", "INTEGRITY"))
+    # Fixed widths with the name last, so rows print as they arrive.
+    print(f"{'DIGEST':<19}  {'STATE':<11}  {'FORMAT':<11}  {'SIZE':>12}  {'INTEGRITY':<9}  NAME")
+    for a in rows:
+        print(f"{a['digest'][:19]:<19}  {a['state']:<11}  {a['format']:<11}  "
+              f"{a['size']:>12}  {a['integrity']:<9}  {a['name']}")  # fmt: skip
     return 0
 
 
@@ -262,4 +292,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, check in checks.items():
         print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in status["counts"].items()))
+    replay = status.get("replay")
+    if replay:
+        print(
+            f"last start replayed {replay['scanned']} audit records "
+            f"({replay['mutations']} mutations, {replay['applied']} applied); "
+            f"replay mark {status['replay_mark']}"
+        )
     return 0 if ready.get("ready") else 1

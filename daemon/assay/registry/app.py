@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -192,6 +193,8 @@ def create_app(
             "counts": registry.counts(),
             "policy": registry.policy.name,
             "last_sweep": registry.last_sweep,
+            "replay": registry.last_replay,
+            "replay_mark": registry.replay_mark,
             "tokens": authenticator.token_count,
             "ready": readiness(),
         }
@@ -207,12 +210,25 @@ def create_app(
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
     async def list_artifacts() -> dict[str, Any]:
-        """List artifacts, optionally by ?state= and ?name=."""
-        unknown = set(request.args) - {"state", "name"}
+        """List artifacts a page at a time, oldest first, optionally by ?state= and ?name=.
+
+        ``?limit=`` (default 100, at most 1000) bounds the page; pass ``next_cursor``
+        back as ``?cursor=`` for the next one (null on the last page).
+        """
+        unknown = set(request.args) - {"state", "name", "limit", "cursor"}
         if unknown:
             raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
-        arts = registry.list(state=request.args.get("state"), name=request.args.get("name"))
-        return {"artifacts": [a.public() for a in arts], "count": len(arts)}
+        arts, next_cursor = registry.list(
+            state=request.args.get("state"),
+            name=request.args.get("name"),
+            limit=_page_limit(request.args.get("limit")),
+            cursor=request.args.get("cursor"),
+        )
+        return {
+            "artifacts": [a.public() for a in arts],
+            "count": len(arts),
+            "next_cursor": next_cursor,
+        }
 
     @app.get("/v1/artifacts/<digest>")
     @requires("artifacts:read")
@@ -377,6 +393,20 @@ async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[byte
             yield pending
     finally:
         os.close(fd)
+
+
+#: A listing page: the default, and the most one request may ask for.
+LIST_PAGE_DEFAULT = 100
+LIST_PAGE_MAX = 1000
+
+
+def _page_limit(raw: str | None) -> int:
+    if raw is None:
+        return LIST_PAGE_DEFAULT
+    if re.fullmatch(r"[0-9]{1,4}", raw) is None or not 1 <= int(raw) <= LIST_PAGE_MAX:
+        raise BadRequest(f"limit must be an integer from 1 to {LIST_PAGE_MAX}",
+                         code="request.bad_limit")  # fmt: skip
+    return int(raw)
 
 
 def _rid() -> str:

@@ -15,18 +15,21 @@ Blocking work runs in ``trio.to_thread``. The operations are grouped by concern:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-from assay.core.errors import AssayError, BadRequest, NotFound, StorageError
+from assay.core.errors import AssayError, AuditWriteFailed, BadRequest, NotFound, StorageError
 from assay.core.tokens import Principal
 from assay.registry import policy as policy_mod
-from assay.registry.db import Artifact, RegistryDB
+from assay.registry.db import RegistryDB
 from assay.registry.digests import parse_digest
+from assay.registry.model import Artifact, ArtifactTable
+from assay.registry.replay import InFlight
 from assay.registry.states import State
 from assay.registry.store import ObjectStore
 
@@ -49,6 +52,15 @@ class Outcome:
     decision: policy_mod.Decision | None = None
 
 
+@dataclass(eq=False)
+class Mutation:
+    """One mutation between its record and its settled row change (see ``InFlight``)."""
+
+    record: Mapping[str, Any] = field(default_factory=dict)
+    #: Its change failed and the void that cancels its record is durable.
+    voided: bool = False
+
+
 class RegistryBase:
     """State and helpers every group of operations shares (see the module docstring)."""
 
@@ -62,32 +74,86 @@ class RegistryBase:
         max_artifact_bytes: int,
         block_bytes: int = 4 * 1024 * 1024,
         events: Callable[[str, dict[str, Any]], None] | None = None,
+        audit_head: Callable[[], int] = lambda: 0,
+        audit_uncertain: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.db = db
         self.policy = policy
         self._append = audit_append
+        self._audit_head = audit_head
+        self._audit_uncertain = audit_uncertain
         self.max_artifact_bytes = max_artifact_bytes
         self.block_bytes = block_bytes
         self._events = events or (lambda _kind, record_fields: None)
         self._db_limiter = trio.CapacityLimiter(1)
         self._locks: dict[str, trio.Lock] = {}
-        self.artifacts: dict[str, Artifact] = {}
+        self.artifacts = ArtifactTable()
         self.last_sweep: dict[str, Any] | None = None
+        #: What startup replay read and applied (``reconcile.ReplayReport``).
+        self.last_replay: dict[str, Any] | None = None
+        self._in_flight = InFlight()
+        #: The replay mark as last saved (see ``reconcile.py``); set by startup replay.
+        self.replay_mark = 0
 
     # -- startup ------------------------------------------------------------------------
 
     def open_blocking(self) -> None:
         self.store.open()
         self.db.open()
-        self.artifacts = self.db.load_all()
+        self.artifacts = ArtifactTable(self.db.load_all())
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
 
-    async def _commit(
-        self, record: Mapping[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
+    # -- the mutation protocol (ordering rule steps 2 and 3) ------------------------------
+
+    @asynccontextmanager
+    async def _mutation(self, fields: dict[str, Any]) -> AsyncIterator[Mutation]:
+        """Append ``fields`` durably and hold the mutation open while the body applies it.
+
+        While open, the replay mark stays below its record. It closes when the body
+        finishes, or its change was voided, or its record was never written; it stays
+        open (the mark pinned until restart, whose replay then applies it) only where the
+        record may be durable with its change neither applied nor voided.
+        """
+        token = self._in_flight.open(self._audit_head())
+        mutation = Mutation()
+        settled = False
+        try:
+            try:
+                mutation.record = await self._append(fields)
+            except AuditWriteFailed:
+                settled = not self._audit_uncertain()  # fsync failed: may be on disk
+                raise
+            except BaseException:
+                settled = True  # refused before any I/O (a malformed record)
+                raise
+            seq = mutation.record.get("seq")
+            if seq is None:  # dropped under availability_first: nothing to replay
+                settled = True
+            else:
+                self._in_flight.recorded(token, int(seq))
+            yield mutation
+            settled = True
+        finally:
+            if settled or mutation.voided:
+                self._in_flight.close(token)
+
+    async def save_replay_mark(self) -> int:
+        """Persist how far every mutation record is settled; startup replays only after it.
+
+        Called every second and after the drain at shutdown, so a clean restart reads
+        no record and a crash restart reads only the last moments' records.
+        """
+        mark = self._in_flight.safe_mark(self._audit_head())
+        if mark > self.replay_mark:
+            await self._db(self.db.set_reconciled_through, mark)
+            self.replay_mark = mark
+        return self.replay_mark
+
+    async def _commit(self, mutation: Mutation, fn: Callable[..., Any], *args: Any,
+                      **kwargs: Any) -> Any:  # fmt: skip
         """Apply a change whose record is already durable; if the database refuses it,
         void the record, so the log never claims a change the client was told failed.
 
@@ -95,6 +161,7 @@ class RegistryBase:
         replay skips a voided record. Only if the void cannot be written either does the
         record stand, and replay then applies the change at the next start.
         """
+        record = mutation.record
         try:
             return await self._db(fn, *args, **kwargs)
         except StorageError as exc:
@@ -115,6 +182,7 @@ class RegistryBase:
                         extra={"voids_seq": int(record["seq"])},
                     )
                 )
+                mutation.voided = True
             except AssayError:
                 log.critical(
                     "seq %s is durable but its database change failed and the void could "
@@ -135,15 +203,31 @@ class RegistryBase:
             raise NotFound(f"no artifact {digest}", code="artifact.not_found")
         return art
 
-    def list(self, *, state: str | None = None, name: str | None = None) -> list[Artifact]:
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Artifact], str | None]:
+        """One page in listing order (oldest first), and the cursor of the next page."""
         if state is not None and state not in {s.value for s in State}:
             raise BadRequest(f"unknown state {state!r}", code="request.bad_state")
-        arts = [
-            a
-            for a in self.artifacts.values()
-            if (state is None or a.state == state) and (name is None or a.name == name)
-        ]
-        return sorted(arts, key=lambda a: (a.created_at, a.digest))
+        if cursor is not None:
+            try:
+                after: str | None = parse_digest(cursor)
+            except BadRequest:
+                after = None
+            if after is None or after not in self.artifacts:
+                raise BadRequest("cursor is not one this registry issued",
+                                 code="request.bad_cursor")  # fmt: skip
+            cursor = after
+        return self.artifacts.page(
+            after=cursor,
+            limit=limit,
+            keep=lambda a: (state is None or a.state == state) and (name is None or a.name == name),
+        )
 
     def resolve_trusted(self, name: str) -> Artifact:
         """The most recently promoted trusted artifact with ``name``, intact on disk."""

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -88,6 +88,8 @@ async def run(
         max_artifact_bytes=cfg.registry.max_artifact_bytes,
         block_bytes=cfg.registry.upload_buffer_bytes,
         events=events,
+        audit_head=lambda: audit.writer.head_seq,
+        audit_uncertain=lambda: audit.log.poisoned is not None,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
@@ -142,7 +144,9 @@ async def run(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
-        await reconcile(registry, audit.records_after)
+        replay = await reconcile(registry, audit.records_after,
+                                 progress=_replay_progress(notifier))  # fmt: skip
+        nursery.start_soon(_mark_keeper, registry)
         await nursery.start(probe.run)
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
@@ -158,9 +162,12 @@ async def run(
         notifier.ready(_status_line(counts, registry.last_sweep))
         logsetup.event(
             "startup",
-            f"assay {__version__} serving on {', '.join(binds)}",
+            f"assay {__version__} serving on {', '.join(binds)}; replay read "
+            f"{replay.scanned} records ({replay.mutations} mutations, {replay.applied} applied)",
             state="ready",
             seq=audit.writer.head_seq,
+            replay_scanned=replay.scanned,
+            replay_applied=replay.applied,
         )
         task_status.started(binds)
         await shutdown.wait()
@@ -172,6 +179,9 @@ async def run(
             grace_seconds=cfg.server.shutdown_timeout_seconds,
             started=started,
         )
+        # Drained: nothing is in flight, so the mark reaches the head and the next
+        # start reads no record at all.
+        await registry.save_replay_mark()
         nursery.cancel_scope.cancel()
     registry.db.close()
 
@@ -223,6 +233,37 @@ def _status_line(counts: dict[str, int], sweep: dict[str, Any] | None) -> str:
         failed = len(sweep["failed"])
         text += f"; last sweep {sweep['finished']}: {sweep['checked']} checked, {failed} failed"
     return text
+
+
+#: How often the replay mark is saved while serving: a crash restart reads at most about
+#: this much traffic's records (plus any mutation still in flight).
+MARK_EVERY_SECONDS = 1.0
+
+
+async def _mark_keeper(registry: Registry) -> None:
+    while True:
+        await trio.sleep(MARK_EVERY_SECONDS)
+        try:
+            await registry.save_replay_mark()
+        except AssayError as exc:  # the probe reports the database; retried next turn
+            log.warning("replay mark not saved: %s", exc)
+
+
+def _replay_progress(notifier: Notifier) -> Callable[[int, int], None]:
+    """Startup replay that reads many records keeps systemd's start timeout at bay while
+    it makes progress, and says how far it is in STATUS=. Called from a worker thread."""
+
+    def report(scanned: int, mutations: int) -> None:
+        notifier.send(
+            f"EXTEND_TIMEOUT_USEC={int(EXTEND_USEC)}\n"
+            f"STATUS=replaying the audit log: {scanned} records read, {mutations} mutations"
+        )
+
+    return report
+
+
+#: Each progress report buys this much more start time (reports come far more often).
+EXTEND_USEC = 30_000_000
 
 
 async def _signals(shutdown: trio.Event, notifier: Notifier) -> None:

@@ -9,16 +9,18 @@ and acts as the write-ahead record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from assay.core.errors import StorageError
+from assay.registry.model import Artifact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -66,43 +68,6 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class Artifact:
-    digest: str
-    name: str
-    size: int
-    format: str
-    format_details: dict[str, Any]
-    metadata: dict[str, str]
-    state: str
-    integrity: str
-    created_at: str
-    updated_at: str
-    uploaded_by: str
-    state_changed_at: str
-    last_verified_at: str | None = None
-    approvers: frozenset[str] = field(default_factory=frozenset)
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shape clients see."""
-        return {
-            "digest": self.digest,
-            "name": self.name,
-            "size": self.size,
-            "format": self.format,
-            "format_details": self.format_details,
-            "metadata": self.metadata,
-            "state": self.state,
-            "integrity": self.integrity,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "state_changed_at": self.state_changed_at,
-            "uploaded_by": self.uploaded_by,
-            "last_verified_at": self.last_verified_at,
-            "approvals": sorted(self.approvers),
-        }
-
-
 def _row(r: sqlite3.Row, approvers: frozenset[str]) -> Artifact:
     return Artifact(
         digest=r["digest"],
@@ -126,7 +91,7 @@ class RegistryDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def open(self) -> None:
         try:
@@ -149,11 +114,18 @@ class RegistryDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``."""
+        """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``.
+
+        Inside ``batch()`` (same thread: the lock is re-entrant, and no other thread can
+        be in a transaction while this one holds it) it joins the open transaction.
+        """
         if self._conn is None:
             raise StorageError("database is not open")
         with self._lock:
             conn = self._conn
+            if conn.in_transaction:
+                yield conn
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -164,6 +136,11 @@ class RegistryDB:
                 if isinstance(exc, sqlite3.Error):
                     raise StorageError(f"database write failed: {exc}") from None
                 raise
+
+    def batch(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Many changes in one transaction, so one fsync: replay applies its changes so.
+        A failure rolls the whole batch back."""
+        return self.transaction()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -176,6 +153,15 @@ class RegistryDB:
                 r["digest"]: _row(r, frozenset(approvals.get(r["digest"], ())))
                 for r in c.execute("SELECT * FROM artifacts")
             }
+
+    def get(self, digest: str) -> Artifact | None:
+        """One artifact's row (with its approvals), or None: what replay reads per record."""
+        with self.transaction() as c:
+            row = c.execute("SELECT * FROM artifacts WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                return None
+            approvers = c.execute("SELECT principal FROM approvals WHERE digest = ?", (digest,))
+            return _row(row, frozenset(a["principal"] for a in approvers))
 
     def history(self, digest: str) -> list[dict[str, Any]]:
         with self.transaction() as c:
@@ -314,6 +300,14 @@ class RegistryDB:
         """A trivial transaction: the database file is open, readable and not locked up."""
         with self.transaction() as c:
             c.execute("SELECT 1").fetchone()
+
+    def touch_verified_many(self, digests: list[str], ts: str) -> None:
+        """Checks that found nothing changed, in one transaction (a sweep's thousands)."""
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ?",
+                [(ts, d) for d in digests],
+            )
 
     def touch_verified(self, art: Artifact, ts: str) -> Artifact:
         """A check that found nothing changed: only ``last_verified_at`` moves."""

@@ -17,7 +17,7 @@ from assay.core.tokens import Principal
 from assay.formats.inspect import Inspection, inspect_file
 from assay.registry.base import Outcome, RegistryBase, now, record_fields
 from assay.registry.body import BodySource, fill
-from assay.registry.db import Artifact
+from assay.registry.model import Artifact
 from assay.registry.states import INITIAL_STATE
 from assay.registry.store import Ingest
 
@@ -107,32 +107,18 @@ class IngestOps(RegistryBase):
             uploaded_by=principal.id,
             state_changed_at=ts,
         )
+        fields = record_fields(principal, "artifact.ingest", route, request_id, digest, None,
+                               art.state, 201, extra=_ingest_extra(art))  # fmt: skip
         try:
-            record = await self._append(
-                record_fields(
-                    principal,
-                    "artifact.ingest",
-                    route,
-                    request_id,
-                    digest,
-                    None,
-                    art.state,
-                    201,
-                    extra=_ingest_extra(art),
-                )
-            )
+            async with self._mutation(fields) as mutation:
+                record = mutation.record
+                await self._commit(mutation, self.db.insert, art, record["seq"])
+                self.artifacts[digest] = art
         except BaseException:
-            # No record, so no artifact: the bytes must not linger in the store unowned.
+            # No record or no row, so no artifact: the bytes must not linger unowned.
             if newly_stored:
                 await trio.to_thread.run_sync(self.store.remove, digest)
             raise
-        try:
-            await self._commit(record, self.db.insert, art, record["seq"])
-        except BaseException:
-            if newly_stored:
-                await trio.to_thread.run_sync(self.store.remove, digest)
-            raise
-        self.artifacts[digest] = art
         self._events(
             "ingest",
             {"digest": digest, "state": art.state, "principal": principal.id, "seq": record["seq"]},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -14,12 +15,15 @@ import trio
 from assay.core.errors import StorageError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
-from assay.registry.db import Artifact
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
+from assay.registry.model import Artifact
 from assay.registry.states import State
 
 log = logging.getLogger("assay.registry")
+
+#: A sweep writes the times of unchanged checks this many at a time.
+TOUCH_BATCH = 512
 
 #: Writes the request's own record, given the check's result, before anything changes.
 RecordRequest = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any]]]
@@ -44,7 +48,7 @@ class IntegrityOps(RegistryBase):
         the change carries the record's seq, so startup replay can finish it after a crash.
         """
         failed = integrity == "failed"
-        record = await self._append(
+        async with self._mutation(
             record_fields(
                 principal,
                 "artifact.integrity_failed" if failed else "artifact.integrity_restored",
@@ -63,17 +67,18 @@ class IntegrityOps(RegistryBase):
                 error_code=error_code,
                 extra={"integrity": integrity},
             )
-        )
-        updated: Artifact = await self._commit(
-            record,
-            self.db.set_integrity,
-            art,
-            integrity,
-            now(),
-            record["seq"],
-            principal.id if principal else None,
-        )
-        self.artifacts[art.digest] = updated
+        ) as mutation:
+            record = dict(mutation.record)
+            updated: Artifact = await self._commit(
+                mutation,
+                self.db.set_integrity,
+                art,
+                integrity,
+                now(),
+                record["seq"],
+                principal.id if principal else None,
+            )
+            self.artifacts[art.digest] = updated
         kind = "integrity_failed" if failed else "integrity_restored"
         fields = {"digest": art.digest, "state": art.state, "seq": record["seq"]}
         self._events(kind, fields | {"principal": principal.id if principal else ""})
@@ -117,18 +122,8 @@ class IntegrityOps(RegistryBase):
             # Step VER-3 (no change): the request's record first, then only the time of
             # the last check moves.
             written = await record_request(result) if record_request is not None else None
-            await self._touch(art)
+            await self._touch_verified([art.digest])
             return result, written
-
-    async def _touch(self, art: Artifact) -> None:
-        """Move ``last_verified_at``. Its failure is logged, not raised: the check did
-        happen (its record may already say so), only its time is not kept."""
-        try:
-            self.artifacts[art.digest] = await self._db(self.db.touch_verified, art, now())
-        except StorageError as exc:
-            log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
-                "could not store the time of the check of %s: %s", art.digest, exc.detail
-            )
 
     async def sweep(
         self,
@@ -145,7 +140,8 @@ class IntegrityOps(RegistryBase):
         request's record (``record_request``, given the counts) is durable first: every
         artifact is re-hashed (reads only), the record is written, and only then are the
         findings applied. Each integrity change is also its own record (carrying the
-        request id), durable before its database change.
+        request id), durable before its database change; the times of unchanged checks
+        are written ``TOUCH_BATCH`` at a time, not one fsync each.
         """
         started = now()
         digests = sorted(self.artifacts)
@@ -166,6 +162,7 @@ class IntegrityOps(RegistryBase):
             await record_request(summary)
         # Step SWP-3 (apply): per artifact, under its lock, unless a newer check or change
         # moved its integrity meanwhile (that one saw fresher bytes).
+        unchanged: list[str] = []
         for seen, actual in found:
             async with self._lock(seen.digest):
                 art = self.artifacts.get(seen.digest)
@@ -177,10 +174,34 @@ class IntegrityOps(RegistryBase):
                         art, "ok" if ok else "failed", actual, principal, route, request_id
                     )
                 else:
-                    await self._touch(art)
+                    unchanged.append(art.digest)
+            if len(unchanged) >= TOUCH_BATCH:
+                await self._touch_verified(unchanged)
+                unchanged = []
+        await self._touch_verified(unchanged)
         self.last_sweep = summary | {"finished": now()}
         self._events("sweep", {"checked": len(found), "failed": len(failed)})
         return self.last_sweep
+
+    async def _touch_verified(self, digests: list[str]) -> None:
+        """Move ``last_verified_at`` of checks that changed nothing, in one transaction.
+
+        A failure is logged, not raised: the checks did happen (their request's record
+        may already say so), only their time is not kept.
+        """
+        if not digests:
+            return
+        ts = now()
+        try:
+            await self._db(self.db.touch_verified_many, digests, ts)
+        except StorageError as exc:
+            log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
+                "could not store the time of %d checks: %s", len(digests), exc.detail
+            )
+            return
+        for digest in digests:
+            if digest in self.artifacts:
+                self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
 
     async def mark_corrupt_while_serving(
         self, digest: str, actual: str, *, request_id: str | None = None

@@ -1,128 +1,146 @@
-"""Startup reconciliation of the database with the audit log.
+"""Startup reconciliation of the database with the audit log (the I/O around ``replay``).
 
 The audit record of a mutation is made durable before the SQLite transaction that applies
 it, and that transaction stores the record's seq in ``history.audit_seq``. Concurrent
-requests commit out of seq order, so no high-water mark can say what was applied: a
-durable seq N may lack its commit while N+1 has one. Instead every mutation record since
-the last startup's reconcile (``reconciled_through``) is checked by its own seq and
-re-applied (idempotently) if no change carries it, before the daemon serves. Records are
-authenticated as they are read, so a forged line stops startup instead of being replayed.
+requests commit out of seq order, so no high-water mark of *commits* can say what was
+applied. Instead the daemon keeps a replay mark (``kv.reconciled_through``): the seq up to
+which every mutation record is settled. It moves while the daemon runs (``InFlight`` in
+``replay.py``, saved every second and at shutdown) and after each startup's replay.
+
+At startup, the records after the mark are streamed, authenticated as they are read (a
+forged line stops startup instead of being replayed), and only mutation records are
+kept: reads, however many, cost one HMAC check each and are never applied. Each mutation
+that no change carries yet is applied from its own row, so the cost follows the number
+of unreconciled mutations, not the traffic times the artifacts. Memory holds only the
+mutations.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from assay.registry.db import Artifact
+from assay.registry.db import RegistryDB
+from assay.registry.model import ArtifactTable
+from assay.registry.replay import (
+    Approve,
+    Change,
+    Insert,
+    SetIntegrity,
+    SetState,
+    change_for,
+    is_mutation,
+    voided_seq,
+)
 from assay.registry.service import Registry
+from assay.registry.store import ObjectStore
 
 log = logging.getLogger("assay.reconcile")
 
-STATE_ACTIONS = {"artifact.promote", "artifact.revoke", "artifact.delete"}
-#: Integrity changes: "failed" is recorded as a deny (serving blocked), so these are
-#: picked by action, not by decision.
-INTEGRITY_ACTIONS = {"artifact.integrity_failed": "failed", "artifact.integrity_restored": "ok"}
+#: Records between progress reports (and durable mark moves while nothing is pending).
+PROGRESS_EVERY = 50_000
+#: Seqs per ``applied_seqs`` query (SQLite's bound on parameters is 32,766).
+SEQ_CHUNK = 500
+
+#: Changes applied per transaction (one fsync each, not one per change).
+APPLY_CHUNK = 1000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    scanned: int  # records read after the mark
+    mutations: int  # of which could change a row
+    applied: int  # of which the database lacked and were applied
+    mark: int  # the mark afterwards
 
 
 async def reconcile(
-    registry: Registry, records_after: Callable[[int], Iterator[dict[str, Any]]]
-) -> int:
-    """Re-apply mutations the database missed; returns how many were applied."""
-    start = await trio.to_thread.run_sync(registry.db.reconciled_through)
-    pending = await trio.to_thread.run_sync(lambda: list(records_after(start)))
-    mutations = [
-        r
-        for r in pending
-        if (r.get("decision") == "allow" or r.get("action") in INTEGRITY_ACTIONS)
-        and isinstance(r.get("target"), str)
-        and str(r.get("action", "")).startswith("artifact.")
-    ]
+    registry: Registry,
+    records_after: Callable[[int], Iterator[dict[str, Any]]],
+    *,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Re-apply mutations the database missed, then move the mark past what was read."""
+    report = await trio.to_thread.run_sync(
+        _reconcile_blocking, registry.db, registry.store, records_after, progress
+    )
+    if report.applied:
+        registry.artifacts = ArtifactTable(await trio.to_thread.run_sync(registry.db.load_all))
+        log.warning("reconciled %d mutation(s) from the audit log after a crash", report.applied)
+    registry.replay_mark = report.mark
+    registry.last_replay = dataclasses.asdict(report)
+    return report
+
+
+def _reconcile_blocking(
+    db: RegistryDB,
+    store: ObjectStore,
+    records_after: Callable[[int], Iterator[dict[str, Any]]],
+    progress: Progress | None,
+) -> ReplayReport:
+    start = db.reconciled_through()
+    mutations: list[dict[str, Any]] = []
+    voided: set[int] = set()
+    scanned, last = 0, start
+    for rec in records_after(start):
+        scanned, last = scanned + 1, int(rec["seq"])
+        if is_mutation(rec):
+            mutations.append(rec)
+        elif (seq := voided_seq(rec)) is not None:
+            voided.add(seq)
+        if scanned % PROGRESS_EVERY == 0:
+            if not mutations:  # nothing pending before here: a cut-off start keeps this
+                db.set_reconciled_through(last)
+            if progress is not None:
+                progress(scanned, len(mutations))
     # A record whose database change failed while the daemon ran was voided (the client
     # was told it failed): it must not be applied now.
-    voided = {
-        int(r["extra"]["voids_seq"])
-        for r in pending
-        if r.get("action") == "audit.void" and isinstance(r.get("extra", {}).get("voids_seq"), int)
-    }
-    mutations = [r for r in mutations if int(r["seq"]) not in voided]
-    done = await trio.to_thread.run_sync(
-        registry.db.applied_seqs, [int(r["seq"]) for r in mutations]
-    )
+    todo = [r for r in mutations if int(r["seq"]) not in voided]
+    done: set[int] = set()
+    for i in range(0, len(todo), SEQ_CHUNK):
+        done |= db.applied_seqs([int(r["seq"]) for r in todo[i : i + SEQ_CHUNK]])
     applied = 0
-    for rec in mutations:
-        if rec["seq"] in done:
-            continue
-        if await trio.to_thread.run_sync(_apply, registry, rec):
-            applied += 1
-    if pending:
-        # Everything up to here is now applied; the next startup starts after it.
-        await trio.to_thread.run_sync(registry.db.set_reconciled_through, pending[-1]["seq"])
-    if applied:
-        registry.artifacts = await trio.to_thread.run_sync(registry.db.load_all)
-        log.warning("reconciled %d mutation(s) from the audit log after a crash", applied)
-    return applied
+    pending = [r for r in todo if int(r["seq"]) not in done]
+    for i in range(0, len(pending), APPLY_CHUNK):
+        removed: list[str] = []
+        with db.batch():
+            for rec in pending[i : i + APPLY_CHUNK]:
+                change = change_for(rec, db.get(str(rec["target"])), store.exists)
+                if change is not None:
+                    _apply(db, rec, change)
+                    applied += 1
+                    if isinstance(change, SetState) and change.remove_bytes:
+                        removed.append(str(rec["target"]))
+        for digest in removed:  # only once the deletion is committed
+            store.remove(digest)
+    if last > start:
+        db.set_reconciled_through(last)
+    return ReplayReport(scanned=scanned, mutations=len(mutations), applied=applied, mark=last)
 
 
-def _apply(registry: Registry, rec: dict[str, Any]) -> bool:
-    """Apply one record to the database if it is a mutation it does not reflect yet."""
-    action, digest, seq = rec["action"], rec["target"], rec["seq"]
-    current = registry.db.load_all().get(digest)
-    if action == "artifact.ingest" and rec.get("from_state") is None and rec.get("to_state"):
-        if current is not None:
-            return False
-        extra = rec.get("extra", {})
-        art = Artifact(
-            digest=digest,
-            name=str(extra["name"]),
-            size=int(extra["size"]),
-            format=str(extra["format"]),
-            format_details=json.loads(extra.get("format_details", "{}")),
-            metadata=json.loads(extra.get("metadata", "{}")),
-            state=str(rec["to_state"]),
-            integrity="ok" if registry.store.exists(digest) else "failed",
-            created_at=rec["ts"],
-            updated_at=rec["ts"],
-            uploaded_by=str(rec.get("principal") or ""),
-            state_changed_at=rec["ts"],
-        )
-        registry.db.insert(art, seq)
-        return True
-    if current is None:
-        return False
-    if action in STATE_ACTIONS and current.state == rec.get("from_state"):
-        if action == "artifact.promote" and rec.get("principal"):
-            current = registry.db.add_approval(
-                current, str(rec["principal"]), rec["ts"], None, _signatures(rec)
-            )
-        registry.db.set_state(
-            current,
-            str(rec["to_state"]),
-            action=action.removeprefix("artifact."),
-            principal=rec.get("principal"),
-            reasons=list(rec.get("reasons", [])),
-            ts=rec["ts"],
-            seq=seq,
-        )
-        if rec["to_state"] == "deleted":
-            registry.store.remove(digest)
-        return True
-    if action == "artifact.approve" and rec.get("principal") not in current.approvers:
-        registry.db.add_approval(current, str(rec["principal"]), rec["ts"], seq, _signatures(rec))
-        return True
-    target_integrity = INTEGRITY_ACTIONS.get(action)
-    if target_integrity is not None and current.integrity != target_integrity:
-        registry.db.set_integrity(current, target_integrity, rec["ts"], seq, rec.get("principal"))
-        return True
-    return False
-
-
-def _signatures(rec: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    raw = rec.get("extra", {}).get("signatures")
-    if not isinstance(raw, str):
-        return ()
-    return tuple((str(k), str(v)) for k, v in json.loads(raw))
+def _apply(db: RegistryDB, rec: dict[str, Any], change: Change) -> None:
+    """Make ``change`` in the database, carrying the record's seq like the live path."""
+    digest, seq, ts = str(rec["target"]), int(rec["seq"]), str(rec["ts"])
+    if isinstance(change, Insert):
+        db.insert(change.artifact, seq)
+        return
+    current = db.get(digest)
+    assert current is not None  # change_for saw the row; nothing deletes rows
+    if isinstance(change, SetState):
+        if change.approval is not None:
+            principal, signatures = change.approval
+            current = db.add_approval(current, principal, ts, None, signatures)
+        db.set_state(current, change.to_state, action=change.action,
+                     principal=change.principal, reasons=list(change.reasons), ts=ts,
+                     seq=seq)  # fmt: skip
+    elif isinstance(change, Approve):
+        db.add_approval(current, change.principal, ts, seq, change.signatures)
+    elif isinstance(change, SetIntegrity):
+        db.set_integrity(current, change.integrity, ts, seq, change.principal)

@@ -21,11 +21,11 @@ from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_file
 from assay.registry import policy as policy_mod
 from assay.registry.base import Outcome, now, record_fields
-from assay.registry.db import Artifact
 from assay.registry.digests import parse_digest
 from assay.registry.errors import PolicyRefused, StoredBytesCorrupt
 from assay.registry.ingest import IngestOps
 from assay.registry.integrity import IntegrityOps
+from assay.registry.model import Artifact
 from assay.registry.states import Action, State, next_state
 
 __all__ = ["Outcome", "Registry", "now"]
@@ -52,7 +52,7 @@ class Registry(IngestOps, IntegrityOps):
             if action is Action.PROMOTE:
                 return await self._promote(principal, art, route, request_id, signatures)
             reasons = [reason] if reason else []
-            record = await self._append(
+            async with self._mutation(
                 record_fields(
                     principal,
                     f"artifact.{action.value}",
@@ -64,19 +64,20 @@ class Registry(IngestOps, IntegrityOps):
                     200,
                     reasons=reasons,
                 )
-            )
-            updated = await self._commit(
-                record,
-                self.db.set_state,
-                art,
-                to_state.value,
-                action=action.value,
-                principal=principal.id,
-                reasons=reasons,
-                ts=now(),
-                seq=record["seq"],
-            )
-            self.artifacts[digest] = updated
+            ) as mutation:
+                record = mutation.record
+                updated = await self._commit(
+                    mutation,
+                    self.db.set_state,
+                    art,
+                    to_state.value,
+                    action=action.value,
+                    principal=principal.id,
+                    reasons=reasons,
+                    ts=now(),
+                    seq=record["seq"],
+                )
+                self.artifacts[digest] = updated
             if to_state is State.DELETED:
                 await trio.to_thread.run_sync(self.store.remove, digest)
             self._events(
@@ -104,11 +105,11 @@ class Registry(IngestOps, IntegrityOps):
             err = StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
             if art.integrity == "ok":
                 # The discovery is this request's one record (status and code as answered).
-                _updated, record = await self._integrity_changed(
+                _updated, failure = await self._integrity_changed(
                     art, "failed", actual, principal, route, request_id,
                     status=err.status, error_code=err.code,
                 )  # fmt: skip
-                err.written_record = record
+                err.written_record = failure
             raise err
         # Step PRO-2 (re-inspect): the format is judged again from content.
         fd_path = self.store.path_for(art.digest)
@@ -141,7 +142,7 @@ class Registry(IngestOps, IntegrityOps):
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
             # Step PRO-4 (two-person rule): record this approval; the state does not move.
-            record = await self._append(
+            async with self._mutation(
                 record_fields(
                     principal,
                     "artifact.approve",
@@ -154,11 +155,13 @@ class Registry(IngestOps, IntegrityOps):
                     reasons=list(decision.failed),
                     extra={"policy": self.policy.name, **_signature_extra(signatures)},
                 )
-            )
-            updated = await self._commit(
-                record, self.db.add_approval, art, principal.id, now(), record["seq"], signatures
-            )
-            self.artifacts[art.digest] = updated
+            ) as mutation:
+                record = mutation.record
+                updated = await self._commit(
+                    mutation, self.db.add_approval, art, principal.id, now(), record["seq"],
+                    signatures,
+                )  # fmt: skip
+                self.artifacts[art.digest] = updated
             self._events(
                 "approve",
                 {
@@ -175,7 +178,7 @@ class Registry(IngestOps, IntegrityOps):
                 reasons=list(decision.failed),
                 policy=self.policy.name,
             )
-        record = await self._append(
+        async with self._mutation(
             record_fields(
                 principal,
                 "artifact.promote",
@@ -192,22 +195,23 @@ class Registry(IngestOps, IntegrityOps):
                     **_signature_extra(signatures),
                 },
             )
-        )
-        with_approval = await self._commit(
-            record, self.db.add_approval, art, principal.id, now(), None, signatures
-        )
-        updated = await self._commit(
-            record,
-            self.db.set_state,
-            with_approval,
-            State.TRUSTED.value,
-            action="promote",
-            principal=principal.id,
-            reasons=list(decision.passed),
-            ts=now(),
-            seq=record["seq"],
-        )
-        self.artifacts[art.digest] = updated
+        ) as mutation:
+            record = mutation.record
+            with_approval = await self._commit(
+                mutation, self.db.add_approval, art, principal.id, now(), None, signatures
+            )
+            updated = await self._commit(
+                mutation,
+                self.db.set_state,
+                with_approval,
+                State.TRUSTED.value,
+                action="promote",
+                principal=principal.id,
+                reasons=list(decision.passed),
+                ts=now(),
+                seq=record["seq"],
+            )
+            self.artifacts[art.digest] = updated
         self._events(
             "promote",
             {

@@ -8,6 +8,7 @@ O(log n) throughout: leaves stream through compact ranges.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -144,19 +145,19 @@ def lines_from(
 
 
 def replay(
-    plan: list[tuple[int, int | None]],
+    plan: list[tuple[int, int, int | None]],
     key: bytes,
     after: int,
     head: int,
     start_seq: int,
     start_hash: str,
 ) -> Iterator[Record]:
-    """Verify the files in ``plan`` (open fds, closed here) and yield records in
+    """Verify the ranges in ``plan`` (open fds, closed here) and yield records in
     ``(after, head]``; ``ChainBroken`` at the first line that does not verify."""
     v = StreamVerifier(key, start_seq=start_seq, start_hash=start_hash)
     try:
-        for fd, end in plan:
-            for _off, line in files.lines(fd, 0, end):
+        for fd, start, end in plan:
+            for _off, line in files.lines(fd, start, end):
                 rec = v.check_line(line)
                 if rec is None:
                     raise ChainBroken(f"audit replay stopped: {v.report.breaks[0]}")
@@ -165,7 +166,7 @@ def replay(
                 if rec["seq"] >= head:
                     return
     finally:
-        for fd, _end in plan:
+        for fd, _start, _end in plan:
             os.close(fd)
 
 
@@ -203,25 +204,83 @@ def find_head(directory: Path, fd: int, size: int, parse: ParseFn) -> tuple[int,
 
 def replay_plan(
     directory: Path, after: int, parse: ParseFn, current_fd: int, current_end: int
-) -> tuple[list[tuple[int, int | None]], int, str]:
-    """Open fds (and end offsets) of the segments holding records after ``after``, plus
-    the ``(seq, hash)`` the first of them must chain from. Whole earlier segments are
-    skipped by reading only their last line. Call under the writers' lock."""
-    plan: list[tuple[int, int | None]] = []
+) -> tuple[list[tuple[int, int, int | None]], int, str]:
+    """Open fds with ``(start, end)`` offsets covering the records after ``after``, plus
+    the ``(seq, hash)`` the first line must chain from. Call under the writers' lock.
+
+    Reading starts at the latest checkpoint at or before ``after`` whose saved position
+    still holds its head record; failing that, at the first segment that can hold a
+    record after ``after`` (earlier whole segments are skipped by their last line). So
+    the work follows the records since the mark, not the segment's size.
+    """
+    current = files.rotated_indexes(directory)
+    segment_now = current[-1] + 1 if current else 1
+    anchor = _checkpoint_anchor(directory, after, segment_now, parse)
+    plan: list[tuple[int, int, int | None]] = []
     start_seq, start_hash = 0, GENESIS
     try:
-        for index in files.rotated_indexes(directory):
+        for index in current:
+            if anchor is not None and index < anchor[2]:
+                continue
             name = files.rotated_name(index)
             fd = os.open(directory / name, files.O_READ)
             size = os.fstat(fd).st_size
-            plan.append((fd, size))
+            begin = anchor[3] if anchor is not None and index == anchor[2] else 0
+            plan.append((fd, begin, size))
             last = tail_record(directory, fd, size, name, parse) if size else None
-            if last is not None and last[0] <= after and len(plan) == 1:
+            if anchor is None and last is not None and last[0] <= after and len(plan) == 1:
                 start_seq, start_hash = last
                 os.close(plan.pop()[0])
-        plan.append((os.dup(current_fd), current_end))
+        begin = anchor[3] if anchor is not None and anchor[2] == segment_now else 0
+        plan.append((os.dup(current_fd), begin, current_end))
     except BaseException:
-        for fd, _end in plan:
+        for fd, _start, _end in plan:
             os.close(fd)
         raise
+    if anchor is not None:
+        start_seq, start_hash = anchor[0], anchor[1]
     return plan, start_seq, start_hash
+
+
+def _checkpoint_anchor(
+    directory: Path, after: int, segment_now: int, parse: ParseFn
+) -> tuple[int, str, int, int] | None:
+    """``(seq, head_hash, segment, offset)`` of the latest usable checkpoint <= ``after``.
+
+    The checkpoint file is an index, not evidence: a position is used only if the record
+    ending there authenticates and is the checkpoint's head; the replayed lines are then
+    chain-verified from that head, so a wrong index can only cost a slower start.
+    """
+    best: tuple[int, str, int, int] | None = None
+    try:
+        fd = os.open(directory / files.CHECKPOINTS, files.O_READ)
+    except FileNotFoundError:
+        return None
+    try:
+        for _end, raw in files.lines(fd, 0):
+            try:
+                obj = json.loads(raw)
+                size, head = int(obj["size"]), str(obj["head_hash"])
+                seg, off = int(obj["state"]["segment"]), int(obj["state"]["offset"])
+            except (ValueError, TypeError, KeyError, RecursionError):
+                continue
+            usable = 0 < size <= after and 1 <= seg <= segment_now and off > 0
+            if usable and (best is None or size > best[0]):
+                best = (size, head, seg, off)
+    finally:
+        os.close(fd)
+    if best is None:
+        return None
+    name = files.CURRENT if best[2] == segment_now else files.rotated_name(best[2])
+    try:
+        seg_fd = os.open(directory / name, files.O_READ)
+    except OSError:
+        return None
+    try:
+        line = line_ending_at(seg_fd, best[3])
+    finally:
+        os.close(seg_fd)
+    rec = parse(line) if line else None
+    if rec is None or rec["seq"] != best[0] or rec["record_hash"] != best[1]:
+        return None
+    return best

@@ -1,0 +1,105 @@
+"""The registry's value types: an artifact row, and the in-memory table reads serve from.
+
+Pure (no I/O): the database adapter (``db.py``) builds these, the service keeps the
+current view in an ``ArtifactTable``, and listing pages through it by a stable order.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Artifact:
+    digest: str
+    name: str
+    size: int
+    format: str
+    format_details: dict[str, Any]
+    metadata: dict[str, str]
+    state: str
+    integrity: str
+    created_at: str
+    updated_at: str
+    uploaded_by: str
+    state_changed_at: str
+    last_verified_at: str | None = None
+    approvers: frozenset[str] = field(default_factory=frozenset)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape clients see."""
+        return {
+            "digest": self.digest,
+            "name": self.name,
+            "size": self.size,
+            "format": self.format,
+            "format_details": self.format_details,
+            "metadata": self.metadata,
+            "state": self.state,
+            "integrity": self.integrity,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "state_changed_at": self.state_changed_at,
+            "uploaded_by": self.uploaded_by,
+            "last_verified_at": self.last_verified_at,
+            "approvals": sorted(self.approvers),
+        }
+
+
+#: Listing order: oldest first; the digest breaks ties (``created_at`` has ms precision).
+SortKey = tuple[str, str]
+
+
+def sort_key(art: Artifact) -> SortKey:
+    return (art.created_at, art.digest)
+
+
+class ArtifactTable(Mapping[str, Artifact]):
+    """Digest -> artifact, plus the listing order kept sorted as rows arrive.
+
+    Why not sort per request: at 10,000 artifacts a full sort per page was most of a
+    listing's cost. Rows are never removed (soft delete keeps metadata) and an
+    artifact's ``created_at`` never changes, so the order only grows, by insertion.
+    """
+
+    def __init__(self, rows: Mapping[str, Artifact] | None = None) -> None:
+        self._rows: dict[str, Artifact] = dict(rows or {})
+        self._order: list[SortKey] = sorted(sort_key(a) for a in self._rows.values())
+
+    def __getitem__(self, digest: str) -> Artifact:
+        return self._rows[digest]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __setitem__(self, digest: str, art: Artifact) -> None:
+        old = self._rows.get(digest)
+        if old is not None and sort_key(old) != sort_key(art):
+            del self._order[bisect.bisect_left(self._order, sort_key(old))]
+            old = None
+        if old is None:
+            bisect.insort(self._order, sort_key(art))
+        self._rows[digest] = art
+
+    def page(
+        self, *, after: str | None, limit: int, keep: Callable[[Artifact], bool]
+    ) -> tuple[list[Artifact], str | None]:
+        """Up to ``limit`` rows that ``keep`` accepts, in listing order, after the row
+        with digest ``after``; and the cursor for the next page (None at the end)."""
+        start = 0
+        if after is not None:
+            start = bisect.bisect_right(self._order, sort_key(self._rows[after]))
+        out: list[Artifact] = []
+        for i in range(start, len(self._order)):
+            art = self._rows[self._order[i][1]]
+            if keep(art):
+                if len(out) == limit:
+                    return out, out[-1].digest
+                out.append(art)
+        return out, None
