@@ -38,13 +38,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemon")]
 
 import httpx  # noqa: E402
-
 from tests.fill import fill  # noqa: E402
 
 POLL = 0.01

@@ -75,7 +75,9 @@ class Deployment:
         assert old in text, old
         self.config.write_text(text.replace(old, new))
 
-    def start(self) -> None:
+    def start(self, *, ready_path: str = "/readyz") -> None:
+        """Start the daemon and wait until ``ready_path`` answers 200 (``/healthz`` for a
+        deployment whose readiness is expected to fail, e.g. a nearly full store)."""
         self.stderr_path = self.dir / "daemon.stderr"
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(
@@ -89,7 +91,7 @@ class Deployment:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}{ready_path}", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

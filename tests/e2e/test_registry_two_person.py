@@ -132,3 +132,95 @@ def test_the_publisher_cli_makes_the_key_entry_and_signatures_the_policy_accepts
         assert json.loads(promoted.stdout)["artifact"]["state"] == "trusted"
     finally:
         dep.stop()
+
+
+# -- an approval counts only while its token may still approve -----------------------------
+
+
+def _edit_token(dep: Deployment, token_id: str, **changes: object) -> None:
+    """Change one token's record in place, as an admin editing the file offline would."""
+    import json
+
+    from assay.core.atomic import atomic_write
+
+    path = dep.dir / "secrets" / "tokens.json"
+    doc = json.loads(path.read_text())
+    for item in doc["tokens"]:
+        if item["id"] == token_id:
+            item.update(changes)
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
+
+
+def _signed(dep: Deployment, who: str) -> tuple[str, dict]:
+    with dep.client() as c:
+        d = upload(c, ST).json()["artifact"]["digest"]
+    first = promote(dep, who, d, [("acme", sign(PUBLISHER, d))])
+    assert first["status"] == 202, first
+    return d, first
+
+
+@pytest.mark.parametrize("how", ["revoked", "scope reduced", "removed", "re-created"])
+def test_an_approval_by_a_token_that_lost_its_right_does_not_count(
+    strict: Deployment, how: str
+) -> None:
+    d, _first = _signed(strict, "alice")
+    if how == "revoked":
+        from tests.conftest import run_cli
+
+        run_cli("token", "revoke", "--config", str(strict.config), "--id", "alice", check=True)
+    elif how == "scope reduced":
+        _edit_token(strict, "alice", scopes=["artifacts:read"])
+    elif how == "re-created":
+        # The id freed by hand and a new token made under it later: another credential.
+        from assay.core.tokens import fingerprint, generate_token
+
+        _edit_token(
+            strict,
+            "alice",
+            fingerprint=fingerprint(generate_token()),
+            created="2999-01-01T00:00:00+00:00",
+        )
+    else:
+        import json
+
+        from assay.core.atomic import atomic_write
+
+        path = strict.dir / "secrets" / "tokens.json"
+        doc = json.loads(path.read_text())
+        doc["tokens"] = [t for t in doc["tokens"] if t["id"] != "alice"]
+        atomic_write(path, (json.dumps(doc) + "\n").encode(), mode=0o600)
+    # Bob's approval is the second one, but alice's no longer counts: still one.
+    second = promote(strict, "bob", d)
+    assert second["status"] == 202 and second["artifact"]["state"] == "quarantined", second
+    why = {
+        "revoked": "revoked",
+        "scope reduced": "artifacts:promote",
+        "removed": "no token",
+        "re-created": "re-created",
+    }[how]
+    (note,) = [f for f in second["decision"]["failed"] if f.startswith("approvals_required")]
+    assert "1/2" in note and "alice" in note and why in note, note
+    # The record of bob's approval says so too.
+    (record,) = [
+        x
+        for x in strict.audit_records()
+        if x["action"] == "artifact.approve" and x["principal"] == "bob" and x["target"] == d
+    ]
+    assert any("alice" in r and why in r for r in record["reasons"]), record["reasons"]
+    # A third person with a valid token makes two that count.
+    strict.create_token("carol", "artifacts:promote", "artifacts:read")
+    third = promote(strict, "carol", d)
+    assert third["status"] == 200 and third["artifact"]["state"] == "trusted", third
+    (promoted,) = [x for x in strict.audit_records() if x["action"] == "artifact.promote"]
+    assert promoted["extra"]["approvers"] == "bob,carol"
+    assert "alice" in promoted["extra"]["not_counted"]
+
+
+def test_an_approval_counts_again_only_if_the_token_is_valid_again(strict: Deployment) -> None:
+    """Scope restored (the same token id and fingerprint): its approval counts again."""
+    d, _first = _signed(strict, "alice")
+    _edit_token(strict, "alice", scopes=["artifacts:read"])
+    assert promote(strict, "bob", d)["status"] == 202
+    _edit_token(strict, "alice", scopes=["artifacts:promote", "artifacts:read"])
+    again = promote(strict, "bob", d)
+    assert again["status"] == 200 and again["artifact"]["state"] == "trusted", again

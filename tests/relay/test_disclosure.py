@@ -6,12 +6,14 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 
-from assay.relay.config import Aggregate
+from assay.core.errors import ConfigError
+from assay.relay.config import Aggregate, parse_config
 from assay.relay.disclosure import aggregate
 from assay.relay.planner import Condition, FieldSpec
 from assay.relay.query import mask_for
-from tests.relay.conftest import Running
+from tests.relay.conftest import Running, example_doc
 
 FIELDS = {
     "muni": FieldSpec("muni", "m", "string"),
@@ -146,3 +148,24 @@ async def test_http_small_municipality_alone_stays_suppressed(running: Running) 
     r = await running.get(f"{AGG}?municipality={small[0]}", key="agg")
     body = await r.get_json()
     assert body["groups"] == [] and body["suppressed_groups"] >= 1
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_threshold_under_three_is_refused_since_a_marker_would_say_exactly_one(k: int) -> None:
+    """A suppressed cell is known to hold 1..k-1 rows (its marker, or the omitted count)."""
+    with pytest.raises(ValueError, match="greater than or equal to 3"):
+        _agg(k=k)
+
+
+def test_a_measure_over_a_dimensions_column_is_refused() -> None:
+    """Every row of a cell carries the key: it is the average, and key x count the sum."""
+    doc = example_doc()
+    ds = doc["datasets"][0]
+    resident = next(e for e in ds["entities"] if e["name"] == "resident")
+    resident["fields"].append({"name": "income_band", "from": "monthly_income"})
+    agg = ds["aggregates"][0]
+    agg["dimensions"].append("income_band")
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(doc), source="relay.yaml")
+    assert "datasets[0].aggregates[0].indicators[1].field" in info.value.extra["paths"]
+    assert "dimension" in info.value.detail

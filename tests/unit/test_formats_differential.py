@@ -83,9 +83,10 @@ def test_samples_are_small_and_load_in_the_reference_libraries() -> None:
 
 # --- what the references write, the inspector accepts --------------------------------------------
 
-names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(
-    lambda name: name != "__metadata__"
-)
+# NUL is left out: the inspector refuses it in names on purpose (ST-18, pinned below).
+names = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+).filter(lambda name: name != "__metadata__")
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4)
 
 
@@ -232,6 +233,7 @@ def test_gguf_type_table_matches_the_gguf_package() -> None:
             "duplicate tensor",
         ),
         ('{"__metadata__":null,"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "null"),
+        ('{"t\\u0000":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "NUL in a name"),
     ],
 )
 def test_inspector_is_stricter_than_the_rust_reference_where_files_are_ambiguous(
@@ -249,3 +251,20 @@ def test_inspector_refuses_gguf_trailing_bytes_that_the_reader_ignores() -> None
     with pytest.raises(FormatRefused) as caught:
         inspect_bytes(data)
     assert caught.value.reason == "gguf.trailing_bytes"
+
+
+@pytest.mark.parametrize("length", [0x9328, 0x19330, 0x9388, 0x9390, 0x9398])
+def test_reference_written_files_whose_length_reads_as_stack_global_are_accepted(
+    length: int,
+) -> None:
+    # safetensors.numpy.save pads the header to 8 bytes, so its lengths end in 0x28 '(',
+    # 0x30 '0', 0x88, 0x90 or 0x98 followed by 0x93 STACK_GLOBAL about once in 1,600
+    # files; with no str to pop no unpickler imports anything, and the files are models.
+    for pad in range(length - 120, length):
+        data = safetensors.numpy.save({"w": np.zeros(3, np.float32)}, metadata={"m": "x" * pad})
+        if int.from_bytes(data[:8], "little") == length:
+            break
+    else:
+        raise AssertionError(f"no metadata size gives a {length:#x}-byte header")
+    assert data[1] == 0x93
+    assert inspect_bytes(data).details["tensor_count"] == 1

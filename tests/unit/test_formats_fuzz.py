@@ -16,12 +16,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from assay.formats import pickles, sniff, zipend
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import Inspection, inspect_bytes
 from tests.formats_factory import (
     ARRAY,
     GGUF,
     STRING,
+    Recorder,
     check_accepted_file_loads,
     gguf_string,
     small_gguf,
@@ -38,7 +40,7 @@ SAMPLES = [
     small_gguf().kv("k", ARRAY, (STRING, ["x", "y"])).build(),
 ]
 REASON = re.compile(
-    r"(empty|pickle|zip|gzip|7z|polyglot|unknown|safetensors\.[a-z0-9_]+|gguf\.[a-z0-9_]+)"
+    r"(empty|pickle|tar|zip|gzip|7z|hdf5|polyglot|unknown|safetensors\.[a-z0-9_]+|gguf\.[a-z0-9_]+)"
 )
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -242,3 +244,73 @@ def test_zip_directory_records_planted_in_valid_files_never_crash(
     at = max(0, len(sample) - back)
     judge(sample[:at] + record + sample[at + len(record) :])
     judge(sample[:at] + record)
+
+
+@settings(FAST, max_examples=300)
+@given(
+    st.sampled_from(SAMPLES),
+    st.integers(0, 300),
+    st.sampled_from([0, 1, 56, 76, 1 << 31, (1 << 64) - 1]) | st.integers(0, (1 << 64) - 1),
+    st.integers(0, (1 << 64) - 1),
+    st.integers(0, (1 << 64) - 1),
+    st.booleans(),
+)
+def test_zip64_locators_and_records_planted_in_valid_files_never_crash(
+    sample: bytes, back: int, record_at: int, cd_size: int, cd_offset: int, adjacent: bool
+) -> None:
+    # ZC-4/ZC-5: a locator pointing anywhere (past the end, into itself, at 2**64 - 1),
+    # a ZIP64 record with any sizes, then a classic end record, near the end of the file.
+    record = b"PK\x06\x06" + struct.pack("<QHHIIQQQQ", 44, 45, 45, 0, 0, 1, 1, cd_size, cd_offset)
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, record_at % (1 << 64), 1)
+    eocd = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, 0, 0, 0)
+    tail = (record if adjacent else b"") + locator + eocd
+    at = max(0, len(sample) - back)
+    judge(sample[:at] + tail + sample[at + len(tail) :])
+    judge(sample + tail)
+
+
+checksum_fields = st.one_of(
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, 1 << 21).map(lambda n: b"%07o " % n),
+    st.integers(0, (1 << 56) - 1).map(lambda n: b"\x80" + n.to_bytes(7, "big")),
+    st.integers(0, (1 << 56) - 1).map(lambda n: b"\xff" + n.to_bytes(7, "big")),
+)
+
+
+@settings(FAST, max_examples=300)
+@given(st.sampled_from(SAMPLES), checksum_fields, st.booleans())
+def test_tar_checksum_fields_planted_at_offset_148_never_crash(
+    sample: bytes, field: bytes, match: bool
+) -> None:
+    # SN-5: the checksum read every way a tar reader reads it, matching or not.
+    data = bytearray(sample.ljust(512, b"\0"))
+    data[148:156] = b" " * 8 if match else field
+    if match:
+        data[148:156] = b"%07o\0" % (256 + sum(data[:148]) + sum(data[156:512]))
+    judge(bytes(data))
+
+
+@settings(FAST, max_examples=200)
+@given(st.sampled_from(SAMPLES), st.integers(0, 12), st.binary(max_size=8))
+def test_hdf5_signatures_planted_at_library_offsets_never_crash(
+    sample: bytes, power: int, spoil: bytes
+) -> None:
+    # SN-6: at 0, 512, 1024, ... a whole, a partial, or a spoiled superblock signature.
+    where = 0 if power == 0 else 256 << power
+    signature = (b"\x89HDF\r\n\x1a\n"[: 8 - len(spoil)] + spoil)[:8]
+    data = sample.ljust(where, b"\0")
+    judge(data[:where] + signature + data[where + len(signature) :])
+
+
+@settings(FAST, max_examples=300)
+@given(st.binary(max_size=4096), st.integers(0, 4096))
+def test_end_relative_and_offset_probes_alone_never_crash(data: bytes, cut: int) -> None:
+    # The probes read through read_at on their own, on files shorter than their records.
+    data = data[:cut]
+    read_at = Recorder(data)
+    assert zipend.zip_directory_reachable(read_at, len(data)) in (True, False)
+    assert sniff.tar_header_at_start(data[:512]) in (True, False)
+    if data:
+        head = data[: sniff.HEAD_PROBE_BYTES]
+        assert sniff.hdf5_superblock(read_at, len(data), head) in (True, False)
+        assert pickles.pickle_stream_is_live(read_at, len(data), head) in (True, False)

@@ -25,6 +25,7 @@ from tests.formats_factory import (
     SparseFile,
     gguf_string,
     gguf_tensor_info,
+    reference_loads_gguf,
     small_gguf,
 )
 
@@ -79,10 +80,31 @@ def test_file_with_no_tensors_is_accepted_with_or_without_final_padding() -> Non
     assert inspect_bytes(padded).details["tensor_count"] == 0
 
 
-def test_last_tensor_without_final_padding_and_nonzero_padding_are_accepted() -> None:
+def test_last_tensor_without_final_padding_is_accepted() -> None:
     g = small_gguf(pad_end=False)  # b.weight is 12 bytes: the file ends mid-alignment
     assert inspect_bytes(g.build()).details["tensor_count"] == 2
-    assert inspect_bytes(small_gguf().build()[:-1] + b"\xff").details["tensor_count"] == 2
+    assert inspect_bytes(small_gguf().build()[:-1]).details["tensor_count"] == 2
+
+
+@pytest.mark.parametrize("where", ["after_header", "between_tensors", "at_end", "no_tensors"])
+def test_gguf_nonzero_alignment_padding_is_refused(where: str) -> None:
+    # GG-18: no reader looks at padding, so a payload there would pass every other check.
+    g = GGUF().kv("general.architecture", STRING, "x")
+    if where != "no_tensors":
+        g.tensor("a.weight", [3]).tensor("b.weight", [5])  # 12 and 20 bytes of F32
+    data = g.build()
+    if where == "no_tensors":
+        data += bytes(-len(data) % 32)
+    found = inspect_bytes(data).details
+    header_end, data_start = int(str(found["header_bytes"])), int(str(found["data_offset"]))
+    spot = {
+        "after_header": header_end,
+        "between_tensors": data_start + 12,
+        "at_end": len(data) - 1,
+        "no_tensors": header_end,
+    }[where]
+    assert header_end % 32 and data[spot] == 0  # really padding, and zero as written
+    assert reason(data[:spot] + b"P" + data[spot + 1 :]) == "gguf.nonzero_padding"
 
 
 @pytest.mark.parametrize(
@@ -102,9 +124,10 @@ def test_custom_alignment_is_honoured() -> None:
 def test_tensors_listed_out_of_offset_order_are_accepted() -> None:
     g = small_gguf()
     g.tensors.reverse()
-    g.offsets = [32, 0]  # b.weight (12 bytes) first in the data, then a.weight
-    data = bytearray(g.build())
-    assert inspect_bytes(bytes(data)).details["tensor_count"] == 2
+    g.offsets = [32, 0]  # a.weight (32 bytes) first in the data, then b.weight (12 bytes)
+    data = g.build()
+    data = data[:-64] + b"\x11" * 44 + bytes(20)
+    assert inspect_bytes(data).details["tensor_count"] == 2
 
 
 # --- magic, version, counts ----------------------------------------------------------------------
@@ -173,6 +196,21 @@ def test_gguf_string_value_over_the_limit_is_refused_without_reading_it() -> Non
 def test_gguf_key_that_is_not_utf8_is_refused() -> None:
     assert reason(small_gguf().kv(b"bad\xff", UINT8, 1).build()) == "gguf.bad_utf8"
     assert reason(small_gguf().kv("k", STRING, b"\xc3(").build()) == "gguf.bad_utf8"
+
+
+def test_gguf_key_with_a_nul_that_c_loaders_read_as_another_key_is_refused() -> None:
+    # ggml's gguf_find_key compares with strcmp: to llama.cpp this key IS general.alignment
+    # (so tensors sit at 64-byte offsets), to gguf-py and a Python check it is not (32).
+    g = small_gguf().kv("general.alignment\0x", UINT32, 64)
+    assert reference_loads_gguf(g.build()).alignment == 32
+    assert reason(g.build()) == "gguf.nul_in_name"
+    assert reason(small_gguf().kv("general.name\0", STRING, "t").build()) == "gguf.nul_in_name"
+
+
+def test_gguf_tensor_names_that_collide_at_a_nul_are_refused() -> None:
+    g = GGUF().tensor("a\0x", [4]).tensor("a\0y", [4])  # both "a" to ggml_get_tensor
+    assert len(reference_loads_gguf(g.build()).tensors) == 2
+    assert reason(g.build()) == "gguf.nul_in_name"
 
 
 def test_gguf_tensor_name_that_is_not_utf8_or_too_long_is_refused() -> None:

@@ -14,12 +14,13 @@ import json
 import pickle
 import pickletools
 import re
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from assay.formats import sniff
+from assay.formats import pickles, sniff
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import MAX_HEAD_BYTES, Inspection, inspect_bytes, inspect_file
 from tests.formats_factory import (
@@ -33,6 +34,7 @@ from tests.formats_factory import (
     st_raw,
     valid_st,
 )
+from tests.formats_polyglots import hdf5_bytes
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
@@ -115,6 +117,24 @@ def test_pytorch_zip_checkpoint_is_refused() -> None:
 def test_empty_zip_and_zip_behind_junk_are_refused() -> None:
     assert reason(zip_bytes({})) == "zip"
     assert reason(b"#!/bin/sh\nexec python\n" * 40 + zip_bytes({"data.pkl": b"x"})) == "zip"
+
+
+def test_tar_archives_are_refused_as_tar() -> None:
+    # torch.load's legacy format is a tar whose 'storages' member is a pickle.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        payload = pickle.dumps(Evil())
+        info = tarfile.TarInfo("storages")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    assert reason(buf.getvalue()) == "tar"
+    assert reason(buf.getvalue()[:512]) == "tar"  # the header alone is enough
+    assert reason(gzip.compress(buf.getvalue())) == "gzip"
+
+
+def test_hdf5_files_are_refused_as_hdf5() -> None:
+    assert reason(hdf5_bytes()) == "hdf5"
+    assert reason(bytes(512) + hdf5_bytes()) == "hdf5"  # behind a 512-byte user block
 
 
 def test_gzip_and_7z_are_refused() -> None:
@@ -213,7 +233,7 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
     body = b"\x80\x04B" + (200 * 1024).to_bytes(4, "little") + bytes(200 * 1024)
     data = body + b"cos\nsystem\n" + bytes(100)
     fake = Recorder(data)
-    assert sniff.pickle_stream_is_live(fake, len(data), data[: sniff.HEAD_PROBE_BYTES])
+    assert pickles.pickle_stream_is_live(fake, len(data), data[: sniff.HEAD_PROBE_BYTES])
 
 
 @pytest.mark.parametrize(
@@ -225,14 +245,51 @@ def test_pickle_walk_follows_length_jumps_beyond_the_first_window() -> None:
         (b"c\x00os\nsystem\n", False),  # not an importable module name
         (b"I" + b"1" * 5000 + b"\n.", False),  # int() refuses that many digits
         (b"\x80\x06.", False),  # protocol 6 does not exist
-        (b"\x80\x05\x93", True),
+        (b"\x80\x05\x8c\x02os\x8c\x06system\x93", True),
+        (b"\x80\x05\x8c\x02os\x94h\x00\x93", True),  # the second str from the memo
+        (b"\x80\x05\x93", False),  # STACK_GLOBAL with nothing to pop
+        (b"(\x93", False),  # a safetensors length of 0x...9328: a MARK is not a str
         (b".", False),  # STOP on an empty stack
         (b"N.", True),
         (b"\x95" + bytes(8) + b"N", False),  # ends mid-stream
+        # Line arguments are converted as the unpicklers convert them (C or Python):
+        (b"I017\n.", True),  # C strtol, base 0: octal
+        (b"I12\x00junk\n.", True),  # C strtol stops at a NUL
+        (b"I 0x1f\n.", True),
+        (b"I09\n.", False),
+        (b"I\n.", False),
+        (b"L12L\n.", True),
+        (b"F1_0\n.", True),  # Python's float()
+        (b"Fnope\n.", False),
+        (b"g1 \n.", True),
+        (b"p\x00\x00\x00{\n.", False),  # a safetensors length 0x70 reads as PUT
+        (b"Pabc\n.", True),
+        (b"P\xff\n.", False),  # persistent ids are ASCII
+        (b"S'abc\n.", False),  # quoted at both ends
+        # No length cap an attacker can pass: a line is dead at its first wrong byte.
+        (b"I\x00anything at all\n.", True),  # C strtol converts nothing: 0
+        (b"I" + b" " * 5000 + b"1\n.", True),  # whitespace pads numbers without limit
+        (b"I" + b"0" * 5000 + b"1\n.", True),  # octal to strtol, no digit limit
+        (b"L" + b" " * 5000 + b"1\n.", True),
+        (b"F" + b"1" * 5000 + b"\n.", True),  # Python's float() takes it (as inf)
+        (b"I" + b"1" * 10 + b"z\n.", False),
+        (b"\x80\x04cbuiltins\n" + b"print.__self__." * 100 + b"len\n.", True),  # 1.5 KB
     ],
 )
 def test_pickle_walk_verdicts(stream: bytes, live: bool) -> None:
-    assert sniff.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
+    assert pickles.pickle_stream_is_live(Recorder(stream), len(stream), stream) is live
+
+
+def test_header_length_that_reads_as_put_with_a_bad_argument_is_not_a_polyglot() -> None:
+    # Length 0x70 is PUT, whose line runs to the first newline in the data; int() of that
+    # line fails in both unpicklers, so no loader unpickles this valid model.
+    header = json.dumps({"t": entry("U8", [3], 0, 3)}, separators=(",", ":")).encode()
+    data = st_raw(header + b" " * (0x70 - len(header)), b"\nN.")
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        list(pickletools.genops(data))
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)
+    assert inspect_bytes(data).format == "safetensors"
 
 
 # --- read discipline ----------------------------------------------------------------------------
@@ -287,16 +344,16 @@ def test_negative_size_is_a_programming_error() -> None:
 
 def test_pickle_opcode_table_matches_the_stdlib() -> None:
     kinds = {
-        pickletools.UP_TO_NEWLINE: {sniff._LINE, sniff._PAIR},
-        pickletools.TAKEN_FROM_ARGUMENT1: {sniff._LEN1},
-        pickletools.TAKEN_FROM_ARGUMENT4: {sniff._LEN4S},
-        pickletools.TAKEN_FROM_ARGUMENT4U: {sniff._LEN4U},
-        pickletools.TAKEN_FROM_ARGUMENT8U: {sniff._LEN8U},
+        pickletools.UP_TO_NEWLINE: {pickles._LINE, pickles._PAIR},
+        pickletools.TAKEN_FROM_ARGUMENT1: {pickles._LEN1},
+        pickletools.TAKEN_FROM_ARGUMENT4: {pickles._LEN4S},
+        pickletools.TAKEN_FROM_ARGUMENT4U: {pickles._LEN4U},
+        pickletools.TAKEN_FROM_ARGUMENT8U: {pickles._LEN8U},
     }
     expected = {ord(op.code) for op in pickletools.opcodes}
-    assert set(sniff._ARGS) == expected
+    assert set(pickles._ARGS) == expected
     for op in pickletools.opcodes:
-        mine = sniff._ARGS[ord(op.code)]
+        mine = pickles._ARGS[ord(op.code)]
         if op.arg is None:
             assert mine == 0, op.name
         elif op.arg.n >= 0:
@@ -308,7 +365,7 @@ def test_pickle_opcode_table_matches_the_stdlib() -> None:
 def test_every_reason_code_in_the_source_is_documented() -> None:
     root = Path(__file__).resolve().parents[2]
     docs = (root / "docs" / "formats.md").read_text()
-    codes: set[str] = {"empty", "pickle", "zip", "gzip", "7z", "polyglot", "unknown"}
+    codes = {"empty", "pickle", "tar", "zip", "gzip", "7z", "hdf5", "polyglot", "unknown"}
     for module in ("safetensors", "gguf"):
         source = (root / "daemon" / "assay" / "formats" / f"{module}.py").read_text()
         codes |= {f"{module}.{c}" for c in re.findall(r'_refuse\(\s*"([a-z0-9_]+)"', source)}

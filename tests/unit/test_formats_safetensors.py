@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.numpy
 
 from assay.formats import safetensors as st
 from assay.formats.errors import FormatRefused
@@ -16,6 +17,7 @@ from tests.formats_factory import (
     SparseFile,
     entry,
     nbytes,
+    reference_loads_safetensors,
     st_file,
     st_raw,
     valid_st,
@@ -291,3 +293,44 @@ def test_trailing_bytes_after_last_tensor_are_refused() -> None:
         "safetensors.trailing_bytes"
     )
     assert reason(st_file({}, b"x")) == "safetensors.trailing_bytes"
+
+
+# --- names and shapes C and numpy loaders read differently -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"a\0x": entry("U8", [1], 0, 1), "a\0y": entry("U8", [1], 1, 2)},  # both "a" in C
+        {"__metadata__\0": entry("U8", [2], 0, 2)},  # "__metadata__" to a C loader
+        {"__metadata__": {"format\0": "pt"}, "t": entry("U8", [2], 0, 2)},
+    ],
+    ids=["tensors-collide", "shadows-metadata", "metadata-key"],
+)
+def test_nul_inside_a_tensor_name_or_metadata_key_is_refused(header: dict[str, object]) -> None:
+    data = st_file(header, b"xy")
+    reference_loads_safetensors(data)  # the Rust reference takes NUL in names
+    assert reason(data) == "safetensors.nul_in_name"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [("U8", [0, 1 << 62, 2]), ("F32", [0, 1 << 61]), ("U8", [1 << 32, 1 << 31, 0])],
+    ids=str,
+)
+def test_empty_tensor_whose_other_dimensions_overflow_numpy_is_refused(
+    dtype: str, shape: list[int]
+) -> None:
+    data = st_file({"t": entry(dtype, shape, 0, 0)})
+    reference_loads_safetensors(data)  # the Rust reference's checked product is 0
+    with pytest.raises(ValueError, match=r"too big|cannot reshape"):
+        safetensors.numpy.load(data)  # numpy sizes the array anyway
+    assert reason(data) == "safetensors.shape_overflow"
+
+
+def test_empty_tensor_at_numpy_s_size_limit_is_accepted() -> None:
+    data = st_file(
+        {"t": entry("U8", [0, (1 << 63) - 1], 0, 0), "u": entry("F32", [0, 1 << 60], 0, 0)}
+    )
+    assert safetensors.numpy.load(data)["t"].shape == (0, (1 << 63) - 1)
+    assert inspect_bytes(data).details["tensor_count"] == 2

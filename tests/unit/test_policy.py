@@ -6,6 +6,8 @@ import base64
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assay.registry.policy import Facts, Policy, evaluate, signed_message
 
@@ -99,3 +101,44 @@ def test_garbage_signature_is_refused_not_crashing() -> None:
     _key, pub = _keypair()
     p = policy(publisher_signature={"required": True, "keys": [{"id": "pub1", "public_key": pub}]})
     assert not evaluate(p, facts(signatures=(("pub1", "!!notbase64"),))).allowed
+
+
+def test_an_approval_that_no_longer_counts_is_named_and_not_counted() -> None:
+    p = policy(approvals_required=2)
+    d = evaluate(
+        p,
+        facts(
+            approvers=frozenset({"alice", "bob"}),
+            not_counted=(("alice", "token revoked"),),
+        ),
+    )
+    assert not d.allowed and d.awaiting_approvals
+    (rule,) = [f for f in d.failed if f.startswith("approvals_required")]
+    assert rule == (
+        "approvals_required: 1/2 distinct approvers (not counted: alice: token revoked)"
+    )
+    enough = evaluate(
+        p,
+        facts(
+            approvers=frozenset({"alice", "bob", "carol"}),
+            not_counted=(("alice", "token revoked"),),
+        ),
+    )
+    assert enough.allowed
+    assert "approvals_required: 2/2 (not counted: alice: token revoked)" in enough.passed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    approvers=st.frozensets(st.sampled_from("abcdefg"), max_size=7),
+    void=st.frozensets(st.sampled_from("abcdefg"), max_size=7),
+    required=st.integers(1, 7),
+)
+def test_a_promotion_never_counts_an_approval_that_no_longer_counts(
+    approvers: frozenset[str], void: frozenset[str], required: int
+) -> None:
+    d = evaluate(
+        policy(approvals_required=required),
+        facts(approvers=approvers, not_counted=tuple((v, "token revoked") for v in sorted(void))),
+    )
+    assert d.allowed == (len(approvers - void) >= required)

@@ -128,3 +128,46 @@ def test_token_is_not_left_behind_when_its_audit_record_cannot_be_written(tmp_pa
     assert code != 0
     ids = [r.id for r in tokenfile.load(tmp_path / "d" / "secrets" / "tokens.json")]
     assert "sneaky" not in ids
+
+
+def test_standing_sees_a_revocation_on_disk_at_once(tmp_path: Path) -> None:
+    """An approval counts only while its token may approve: the authenticator answers
+    from the token file as it is now, without waiting for its poll."""
+    from assay.core.authn import Authenticator
+
+    path = tmp_path / "tokens.json"
+    for who in ("alice", "bob"):
+        tokenfile.create(path, who, ["artifacts:promote", "artifacts:read"])
+    tokenfile.create(path, "reader", ["artifacts:read"])
+    auth = Authenticator(path)
+    auth.load()
+    later = "2999-01-01T00:00:00.000Z"
+    given = {"alice": later, "bob": later, "reader": later, "ghost": later}
+    assert auth.standing(given, "artifacts:promote") == {
+        "reader": "token no longer holds artifacts:promote",
+        "ghost": "no token with this id any more",
+    }
+    tokenfile.revoke(path, "alice")
+    assert auth.standing({"alice": later, "bob": later}, "artifacts:promote") == {
+        "alice": "token revoked"
+    }
+
+
+def test_an_approval_by_an_earlier_token_of_the_same_id_does_not_count(tmp_path: Path) -> None:
+    """The id was freed (file edited by hand) and a new token made under it: the new
+    holder is not the person who approved."""
+    from assay.core.authn import Authenticator
+
+    path = tmp_path / "tokens.json"
+    tokenfile.create(path, "alice", ["artifacts:promote"])
+    auth = Authenticator(path)
+    auth.load()
+    (record,) = tokenfile.load(path)
+    before = "2000-01-01T00:00:00.000Z"
+    assert auth.standing({"alice": before}, "artifacts:promote") == {
+        "alice": "token re-created under this id after it approved"
+    }
+    # The same second as the creation (``created`` has no fraction) still counts.
+    same_second = record.created.replace("+00:00", ".999Z")
+    assert auth.standing({"alice": same_second}, "artifacts:promote") == {}
+    assert auth.standing({"alice": "not a time"}, "artifacts:promote") == {}

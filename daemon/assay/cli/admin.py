@@ -21,6 +21,7 @@ from assay.core import tokenfile
 from assay.core.atomic import atomic_write
 from assay.core.errors import ConfigError, SecretError
 from assay.core.secrets import resolve_path
+from assay.core.trusted_files import check_parent
 
 DEFAULT_DIR = ".assay"
 ADMIN_SCOPES = [
@@ -116,6 +117,10 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
     config = directory / "config.yaml"
     if config.exists():
         raise ConfigError(f"{config} already exists; refusing to overwrite a deployment")
+    if directory.exists():
+        # The daemon would refuse this directory's config (assay.core.trusted_files):
+        # say so now, before anything is created in it.
+        check_parent(config)
     secrets_dir = directory / "secrets"
     for d in (directory, secrets_dir, directory / "state"):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,7 +132,7 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
     policies = shipped_dir("policies")
     if policies is None:
         raise ConfigError("no policies directory found to copy (set ASSAY_POLICIES_DIR)")
-    shutil.copytree(policies, directory / "policies", dirs_exist_ok=True)
+    _copy_policies(policies, directory / "policies")
     samples = shipped_dir("artifacts")
     copied: list[str] = []
     if samples is not None:
@@ -141,6 +146,16 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
     raw, _record = tokenfile.create(token_path, "admin", ADMIN_SCOPES, note="created by assay init")
     _audit_offline(config, "token.create", "admin", {"scopes": ",".join(ADMIN_SCOPES)})
     return {"dir": str(directory), "config": str(config), "admin_token": raw, "samples": copied}
+
+
+def _copy_policies(source: Path, target: Path) -> None:
+    """The shipped policies, with modes the daemon trusts whatever the source's modes and
+    the umask: directory 0755, files 0644 (``assay.core.trusted_files``)."""
+    target.mkdir(mode=0o755, exist_ok=True)
+    target.chmod(0o755)
+    for f in sorted(source.glob("*.yaml")):
+        if f.is_file() and not f.is_symlink():
+            atomic_write(target / f.name, f.read_bytes(), mode=0o644)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import trio
@@ -23,6 +24,20 @@ log = logging.getLogger("assay.auth")
 
 #: Extra credential schemes (e.g. the relay's API keys): header -> verifier.
 ExtraScheme = Callable[[str], Principal]
+
+
+def _after(created: str, approved_at: str) -> bool:
+    """True if a token created at ``created`` did not exist yet at ``approved_at`` (an
+    unknown or unparsable time proves nothing, so it is never "after")."""
+    try:
+        made, approved = datetime.fromisoformat(created), datetime.fromisoformat(approved_at)
+    except ValueError:
+        return False
+    if made.tzinfo is None or approved.tzinfo is None:
+        return False
+    # ``created`` is kept to the second: a token made in the same second as the approval
+    # is taken to predate it.
+    return made > approved.replace(microsecond=0)
 
 
 class Authenticator:
@@ -64,6 +79,30 @@ class Authenticator:
         while True:
             await trio.sleep(interval)
             await trio.to_thread.run_sync(self._reload_if_changed)
+
+    def standing(self, approvals: Mapping[str, str], scope: str) -> dict[str, str]:
+        """Why each approval (token id -> when it was given, ISO 8601) no longer counts
+        for ``scope``; an approval absent from the answer counts.
+
+        An approval belongs to the credential that gave it: it is void once that token
+        is revoked, removed, stripped of ``scope``, or replaced by a token created under
+        the same id after the approval. Blocking: the token file is re-read first if it
+        changed, so a revocation on disk counts at once, not at the next poll.
+        """
+        self._reload_if_changed()
+        out: dict[str, str] = {}
+        for token_id, approved_at in approvals.items():
+            records = [r for r in self._records if r.id == token_id]
+            live = [r for r in records if not r.revoked]
+            if not records:
+                out[token_id] = "no token with this id any more"
+            elif not live:
+                out[token_id] = "token revoked"
+            elif not any(scope in r.scopes for r in live):
+                out[token_id] = f"token no longer holds {scope}"
+            elif all(_after(r.created, approved_at) for r in live):
+                out[token_id] = "token re-created under this id after it approved"
+        return out
 
     @property
     def token_count(self) -> int:

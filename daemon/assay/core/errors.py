@@ -10,6 +10,7 @@ This module is pure: it imports nothing from trio, Quart, the file system or the
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -91,6 +92,14 @@ class ConfigError(RejectedInput):
     title = "Invalid configuration"
 
 
+class UnsafeFile(ConfigError):
+    """A trusted file (config, policy) or its directory is a symlink, writable by group
+    or others, or owned by someone else: startup stops, naming the path."""
+
+    code = "config.file_unsafe"
+    title = "Unsafe file"
+
+
 # --- Auth --------------------------------------------------------------------------------
 
 
@@ -155,6 +164,32 @@ class StorageError(AssayError):
     code = "storage.failed"
     status = 500
     title = "Storage failure"
+
+
+class StorageFull(StorageError):
+    """No room left (the disk or the quota is full). RFC 4918's 507: the request may
+    succeed once space is freed, and a smaller one may succeed now."""
+
+    code = "storage.full"
+    status = 507
+    title = "Insufficient storage"
+
+
+#: errno values that mean the disk, or the user's quota, has no room.
+FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: OSError, doing: str) -> StorageError:
+    """The typed error for an ``OSError`` while ``doing`` something to our own state.
+
+    The one place ENOSPC and EDQUOT become ``storage.full`` (507); every other failure
+    is ``storage.failed``. The message names the operation and the OS reason, never a
+    traceback.
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno in FULL_ERRNOS:
+        return StorageFull(f"{doing} failed: {reason}")
+    return StorageError(f"{doing} failed: {reason}")
 
 
 class AuditWriteFailed(StorageError):

@@ -20,8 +20,8 @@ from assay.core.errors import BadRequest, InvalidCredential, ScopeDenied
 TOKEN_PREFIX = "assay_"
 TOKEN_BYTES = 32
 MAX_PRESENTED_TOKEN_CHARS = 512
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SCOPE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def fingerprint(token: str) -> str:
 
 
 def check_id(value: str) -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise BadRequest(f"invalid id {value!r}: use 1-64 of [A-Za-z0-9._-]")
     return value
 
@@ -70,7 +70,7 @@ def check_scopes(values: Iterable[str]) -> frozenset[str]:
     if not scopes:
         raise BadRequest("at least one scope is required")
     for scope in scopes:
-        if not SCOPE_PATTERN.match(scope):
+        if not SCOPE_PATTERN.fullmatch(scope):
             raise BadRequest(f"invalid scope {scope!r}: use resource:action")
     return scopes
 

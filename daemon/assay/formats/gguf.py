@@ -196,7 +196,9 @@ def inspect_gguf(read_at: ReadAt, size: int) -> dict[str, object]:
     tensors, types = _read_tensor_infos(cur, tensor_count, alignment)
     header_end = cur.pos
     data_start = _align(header_end, alignment)
-    _check_layout(tensors, header_end, data_start, alignment, size)
+    padding = _check_layout(tensors, header_end, data_start, alignment, size)
+    # Step 18 (GG-18: alignment padding is zeros)
+    _check_padding(read_at, padding)
     details: dict[str, object] = {
         "version": version,
         "tensor_count": tensor_count,
@@ -217,8 +219,11 @@ def _read_kvs(cur: _Cursor, kv_count: int) -> tuple[int, str | None]:
     alignment = DEFAULT_ALIGNMENT
     architecture: str | None = None
     for _ in range(kv_count):
-        # Step 4 (GG-4: keys are bounded UTF-8 strings, each key once)
+        # Step 4 (GG-4: keys are bounded UTF-8 strings without NUL, each key once; ggml
+        # looks keys up with strcmp, so "general.alignment\0x" would be found as
+        # "general.alignment" by C loaders and not by Python ones)
         key = cur.string(MAX_KEY_BYTES, "key")
+        _no_nul(key, "key")
         if key in keys:
             raise _refuse("duplicate_key", f"key {key[:64]!r} appears twice")
         keys.add(key)
@@ -236,6 +241,11 @@ def _read_kvs(cur: _Cursor, kv_count: int) -> tuple[int, str | None]:
         else:
             _skip_value(cur, vtype, 0)
     return alignment, architecture
+
+
+def _no_nul(text: str, what: str) -> None:
+    if "\x00" in text:
+        raise _refuse("nul_in_name", f"{what} {text[:64]!r} holds a NUL byte")
 
 
 def _skip_value(cur: _Cursor, vtype: int, depth: int) -> None:
@@ -294,8 +304,9 @@ def _read_tensor_infos(
     types: set[str] = set()
     tensors: list[tuple[int, int, str]] = []
     for _ in range(count):
-        # Step 10 (GG-10: names are short UTF-8 strings, each name once)
+        # Step 10 (GG-10: names are short UTF-8 strings without NUL, each name once)
         name = cur.string(MAX_TENSOR_NAME_BYTES, "tensor name")
+        _no_nul(name, "tensor name")
         if name in names:
             raise _refuse("duplicate_tensor", f"tensor {name!r} appears twice")
         names.add(name)
@@ -330,8 +341,11 @@ def _check_layout(
     data_start: int,
     alignment: int,
     size: int,
-) -> None:
-    """GG-15 to GG-17: tensors inside the file, back to back, nothing after the last."""
+) -> list[tuple[int, int]]:
+    """GG-15 to GG-17: tensors inside the file, back to back, nothing after the last.
+
+    Returns the alignment padding, as absolute ``(start, end)`` spans, for GG-18.
+    """
     data_len = size - data_start
     # Step 15 (GG-15: each tensor's bytes lie inside the file)
     for offset, nbytes, name in tensors:
@@ -340,17 +354,37 @@ def _check_layout(
     # Step 16 (GG-16: sorted by offset, each tensor starts at the aligned end of the previous
     # one: no overlap, no gap beyond alignment padding)
     end = 0
+    padding = [(header_end, data_start)] if tensors else []
     for offset, nbytes, name in sorted(tensors):
         if offset < end:
             raise _refuse("tensor_overlap", f"tensor {name!r} overlaps the previous one")
         if offset != _align(end, alignment):
             raise _refuse("tensor_gap", f"unaccounted bytes before tensor {name!r}")
+        padding.append((data_start + end, data_start + offset))
         end = offset + nbytes
     # Step 17 (GG-17: the file ends within the alignment padding after the last tensor, or
     # of the header when there are no tensors)
     last = data_start + end if tensors else header_end
     if size > _align(last, alignment):
         raise _refuse("trailing_bytes", f"{size - _align(last, alignment)} bytes after the end")
+    padding.append((last, size))
+    return [(start, stop) for start, stop in padding if stop > start]
+
+
+def _check_padding(read_at: ReadAt, padding: list[tuple[int, int]]) -> None:
+    """GG-18: every alignment padding byte is zero.
+
+    Why: the reference writers (gguf-py, ggml) pad with zeros, and padding is the one
+    place in a GGUF file no reader looks at, so anything else there (an archive, a pickle,
+    a second header) is a payload smuggled past every check. Each span is shorter than
+    the alignment (at most 64 KiB) and read exactly; there is one per tensor at most, so
+    the reads stay within the file's size, which ingest has already read once to hash.
+    """
+    for start, stop in padding:
+        raw = read_exact(read_at, start, stop - start, "gguf.truncated")
+        if raw.count(0) != len(raw):
+            nonzero = next(i for i, byte in enumerate(raw) if byte)
+            raise _refuse("nonzero_padding", f"padding byte at {start + nonzero} is not zero")
 
 
 def _align(value: int, alignment: int) -> int:

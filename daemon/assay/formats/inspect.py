@@ -2,9 +2,10 @@
 
 Why one entry point: the registry must never trust a file name or a client's claim. Only
 safetensors and GGUF are accepted, each after a full validation; everything else is
-refused with a stable reason code (``empty``, ``pickle``, ``zip``, ``gzip``, ``7z``,
-``polyglot``, ``unknown``, or a ``safetensors.*`` / ``gguf.*`` code). A file that validates
-but also carries a live signature of a refused format is a ``polyglot`` and is refused too.
+refused with a stable reason code (``empty``, ``pickle``, ``tar``, ``zip``, ``gzip``,
+``7z``, ``hdf5``, ``polyglot``, ``unknown``, or a ``safetensors.*`` / ``gguf.*`` code). A
+file that validates but also opens in a stock reader of a refused format, from an offset
+that reader uses, is a ``polyglot`` and is refused too.
 
 The caller supplies ``read_at`` (an I/O adapter over the real file); this module asks it for
 at most ``MAX_HEAD_BYTES`` per call and reads only headers and small probes, never tensor
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from assay.formats import gguf, safetensors, sniff
+from assay.formats import gguf, pickles, safetensors, sniff, zipend
 from assay.formats.errors import FormatRefused
 from assay.formats.sniff import HEAD_PROBE_BYTES, MAX_HEAD_BYTES, ReadAt, read_exact
 
@@ -85,15 +86,17 @@ def inspect_bytes(data: bytes) -> Inspection:
 
 _DESCRIBE: dict[str, str] = {
     "pickle": "a Python pickle, which runs code when loaded",
+    "tar": "a tar archive (e.g. a legacy PyTorch checkpoint)",
     "zip": "a zip archive (e.g. a PyTorch .pt/.bin checkpoint)",
     "gzip": "a gzip stream",
     "7z": "a 7z archive",
+    "hdf5": "an HDF5 file (e.g. a Keras .h5 model)",
     "unknown": "not safetensors or GGUF",
 }
 
 
 def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str | None:
-    """The refused format the file also is (SN-1 to SN-4), or None.
+    """The refused format a stock reader also opens the file as (SN-1 to SN-6, ZC-*), or None.
 
     ``lenient`` adds the bare PROTO-opcode test, which is right for files that are nothing
     else but would misfire on valid safetensors whose header length starts with 0x80.
@@ -101,10 +104,14 @@ def _foreign(read_at: ReadAt, size: int, head: bytes, *, lenient: bool) -> str |
     signature = sniff.signature_at_start(head)
     if signature is not None:
         return signature
+    if sniff.tar_header_at_start(head):
+        return "tar"
     if lenient and sniff.starts_with_pickle_proto(head):
         return "pickle"
-    if sniff.pickle_stream_is_live(read_at, size, head):
+    if pickles.pickle_stream_is_live(read_at, size, head):
         return "pickle"
-    if sniff.zip_directory_in_tail(read_at, size):
+    if zipend.zip_directory_reachable(read_at, size):
         return "zip"
+    if sniff.hdf5_superblock(read_at, size, head):
+        return "hdf5"
     return None

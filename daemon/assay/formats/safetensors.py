@@ -24,6 +24,8 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS = 1 << 18
 MAX_RANK = 32
 MAX_DIM = (1 << 63) - 1  # numpy and torch keep dimensions in a signed 64-bit integer
+#: numpy's limit on an array's byte size, zero-sized arrays included (NPY_MAX_INTP).
+MAX_ARRAY_BYTES = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
 #: Upper bounds on ``:`` (object members: 4 per tensor) and ``,`` (about 4 + rank per
 #: tensor) in a header, with room for metadata; they cap what parsing can allocate.
@@ -179,7 +181,7 @@ def _u64(literal: str) -> int:
 
 
 def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int]:
-    """ST-9 to ST-17: metadata, every entry, and byte-exact coverage of the data region."""
+    """ST-9 to ST-18: metadata, names, every entry, byte-exact coverage of the data region."""
     # Step 9 (ST-9: optional __metadata__ is a str -> str map)
     metadata = header.get(_METADATA_KEY)
     if _METADATA_KEY in header:
@@ -188,6 +190,11 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
         _check_text([*metadata, *metadata.values()])
     _check_text(list(header))
     entries = [(k, v) for k, v in header.items() if k != _METADATA_KEY]
+    # Step 18 (ST-18: no NUL in a tensor name or metadata key: C loaders end names at the
+    # first NUL, so "a\u0000x" and "a\u0000y" would both be "a", or shadow "__metadata__")
+    for name in [*(k for k, _ in entries), *(metadata if isinstance(metadata, dict) else ())]:
+        if "\x00" in name:
+            raise _refuse("nul_in_name", f"name {name[:64]!r} holds a NUL character")
     spans: list[tuple[int, int, str]] = []
     dtypes: set[str] = set()
     for name, entry in entries:
@@ -215,7 +222,7 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
 
 
 def _check_entry(name: str, entry: Any) -> tuple[int, int, str]:
-    """ST-10 to ST-14 for one tensor entry; returns (begin, end, dtype)."""
+    """ST-10 to ST-14 and ST-19 for one tensor entry; returns (begin, end, dtype)."""
     label = repr(name[:64])
     # Step 10 (ST-10: exactly dtype, shape, data_offsets)
     if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
@@ -240,6 +247,13 @@ def _check_entry(name: str, entry: Any) -> tuple[int, int, str]:
     bits = elements * DTYPE_BITS[dtype]
     if bits > U64_MAX:
         raise _refuse("shape_overflow", f"tensor {label} byte size overflows")
+    # Step 19 (ST-19: numpy sizes even an empty array: the item size times every nonzero
+    # dimension must fit in a signed 64-bit integer, or safetensors.numpy.load crashes)
+    nominal = -(-DTYPE_BITS[dtype] // 8)
+    for dim in shape:
+        nominal *= dim or 1
+    if nominal > MAX_ARRAY_BYTES:
+        raise _refuse("shape_overflow", f"tensor {label} is too big for numpy, even when empty")
     # Step 13 (ST-13: data_offsets is [begin, end] with begin <= end)
     offsets = entry["data_offsets"]
     if (

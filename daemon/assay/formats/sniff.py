@@ -1,18 +1,23 @@
-"""Bounded reads, and signature detection for the formats assay refuses.
+"""Bounded reads, and what a file looks like from offset 0 to the readers assay refuses.
 
 Why this module exists: the safetensors and GGUF validators decide whether a file *is* a
-model; this module decides what else it *also* looks like (pickle, zip, gzip, 7z). A file
-that validates as a model but also carries another format's live signature is a polyglot:
-a different loader pointed at the same bytes would read something else, so it is refused.
+model; this module (with ``zipend`` for zip, which readers find from the end) decides what
+else it *also* is to a stock reader (pickle, tar, zip, gzip, 7z, HDF5). A file that
+validates as a model but also opens in another reader is a polyglot: a different loader
+pointed at the same bytes would read something else, so it is refused.
+
+Every reader checked here starts at a fixed offset (see "Where readers look" in
+docs/formats.md): ``pickle``/``torch.load`` unpickle from the first byte, ``tarfile`` and
+GNU tar read a 512-byte header there, gzip and 7z readers want their magic there, and the
+HDF5 library tries 0, 512, 1024, 2048 and on.
 
 Everything here reads through a caller-supplied ``read_at`` and never asks it for more than
 ``MAX_HEAD_BYTES`` at once; every probe is bounded (see the SN-* checks in docs/formats.md).
-Pure: no I/O imports, no pickle import; the pickle opcode table below is plain data.
+The pickle opcode walk (SN-3) lives in ``pickles``. Pure: no I/O imports.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Protocol
 
 from assay.formats.errors import FormatRefused
@@ -29,9 +34,6 @@ class ReadAt(Protocol):
 MAX_HEAD_BYTES = 100_000_000
 #: How much of the start of a file is probed for signatures.
 HEAD_PROBE_BYTES = 64 * 1024
-#: A zip end-of-central-directory record is 22 bytes plus a comment of up to 64 KiB.
-ZIP_EOCD_MIN = 22
-TAIL_PROBE_BYTES = 0xFFFF + ZIP_EOCD_MIN
 
 
 def read_exact(read_at: ReadAt, offset: int, length: int, truncated: str) -> bytes:
@@ -77,196 +79,94 @@ def starts_with_pickle_proto(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and head[1] <= 5
 
 
-# --- Pickle opcode walk --------------------------------------------------------------------
+# --- Tar header at offset 0 ----------------------------------------------------------------
 
-_LINE, _PAIR, _LEN1, _LEN4S, _LEN4U, _LEN8U = -1, -2, -3, -4, -5, -6
-# opcode -> argument: a fixed byte count (>= 0) or one of the kinds above. Taken from the
-# stdlib pickletools.opcodes table (a unit test checks they agree); copied so this pure
-# module need not import the pickle machinery.
-_ARGS: dict[int, int] = {
-    **dict.fromkeys(b"NR]ae)lt}dsu01(2.bo\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94", 0),
-    **dict.fromkeys(b"\x97\x98\x81Q", 0),
-    **dict.fromkeys(b"ILSVFgpP", _LINE),
-    **dict.fromkeys(b"ci", _PAIR),
-    **dict.fromkeys(b"Khq\x80\x82", 1),
-    **dict.fromkeys(b"M\x83", 2),
-    **dict.fromkeys(b"Jjr\x84", 4),
-    **dict.fromkeys(b"G\x95", 8),
-    **dict.fromkeys(b"\x8aUC\x8c", _LEN1),
-    **dict.fromkeys(b"\x8bT", _LEN4S),
-    **dict.fromkeys(b"BX", _LEN4U),
-    **dict.fromkeys(b"\x8e\x96\x8d", _LEN8U),
-}
-# Lines the unpickler parses as numbers (or ASCII ids) are short; longer ones cannot load.
-_SHORT_LINE_OPS = frozenset(b"ILFgpP")
-_SHORT_LINE_MAX = 4400  # Python refuses int() of more than 4300 digits
-_NAME_LINE_MAX = 1024
-_IMPORTING_OPS = frozenset(b"ci\x93")  # GLOBAL, INST, STACK_GLOBAL: import a callable
-_STOP = ord(".")
-_STRING_NL = ord("S")
-_PROTO = 0x80
-_HIGHEST_PROTOCOL = 5
-_LEN_WIDTH = {_LEN1: 1, _LEN4S: 4, _LEN4U: 4, _LEN8U: 8}
-_MAX_OPS = 1 << 16
-_MAX_READS = 64
-_MAX_LINE_SCAN = 1 << 20
+TAR_BLOCK = 512
+_CHKSUM = slice(148, 156)
+_OCTAL = b"01234567"
 
 
-class _Probe:
-    """A cached, budgeted window over ``read_at`` for the opcode walk."""
+def tar_header_at_start(head: bytes) -> bool:
+    """Step SN-5: does the first 512-byte block pass a tar reader's header checksum?
 
-    def __init__(self, read_at: ReadAt, size: int, head: bytes) -> None:
-        self._read_at = read_at
-        self.size = size
-        self._start = 0
-        self._buf = head
-        self.reads = 0
-        self.scanned = 0
-
-    def spent(self) -> bool:
-        return self.reads > _MAX_READS or self.scanned > _MAX_LINE_SCAN
-
-    def take(self, pos: int, n: int) -> bytes:
-        """Up to ``n`` bytes at ``pos`` (fewer only at end of file)."""
-        if not (self._start <= pos and pos + n <= self._start + len(self._buf)):
-            self.reads += 1
-            length = max(0, min(max(n, HEAD_PROBE_BYTES), self.size - pos))
-            self._buf = read_exact(self._read_at, pos, length, "unknown")
-            self._start = pos
-        return self._buf[pos - self._start : pos - self._start + n]
-
-    def line_end(self, pos: int, cap: int) -> int | None:
-        """Offset of the first newline in ``[pos, pos + cap)``, or None."""
-        limit = min(self.size, pos + cap)
-        while pos < limit and not self.spent():
-            chunk = self.take(pos, min(HEAD_PROBE_BYTES, limit - pos))
-            found = chunk.find(b"\n")
-            if found >= 0:
-                return pos + found
-            if not chunk:
-                return None
-            self.scanned += len(chunk)
-            pos += len(chunk)
-        return None
+    ``tarfile.open`` (and so ``torch.load``'s legacy tar path), GNU tar and libarchive all
+    accept a first block exactly when its checksum field matches the sum of the block's
+    bytes (the field itself counted as spaces, bytes unsigned or signed). The field is read
+    the two ways those readers read it: ``tarfile``'s (NUL-terminated, stripped, Python's
+    ``int(text, 8)``, or GNU base-256), and libarchive's (spaces, then the leading octal
+    digits). The other fields are not required to parse: refusing a superset is safe.
+    """
+    block = head[:TAR_BLOCK]
+    if len(block) < TAR_BLOCK or not block.strip(b"\0"):
+        return False  # tarfile: truncated header, or an end-of-archive block
+    body = block[: _CHKSUM.start] + block[_CHKSUM.stop :]
+    unsigned = 256 + sum(body)
+    signed = unsigned - 256 * sum(1 for b in body if b >= 0x80)
+    return bool({unsigned, signed} & _checksum_readings(block[_CHKSUM]))
 
 
-def _is_dotted_name(raw: bytes) -> bool:
+def _checksum_readings(field: bytes) -> set[int]:
+    """The values tar readers take the 8-byte checksum field to hold."""
+    readings: set[int] = set()
+    first, rest = field[0], field[1:]
+    # tarfile.nti: base-256 when the first byte is 0o200 or 0o377, else octal text
+    if first in (0o200, 0o377):
+        value = int.from_bytes(rest, "big")
+        readings.add(value - 256 ** len(rest) if first == 0o377 else value)
+    else:
+        text = field.split(b"\0", 1)[0]
+        if text.isascii() and _octal_literal(text.decode("ascii").strip() or "0"):  # str.strip
+            readings.add(int(text.decode("ascii").strip() or "0", 8))
+    if first & 0x80:
+        # libarchive's tar_atol256: the high bit marks base-256, 0x40 the sign
+        top = bytes([first | 0x80]) if first & 0x40 else bytes([first & 0x7F])
+        readings.add(int.from_bytes(top + rest, "big", signed=bool(first & 0x40)))
+    else:
+        # libarchive's tar_atol8, GNU tar's from_header: spaces, then leading octal digits
+        digits = field.lstrip(b" \t")
+        run = len(digits) - len(digits.lstrip(_OCTAL))
+        readings.add(int(digits[:run] or b"0", 8))
+    return readings
+
+
+# --- HDF5 superblock at 0 or 512 * 2**k ----------------------------------------------------
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_FIRST_USER_BLOCK = 512
+
+
+def hdf5_offsets(size: int) -> list[int]:
+    """Where the HDF5 library looks for a superblock: 0, then 512, 1024, 2048, ...
+
+    The library (H5FD_locate_signature, used by ``h5py.File`` and so by Keras's
+    ``load_model`` on .h5 files) tries every power of two from 512 below the end of the
+    file, so a model whose tensor data holds an HDF5 file at such an offset opens, whole,
+    as that file; a Keras one can carry a Lambda layer's code.
+    """
+    offsets: list[int] = []
+    where = 0
+    while where + len(HDF5_SIGNATURE) <= size:
+        offsets.append(where)
+        where = max(HDF5_FIRST_USER_BLOCK, where * 2)
+    return offsets
+
+
+def hdf5_superblock(read_at: ReadAt, size: int, head: bytes) -> bool:
+    """Step SN-6: an HDF5 signature at one of the offsets the library searches."""
+    for where in hdf5_offsets(size):
+        if where + len(HDF5_SIGNATURE) <= len(head):
+            found = head[where : where + len(HDF5_SIGNATURE)]
+        else:
+            found = read_exact(read_at, where, len(HDF5_SIGNATURE), "unknown")
+        if found == HDF5_SIGNATURE:
+            return True
+    return False
+
+
+def _octal_literal(text: str) -> bool:
+    """Whether Python's ``int(text, 8)`` (tarfile's reading) accepts ``text``."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
+        int(text, 8)
+    except ValueError:
         return False
-    return bool(text) and all(part.isidentifier() for part in text.split("."))
-
-
-def pickle_stream_is_live(read_at: ReadAt, size: int, head: bytes) -> bool:
-    """Step SN-3: does the file, read from offset 0, unpickle far enough to matter?
-
-    Walks opcodes without executing anything. Live means it reaches an opcode that imports
-    a callable (GLOBAL/INST with importable-looking names, STACK_GLOBAL), reaches STOP after
-    at least one other opcode (a complete pickle), or is still valid when the walk's budget
-    runs out (conservative). An unknown opcode, an argument the unpickler would reject, or
-    the end of the file means no unpickler gets anywhere with these bytes.
-    """
-    probe = _Probe(read_at, size, head)
-    pos = 0
-    for count in range(_MAX_OPS):
-        if pos >= size:
-            return False
-        if probe.spent():
-            return True
-        op = probe.take(pos, 1)[0]
-        kind = _ARGS.get(op)
-        if kind is None:
-            return False
-        if op == _STOP:
-            return count > 0
-        if op in _IMPORTING_OPS and kind == 0:
-            return True
-        pos += 1
-        if op == _PROTO:
-            arg = probe.take(pos, 1)
-            if not arg or arg[0] > _HIGHEST_PROTOCOL:
-                return False
-        if kind >= 0:
-            pos += kind
-        elif kind in (_LINE, _PAIR):
-            lines = _lines(probe, pos, op, kind)
-            if lines is None:
-                return probe.spent()
-            if kind == _PAIR:
-                return True
-            pos = lines
-        else:
-            width = _LEN_WIDTH[kind]
-            raw = probe.take(pos, width)
-            if len(raw) < width:
-                return False
-            n = int.from_bytes(raw, "little", signed=kind == _LEN4S)
-            if n < 0:
-                return False
-            pos += width + n
     return True
-
-
-def _lines(probe: _Probe, pos: int, op: int, kind: int) -> int | None:
-    """Skip an opcode's newline-terminated argument(s); None if the unpickler would fail.
-
-    GLOBAL and INST carry two lines, a module and a name; they only import something when
-    both look like dotted Python identifiers.
-    """
-    for _ in range(2 if kind == _PAIR else 1):
-        if kind == _PAIR:
-            cap = _NAME_LINE_MAX
-        elif op in _SHORT_LINE_OPS:
-            cap = _SHORT_LINE_MAX
-        else:
-            cap = probe.size
-        if op == _STRING_NL and probe.take(pos, 1) not in (b"'", b'"'):
-            return None  # STRING's argument must be quoted
-        end = probe.line_end(pos, cap)
-        if end is None:
-            return None
-        if kind == _PAIR and not _is_dotted_name(probe.take(pos, end - pos)):
-            return None
-        pos = end + 1
-    return pos
-
-
-# --- Zip end of central directory in the tail -----------------------------------------------
-
-_EOCD = struct.Struct("<4sHHHHIIH")
-_EOCD_SIG = b"PK\x05\x06"
-_CDH_SIG = b"PK\x01\x02"
-_MAX_EOCD_CANDIDATES = 64
-
-
-def zip_directory_in_tail(read_at: ReadAt, size: int) -> bool:
-    """Step SN-4: does the tail hold a zip end-of-central-directory a zip reader would use?
-
-    Zip readers find an archive from its end: the last 64 KiB + 22 bytes. A bare 4-byte
-    signature turns up by chance in tensor data, so a candidate only counts when the central
-    directory it points at (absolute, as miniz in PyTorch reads it, or relative to the
-    record, as Python's zipfile does) starts with a central-directory header, or when it
-    uses the zip64 escape values. More candidates than the budget is itself suspicious.
-    """
-    start = max(0, size - TAIL_PROBE_BYTES)
-    tail = read_exact(read_at, start, size - start, "unknown")
-    pos = tail.rfind(_EOCD_SIG)
-    for _ in range(_MAX_EOCD_CANDIDATES):
-        if pos < 0:
-            return False
-        if pos + _EOCD.size <= len(tail):
-            _, _, _, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, pos)
-            if entries == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
-                return True
-            for where in {cd_offset, start + pos - cd_size}:
-                if 0 <= where <= size - 4 and _bytes_at(read_at, tail, start, where) == _CDH_SIG:
-                    return True
-        pos = tail.rfind(_EOCD_SIG, 0, pos)
-    return pos >= 0
-
-
-def _bytes_at(read_at: ReadAt, tail: bytes, tail_start: int, where: int) -> bytes:
-    if tail_start <= where and where + 4 <= tail_start + len(tail):
-        return tail[where - tail_start : where - tail_start + 4]
-    return read_exact(read_at, where, 4, "unknown")

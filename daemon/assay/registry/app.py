@@ -25,15 +25,16 @@ from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
+from assay.registry import bodies
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.states import Action
+from assay.registry.store import describe
 from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
 from assay.registry.validate import check_name
 
 SERVE_CHUNK = 1024 * 1024
 READINESS_SCOPE = "artifacts:read"
-MAX_REASON_CHARS = 500
 
 #: Hook that turns a mutation's audit record into response headers (receipts).
 ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
@@ -118,41 +119,11 @@ class HistoryReads:
                 self._busy = False
 
 
-async def _json_body() -> dict[str, Any]:
-    if not await request.get_data(cache=True):
-        return {}
-    data = await request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
-
-
-def _reason(body: dict[str, Any], *, required: bool) -> str:
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
-        raise BadRequest(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
-    if required and not reason.strip():
-        raise BadRequest("a reason is required", code="request.reason_required")
-    if any(ord(c) < 32 for c in reason):
-        raise BadRequest("reason has control characters")
-    return reason
-
-
-def _signatures(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    raw = body.get("signatures", [])
-    if not isinstance(raw, list) or len(raw) > 16:
-        raise BadRequest("signatures must be a list of at most 16 {key_id, signature}")
-    out: list[tuple[str, str]] = []
-    for item in raw:
-        if not (
-            isinstance(item, dict)
-            and isinstance(item.get("key_id"), str)
-            and isinstance(item.get("signature"), str)
-            and len(item["signature"]) <= 200
-        ):
-            raise BadRequest("each signature needs string key_id and signature")
-        out.append((item["key_id"][:64], item["signature"]))
-    return tuple(out)
+async def _body(*allowed: str) -> dict[str, Any]:
+    """The request's JSON object, parsed strictly (``assay.registry.bodies``)."""
+    raw = await request.get_data(cache=True, as_text=False)
+    assert isinstance(raw, bytes)
+    return bodies.parse_object(raw, allowed=frozenset(allowed))
 
 
 def create_app(
@@ -244,14 +215,14 @@ def create_app(
     async def promote(digest: str) -> Response:
         """Approve and, once the policy passes, promote quarantined -> trusted."""
         current_audit().target = parse_digest(digest)
-        body = await _json_body()
+        body = await _body("signatures")
         out = await registry.transition(
             current_principal(),
             digest,
             Action.PROMOTE,
             route=web.route_template(),
             request_id=_rid(),
-            signatures=_signatures(body),
+            signatures=bodies.signatures(body),
         )
         decision = out.decision
         payload = {
@@ -269,7 +240,7 @@ def create_app(
     async def revoke(digest: str) -> Response:
         """Revoke (terminal). A reason is required."""
         current_audit().target = parse_digest(digest)
-        reason = _reason(await _json_body(), required=True)
+        reason = bodies.reason(await _body("reason"), required=True)
         out = await registry.transition(
             current_principal(),
             digest,
@@ -285,7 +256,7 @@ def create_app(
     async def delete(digest: str) -> Response:
         """Soft delete: bytes removed, metadata and history kept."""
         current_audit().target = parse_digest(digest)
-        reason = _reason(await _json_body(), required=False)
+        reason = bodies.reason(await _body("reason"), required=False)
         out = await registry.transition(
             current_principal(),
             digest,
@@ -306,7 +277,7 @@ def create_app(
         audit_state.receipt = True  # evidence of the check, signed like a mutation
 
         async def record_request(result: dict[str, Any]) -> Mapping[str, Any]:
-            audit_state.reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
+            audit_state.reasons = [] if result["ok"] else [describe(result["actual"])]
             return await web.record_request(200)
 
         result, record = await registry.verify(

@@ -74,6 +74,7 @@ class RegistryBase:
         max_artifact_bytes: int,
         block_bytes: int = 4 * 1024 * 1024,
         events: Callable[[str, dict[str, Any]], None] | None = None,
+        approver_standing: Callable[[Mapping[str, str], str], Mapping[str, str]] | None = None,
         audit_head: Callable[[], int] = lambda: 0,
         audit_uncertain: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -86,6 +87,10 @@ class RegistryBase:
         self.max_artifact_bytes = max_artifact_bytes
         self.block_bytes = block_bytes
         self._events = events or (lambda _kind, record_fields: None)
+        #: Blocking: for approvals (token id -> when), why each no longer counts
+        #: (``Authenticator.standing``).
+        #: None only where there are no tokens to check (unit tests of other concerns).
+        self.approver_standing = approver_standing
         self._db_limiter = trio.CapacityLimiter(1)
         self._locks: dict[str, trio.Lock] = {}
         self.artifacts = ArtifactTable()

@@ -2,7 +2,9 @@
 
 One YAML file, validated strictly: an unknown key names its dotted path, and the
 cross-reference ``registry.policy`` must name a file in ``registry.policies_dir``.
-Relative paths are resolved against the config file's directory.
+Relative paths are resolved against the config file's directory. The config file, the
+policies directory and every policy are read only if their modes make them trustworthy
+(``assay.core.trusted_files``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pydantic import Field
 
 from assay.core.errors import ConfigError
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
-from assay.core.strict_yaml import load_yaml
+from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
+from assay.core.trusted_files import TrustedDir, read_trusted
 from assay.registry.policy import Policy
 
 GiB = 1024**3
@@ -72,17 +75,24 @@ class LoadedConfig:
 
 
 def load_policies(directory: Path) -> dict[str, Policy]:
-    """Every ``*.yaml`` under ``directory``, keyed by the policy's ``name``."""
-    if not directory.is_dir():
+    """Every ``*.yaml`` under ``directory``, keyed by the policy's ``name``.
+
+    The directory and each file must pass ``assay.core.trusted_files`` (no symlinks,
+    not writable by group or others, owned by root or this daemon's user).
+    """
+    if not directory.is_dir() and not directory.is_symlink():
         raise ConfigError(
             f"registry.policies_dir: {directory} is not a directory", path="registry.policies_dir"
         )
     policies: dict[str, Policy] = {}
-    for file in sorted(directory.glob("*.yaml")):
-        policy = validate(Policy, load_yaml(file.read_bytes(), source=str(file)), source=str(file))
-        if policy.name in policies:
-            raise ConfigError(f"{file}: duplicate policy name {policy.name!r}", path="name")
-        policies[policy.name] = policy
+    with TrustedDir(directory) as trusted:
+        for name in trusted.names(".yaml"):
+            file = directory / name
+            data = trusted.read(name, max_bytes=MAX_CONFIG_BYTES)
+            policy = validate(Policy, load_yaml(data, source=str(file)), source=str(file))
+            if policy.name in policies:
+                raise ConfigError(f"{file}: duplicate policy name {policy.name!r}", path="name")
+            policies[policy.name] = policy
     return policies
 
 
@@ -91,10 +101,7 @@ def parse_config(text: str | bytes, *, source: Path) -> RegistryConfig:
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config {path} unreadable: {exc.strerror}") from None
+    text = read_trusted(path, max_bytes=MAX_CONFIG_BYTES)
     config = parse_config(text, source=path)
     base = path.resolve().parent
     loaded_dir = Path(config.registry.policies_dir)

@@ -88,6 +88,7 @@ async def run(
         max_artifact_bytes=cfg.registry.max_artifact_bytes,
         block_bytes=cfg.registry.upload_buffer_bytes,
         events=events,
+        approver_standing=authenticator.standing,
         audit_head=lambda: audit.writer.head_seq,
         audit_uncertain=lambda: audit.log.poisoned is not None,
     )

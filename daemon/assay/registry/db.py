@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from assay.core.errors import StorageError
+from assay.core.errors import StorageError, StorageFull
 from assay.registry.model import Artifact
+
+log = logging.getLogger("assay.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -132,8 +135,13 @@ class RegistryDB:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as rollback:  # SQLite rolls back itself on I/O errors
+                        log.error("rollback failed: %s", rollback)  # noqa: TRY400
                 if isinstance(exc, sqlite3.Error):
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                        raise StorageFull(f"database write failed: {exc}") from None
                     raise StorageError(f"database write failed: {exc}") from None
                 raise
 
@@ -171,6 +179,14 @@ class RegistryDB:
                 (digest,),
             ).fetchall()
         return [dict(r) | {"reasons": json.loads(r["reasons"])} for r in rows]
+
+    def approvals(self, digest: str) -> dict[str, str]:
+        """Who approved ``digest`` and when (token id -> ISO 8601 time)."""
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT principal, ts FROM approvals WHERE digest = ?", (digest,)
+            ).fetchall()
+        return {r["principal"]: r["ts"] for r in rows}
 
     def signatures(self, digest: str) -> tuple[tuple[str, str], ...]:
         with self.transaction() as c:

@@ -11,7 +11,7 @@ import re
 
 from assay.core.errors import BadRequest
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def parse_digest(value: str) -> str:
@@ -19,7 +19,7 @@ def parse_digest(value: str) -> str:
     candidate = value.strip()
     if re.fullmatch(r"[0-9a-f]{64}", candidate):
         candidate = "sha256:" + candidate
-    if not _DIGEST.match(candidate):
+    if not _DIGEST.fullmatch(candidate):
         raise BadRequest(f"not a sha256 digest: {value[:80]!r}", code="request.bad_digest")
     return candidate
 

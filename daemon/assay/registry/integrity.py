@@ -12,13 +12,14 @@ from typing import Any
 
 import trio
 
-from assay.core.errors import StorageError
+from assay.core.errors import AssayError, StorageError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
 from assay.registry.model import Artifact
 from assay.registry.states import State
+from assay.registry.store import UnusableObject, describe
 
 log = logging.getLogger("assay.registry")
 
@@ -58,11 +59,7 @@ class IntegrityOps(RegistryBase):
                 art.state,
                 art.state,
                 status,
-                reasons=[
-                    "stored bytes are missing"
-                    if actual == "missing"
-                    else f"stored bytes hash to {actual}"
-                ],
+                reasons=[describe(actual)],
                 decision="deny" if failed else "allow",
                 error_code=error_code,
                 extra={"integrity": integrity},
@@ -163,24 +160,33 @@ class IntegrityOps(RegistryBase):
         # Step SWP-3 (apply): per artifact, under its lock, unless a newer check or change
         # moved its integrity meanwhile (that one saw fresher bytes).
         unchanged: list[str] = []
+        errors: list[dict[str, str]] = []
         for seen, actual in found:
             async with self._lock(seen.digest):
                 art = self.artifacts.get(seen.digest)
                 if art is None or art.state == State.DELETED or art.integrity != seen.integrity:
                     continue
                 ok = actual == art.digest
-                if (art.integrity == "ok") != ok:
-                    await self._integrity_changed(
-                        art, "ok" if ok else "failed", actual, principal, route, request_id
-                    )
-                else:
+                if (art.integrity == "ok") == ok:
                     unchanged.append(art.digest)
+                else:
+                    try:
+                        await self._integrity_changed(
+                            art, "ok" if ok else "failed", actual, principal, route, request_id
+                        )
+                    except AssayError as exc:
+                        # One artifact's change could not be made (e.g. its record could
+                        # not be written): reported, and the sweep goes on to the next.
+                        log.error("sweep: checking %s failed: %s", art.digest, exc.detail)  # noqa: TRY400
+                        errors.append({"digest": art.digest, "code": exc.code})
             if len(unchanged) >= TOUCH_BATCH:
                 await self._touch_verified(unchanged)
                 unchanged = []
         await self._touch_verified(unchanged)
         self.last_sweep = summary | {"finished": now()}
-        self._events("sweep", {"checked": len(found), "failed": len(failed)})
+        if errors:
+            self.last_sweep["errors"] = errors
+        self._events("sweep", {"checked": len(found), "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
 
     async def _touch_verified(self, digests: list[str]) -> None:
@@ -217,19 +223,20 @@ class IntegrityOps(RegistryBase):
     ) -> tuple[Artifact, int]:
         """A trusted, intact artifact and an open fd on its bytes, for serving.
 
-        Bytes gone from the store are an integrity failure like bytes changed: recorded
-        (as this request's record) and serving blocked, never a bare 500.
+        Bytes gone from the store, or an object path that is not one regular file, are
+        an integrity failure like bytes changed: recorded (as this request's record) and
+        serving blocked, never a bare 500.
         """
         art = self.check_consumable(digest)
         try:
-            fd: int = await trio.to_thread.run_sync(self.store.open_fd, art.digest)
-        except FileNotFoundError:
-            err = StoredBytesCorrupt(f"stored bytes of {art.digest} are missing")
+            fd: int = await trio.to_thread.run_sync(self.store.open_object, art.digest)
+        except UnusableObject as exc:
+            err = StoredBytesCorrupt(f"{art.digest}: {exc}")
             async with self._lock(art.digest):
                 current = self.get(art.digest)
                 if current.integrity == "ok":
                     _updated, record = await self._integrity_changed(
-                        current, "failed", "missing", principal, route, request_id,
+                        current, "failed", exc.problem, principal, route, request_id,
                         status=err.status, error_code=err.code,
                     )  # fmt: skip
                     err.written_record = record

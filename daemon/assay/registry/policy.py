@@ -52,9 +52,13 @@ class Facts:
     format: str
     size: int
     metadata: Mapping[str, str]
+    #: Token ids that approved and may still approve now.
     approvers: frozenset[str]
     #: (key_id, base64 signature) pairs offered for this artifact.
     signatures: tuple[tuple[str, str], ...] = ()
+    #: (token id, why) for approvals on record that no longer count: the token was
+    #: revoked, removed, or lost ``artifacts:promote`` since it approved.
+    not_counted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,19 @@ def evaluate(policy: Policy, facts: Facts) -> Decision:
         else:
             failed.append("publisher_signature: no valid signature from a configured publisher key")
 
-    # Step 5 (POL-5 approvals_required): distinct token ids approved (two-person rule at 2).
-    have = len(facts.approvers)
+    # Step 5 (POL-5 approvals_required): distinct token ids approved (two-person rule at 2),
+    # counting only approvals whose token may still approve; the others are named.
+    counted = facts.approvers - {token_id for token_id, _why in facts.not_counted}
+    have = len(counted)
     approvals_ok = have >= policy.approvals_required
+    ignored = "; ".join(f"{tid}: {why}" for tid, why in sorted(facts.not_counted))
+    suffix = f" (not counted: {ignored})" if ignored else ""
     if approvals_ok:
-        passed.append(f"approvals_required: {have}/{policy.approvals_required}")
+        passed.append(f"approvals_required: {have}/{policy.approvals_required}{suffix}")
     else:
-        failed.append(f"approvals_required: {have}/{policy.approvals_required} distinct approvers")
+        failed.append(
+            f"approvals_required: {have}/{policy.approvals_required} distinct approvers{suffix}"
+        )
 
     awaiting = not approvals_ok and len(failed) == 1
     return Decision(

@@ -13,6 +13,8 @@ Blocking work runs in ``trio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 
 import trio
 
@@ -27,6 +29,10 @@ from assay.registry.ingest import IngestOps
 from assay.registry.integrity import IntegrityOps
 from assay.registry.model import Artifact
 from assay.registry.states import Action, State, next_state
+from assay.registry.store import UnusableObject, describe, hash_fd
+
+#: The scope an approver's token must still hold for its approval to count.
+PROMOTE_SCOPE = "artifacts:promote"
 
 __all__ = ["Outcome", "Registry", "now"]
 
@@ -99,38 +105,23 @@ class Registry(IngestOps, IntegrityOps):
         request_id: str,
         signatures: tuple[tuple[str, str], ...],
     ) -> Outcome:
-        # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
-        actual, size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
-        if actual != art.digest:
-            err = StoredBytesCorrupt(f"stored bytes of {art.digest} hash to {actual}")
-            if art.integrity == "ok":
-                # The discovery is this request's one record (status and code as answered).
-                _updated, failure = await self._integrity_changed(
-                    art, "failed", actual, principal, route, request_id,
-                    status=err.status, error_code=err.code,
-                )  # fmt: skip
-                err.written_record = failure
-            raise err
-        # Step PRO-2 (re-inspect): the format is judged again from content.
-        fd_path = self.store.path_for(art.digest)
-
-        def reinspect() -> tuple[str, int]:
-            with fd_path.open("rb") as f:
-
-                def read_at(offset: int, length: int) -> bytes:
-                    f.seek(offset)
-                    return f.read(length)
-
-                return inspect_file(read_at, size).format, size
-
-        try:
-            fmt, size = await trio.to_thread.run_sync(reinspect)
-        except FormatRefused as exc:
-            fmt = f"refused:{exc.reason}"
+        # Steps PRO-1 and PRO-2 read one checked fd (``open_object``), so the bytes that
+        # are hashed are the bytes that are inspected.
+        actual, size, fmt = await trio.to_thread.run_sync(self._rehash_and_inspect, art.digest)
+        if actual != art.digest or fmt is None:
+            raise await self._corrupt_on_promote(art, actual, principal, route, request_id)
         # Signatures sent with this request count now but are stored only with the
         # approval, after its record is durable: a refused or unrecorded request keeps none.
         stored_sigs = dict(await self._db(self.db.signatures, art.digest)) | dict(signatures)
-        # Step PRO-3 (policy): every rule is evaluated; the caller's approval counts.
+        # Step PRO-3 (standing): an approval on record counts only while the token that
+        # gave it may still approve (not revoked, removed, re-created or stripped of the
+        # promote scope). The caller was authenticated and scope-checked just now.
+        void: Mapping[str, str] = {}
+        if art.approvers - {principal.id} and self.approver_standing is not None:
+            given = await self._db(self.db.approvals, art.digest)
+            earlier = {who: ts for who, ts in given.items() if who != principal.id}
+            void = await trio.to_thread.run_sync(self.approver_standing, earlier, PROMOTE_SCOPE)
+        # Step PRO-4 (policy): every rule is evaluated; the caller's approval counts.
         facts = policy_mod.Facts(
             digest=art.digest,
             format=fmt,
@@ -138,10 +129,11 @@ class Registry(IngestOps, IntegrityOps):
             metadata=art.metadata,
             approvers=art.approvers | {principal.id},
             signatures=tuple(sorted(stored_sigs.items())),
+            not_counted=tuple(sorted(void.items())),
         )
         decision = policy_mod.evaluate(self.policy, facts)
         if decision.awaiting_approvals:
-            # Step PRO-4 (two-person rule): record this approval; the state does not move.
+            # Step PRO-5 (two-person rule): record this approval; the state does not move.
             async with self._mutation(
                 record_fields(
                     principal,
@@ -191,7 +183,8 @@ class Registry(IngestOps, IntegrityOps):
                 reasons=list(decision.passed),
                 extra={
                     "policy": self.policy.name,
-                    "approvers": ",".join(sorted(facts.approvers)),
+                    "approvers": ",".join(sorted(facts.approvers - set(void))),
+                    **({"not_counted": ",".join(sorted(void))} if void else {}),
                     **_signature_extra(signatures),
                 },
             )
@@ -222,6 +215,40 @@ class Registry(IngestOps, IntegrityOps):
             },
         )
         return Outcome(updated, record, decision=decision)
+
+    def _rehash_and_inspect(self, digest: str) -> tuple[str, int, str | None]:
+        """(actual, size, format); format is None unless the bytes hash to ``digest``."""
+        try:
+            fd = self.store.open_object(digest)
+        except UnusableObject as exc:
+            return exc.problem, 0, None
+        try:
+            # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
+            actual, size = hash_fd(fd)
+            if actual != digest:
+                return actual, size, None
+            # Step PRO-2 (re-inspect): the format is judged again from content.
+            try:
+                inspection = inspect_file(lambda off, length: os.pread(fd, length, off), size)
+            except FormatRefused as exc:
+                return actual, size, f"refused:{exc.reason}"
+            return actual, size, inspection.format
+        finally:
+            os.close(fd)
+
+    async def _corrupt_on_promote(
+        self, art: Artifact, actual: str, principal: Principal, route: str, request_id: str
+    ) -> StoredBytesCorrupt:
+        """The error for a promote that found the stored bytes unusable; the discovery is
+        this request's one record (status and code as answered)."""
+        err = StoredBytesCorrupt(f"{art.digest}: {describe(actual)}")
+        if art.integrity == "ok":
+            _updated, record = await self._integrity_changed(
+                art, "failed", actual, principal, route, request_id,
+                status=err.status, error_code=err.code,
+            )  # fmt: skip
+            err.written_record = record
+        return err
 
 
 def _signature_extra(signatures: tuple[tuple[str, str], ...]) -> dict[str, str]:

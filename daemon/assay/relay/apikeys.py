@@ -22,7 +22,7 @@ from assay.core.tokens import Principal, TokenRecord, authenticate, fingerprint
 
 KEY_PREFIX = "assayrk_"
 KEY_BYTES = 32
-FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 _DOMAIN = b"assay.relay.api-key-commitment.v1\x00"
 
 
@@ -46,7 +46,7 @@ def new_key(key_id: str) -> dict[str, str]:
 
 def check(key_id: str, fp: str, expected: str, *, where: str) -> TokenRecord:
     """Refuse a malformed fingerprint or one that does not match its commitment."""
-    if not FINGERPRINT.match(fp):
+    if not FINGERPRINT.fullmatch(fp):
         raise ConfigError(
             f"{where}.fingerprint: not a sha256:<64 hex> fingerprint",
             code="auth.api_key_fingerprint_invalid",

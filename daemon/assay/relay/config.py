@@ -9,6 +9,8 @@ config in one round instead of one error at a time. Pure: takes parsed values.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -25,7 +27,11 @@ NUMERIC: frozenset[str] = frozenset({"integer", "number"})
 
 NAME = r"^[a-z][a-z0-9_]{0,63}$"
 COLUMN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-SCOPE = SCOPE_PATTERN.pattern
+#: pydantic patterns are searched, not matched: each is anchored. Its default (Rust)
+#: engine reads ``$`` as the end of the text, so a trailing newline is refused
+#: (tests/unit/test_validation.py proves it for every config pattern).
+SCOPE = f"^{SCOPE_PATTERN.pattern}$"
+ID = f"^{ID_PATTERN.pattern}$"
 MiB = 1024 * 1024
 
 
@@ -126,7 +132,9 @@ class Indicator(Strict):
 
 
 class DisclosureControl(Strict):
-    min_group_size: int = Field(ge=1, le=1_000_000)
+    #: At least 3: a suppressed cell is known to hold 1..k-1 rows (mask mode shows its key,
+    #: omit mode counts it), which at k = 2 is exactly 1.
+    min_group_size: int = Field(ge=3, le=1_000_000)
     suppression: Literal["omit", "mask"] = "omit"
 
 
@@ -208,7 +216,7 @@ class RelayServerConfig(ServerConfig):
 class ApiKey(Strict):
     """An API key: its fingerprint lives in a secret store, its commitment here."""
 
-    id: str = Field(pattern=ID_PATTERN.pattern)
+    id: str = Field(pattern=ID)
     fingerprint: SecretRef
     commitment: str = Field(pattern=r"^commit:sha256:[0-9a-f]{64}$")
     scopes: list[str] = Field(min_length=1, max_length=64)
@@ -285,6 +293,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{tat}.source.format: cannot infer from {t.source.path!r}")
         columns[t.id] = {c.name: c.type for c in t.columns}
     entity_types: dict[str, dict[str, str]] = {}
+    columns_of: dict[str, dict[str, str]] = {}
     for i, e in enumerate(ds.entities):
         eat = f"{at}.entities[{i}]"
         cols = columns.get(e.table)
@@ -301,6 +310,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             else:
                 types[f.name] = cols[f.column]
         entity_types[e.name] = types
+        columns_of[e.name] = {f.name: f.column for f in e.fields if f.name in types}
         _check_filters(e.allowed_filters, types, f"{eat}.allowed_filters", problems)
         allowed = {f.field for f in e.allowed_filters}
         for j, name in enumerate(e.required_filters):
@@ -313,6 +323,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{aat}.source_entity: no entity {a.source_entity!r}")
             continue
         types = types_or_none
+        e_name = a.source_entity
         for j in _dupes(a.dimensions):
             problems.append(f"{aat}.dimensions[{j}]: duplicate dimension")
         for j, dim in enumerate(a.dimensions):
@@ -320,6 +331,7 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 problems.append(f"{aat}.dimensions[{j}]: no field {dim!r} in {a.source_entity!r}")
         for j in _dupes([ind.id for ind in a.indicators]):
             problems.append(f"{aat}.indicators[{j}].id: duplicate indicator")
+        dim_columns = {columns_of[e_name][d] for d in a.dimensions if d in columns_of[e_name]}
         for j, ind in enumerate(a.indicators):
             if ind.field is None:
                 continue
@@ -327,6 +339,13 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 problems.append(f"{aat}.indicators[{j}].field: no field {ind.field!r}")
             elif ind.function != "count" and types[ind.field] not in NUMERIC:
                 problems.append(f"{aat}.indicators[{j}].field: {ind.field!r} is not numeric")
+            elif columns_of[e_name].get(ind.field) in dim_columns:
+                # Every row of a cell carries its key: the key would be the average, and
+                # the sum would be the key times the count, masked or not.
+                problems.append(
+                    f"{aat}.indicators[{j}].field: {ind.field!r} reads a dimension's column; "
+                    "the published key would give its masked values back"
+                )
         _check_filters(a.allowed_filters, types, f"{aat}.allowed_filters", problems)
         for j, flt in enumerate(a.allowed_filters):
             if flt.field in types and flt.field not in a.dimensions:
@@ -359,6 +378,8 @@ def check_references(cfg: RelayConfig) -> list[str]:
             where = f"{at}.aggregates[{j}]"
             if source in aggregated_sources:
                 # Two groupings of one population let a caller difference their totals.
+                # This is the pure first line, by spelling; settings and snapshot compare
+                # what the files are (population_problems) when they can see them.
                 problems.append(
                     f"{where}.source_entity: source {table.source.path!r} is already "
                     f"aggregated by {aggregated_sources[source]}; two groupings of one "
@@ -375,15 +396,77 @@ def check_references(cfg: RelayConfig) -> list[str]:
     return problems
 
 
+def aggregate_sources(cfg: RelayConfig) -> list[tuple[str, str, str]]:
+    """``(aggregate path, dataset id, table id)`` for every aggregate, in config order."""
+    out: list[tuple[str, str, str]] = []
+    for i, ds in enumerate(cfg.datasets):
+        entities = {e.name: e for e in ds.entities}
+        for j, agg in enumerate(ds.aggregates):
+            entity = entities.get(agg.source_entity)
+            if entity is not None:
+                out.append((f"datasets[{i}].aggregates[{j}]", ds.id, entity.table))
+    return out
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What a source *is*, not what its path says: the file it resolves to (device and
+    inode, so a symlink, a hard link and every spelling of one path are one file), and
+    once loaded, the SHA-256 of its bytes (a byte-identical copy) and of its sorted
+    primary keys (the same records in another file or format). ``None`` is not known yet:
+    a static check sees only the file system, not the contents."""
+
+    file: tuple[int, int] | None = None
+    real_path: str | None = None
+    content: str | None = None
+    records: str | None = None
+
+    def same_population(self, other: SourceIdentity) -> str | None:
+        """Why ``other`` is the same population as this one, or None if it is not."""
+        reasons = (
+            ("file", "the same file as"),
+            ("real_path", "the same file as"),
+            ("content", "a byte-identical copy of"),
+            ("records", "the same records (primary keys) as"),
+        )
+        for attr, why in reasons:
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            if mine is not None and mine == theirs:
+                return why
+        return None
+
+
+def population_problems(sources: Sequence[tuple[str, str, SourceIdentity]]) -> list[str]:
+    """One grouping per population: ``path: problem`` for every aggregate whose source is
+    a population an earlier aggregate already groups. ``sources`` holds
+    ``(aggregate path, table name, identity)``."""
+    problems: list[str] = []
+    for i, (where, label, ident) in enumerate(sources):
+        for prev_where, prev_label, prev in sources[:i]:
+            why = ident.same_population(prev)
+            if why is not None:
+                problems.append(
+                    f"{where}.source_entity: table {label} is {why} {prev_label}, the "
+                    f"population {prev_where} already aggregates; two groupings of one "
+                    "population let a caller recover suppressed cells by subtraction"
+                )
+                break
+    return problems
+
+
+def config_error(source: str, problems: list[str]) -> ConfigError:
+    return ConfigError(
+        f"{source}: " + "; ".join(problems),
+        path=problems[0].split(":", 1)[0],
+        paths=[p.split(":", 1)[0] for p in problems],
+        reasons=problems,
+    )
+
+
 def parse_config(text: str | bytes, *, source: str = "<config>") -> RelayConfig:
     """Parse and fully validate one relay config; every problem names its dotted path."""
     cfg = validate(RelayConfig, load_yaml(text, source=source), source=source)
     problems = check_references(cfg)
     if problems:
-        raise ConfigError(
-            f"{source}: " + "; ".join(problems),
-            path=problems[0].split(":", 1)[0],
-            paths=[p.split(":", 1)[0] for p in problems],
-            reasons=problems,
-        )
+        raise config_error(source, problems)
     return cfg

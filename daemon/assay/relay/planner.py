@@ -22,11 +22,11 @@ from typing import Any
 from assay.core.errors import BadRequest
 
 RESERVED = frozenset({"limit", "cursor", "fields"})
-_NAME = re.compile(r"^([a-z][a-z0-9_]{0,63})(?:\.(eq|in|gte|lte|between))?$")
-_INT = re.compile(r"^[+-]?[0-9]{1,19}$")
-_NUM = re.compile(r"^[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,3})?$")
-_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-_LIMIT = re.compile(r"^[0-9]{1,7}$")
+_NAME = re.compile(r"([a-z][a-z0-9_]{0,63})(?:\.(eq|in|gte|lte|between))?")
+_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_NUM = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,3})?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_LIMIT = re.compile(r"[0-9]{1,7}")
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -101,11 +101,11 @@ def parse_value(raw: str, ftype: str, bounds: Bounds) -> Any:
             raise bad
         return raw
     if ftype == "integer":
-        if not _INT.match(raw) or not INT64[0] <= int(raw) <= INT64[1]:
+        if not _INT.fullmatch(raw) or not INT64[0] <= int(raw) <= INT64[1]:
             raise bad
         return int(raw)
     if ftype == "number":
-        if not _NUM.match(raw) or not math.isfinite(float(raw)):
+        if not _NUM.fullmatch(raw) or not math.isfinite(float(raw)):
             raise bad
         return float(raw)
     if ftype == "boolean":
@@ -114,7 +114,7 @@ def parse_value(raw: str, ftype: str, bounds: Bounds) -> Any:
         return raw == "true"
     if ftype == "date":
         try:
-            if not _DATE.match(raw):
+            if not _DATE.fullmatch(raw):
                 raise ValueError(raw)
             return date.fromisoformat(raw)
         except ValueError:
@@ -171,7 +171,7 @@ def parse_conditions(
     seen: set[str] = set()
     out: list[Condition] = []
     for name, raw in filters:
-        match = _NAME.match(name)
+        match = _NAME.fullmatch(name)
         if match is None:
             raise _refuse(f"{prefix}.filter_not_allowed", "a parameter name is not a filter")
         field, op = match.group(1), match.group(2) or "eq"
@@ -226,7 +226,7 @@ def _single(args: Sequence[tuple[str, str]], name: str) -> str | None:
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not _LIMIT.match(raw) or int(raw) < 1:
+    if not _LIMIT.fullmatch(raw) or int(raw) < 1:
         raise _refuse("entity.limit_invalid", "limit must be a positive integer")
     if int(raw) > maximum:
         raise _refuse("entity.limit_exceeded", f"limit {int(raw)} exceeds max_limit {maximum}")
@@ -312,6 +312,6 @@ def param_names(keys: Sequence[str], limit: int = 64) -> list[str]:
         if key in RESERVED:
             out.append(f"{key}:page")
             continue
-        match = _NAME.match(key)
+        match = _NAME.fullmatch(key)
         out.append(f"{match.group(1)}:{match.group(2) or 'eq'}" if match else "param:malformed")
     return sorted(set(out))

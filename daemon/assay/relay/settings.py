@@ -8,16 +8,26 @@ checked against its commitment before the relay serves anything.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from assay.core.errors import ConfigError, SecretError
+from assay.core.errors import SecretError
 from assay.core.secrets import read_secret, resolve_path
+from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
+from assay.core.trusted_files import read_trusted
 from assay.relay import apikeys, jws
-from assay.relay.config import RelayConfig, parse_config
+from assay.relay.config import (
+    RelayConfig,
+    SourceIdentity,
+    aggregate_sources,
+    config_error,
+    parse_config,
+    population_problems,
+)
 from assay.relay.snapshot import TableState
 
 
@@ -40,12 +50,36 @@ class RelaySecrets:
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config {path} unreadable: {exc.strerror}") from None
+    text = read_trusted(path, max_bytes=MAX_CONFIG_BYTES)  # modes checked like the registry's
     config = parse_config(text, source=str(path))
-    return LoadedConfig(config, path.resolve().parent, path)
+    loaded = LoadedConfig(config, path.resolve().parent, path)
+    problems = population_problems(
+        [(where, f"{ds}.{table}", file_identity(loaded.path(src)))
+         for where, ds, table, src in _aggregated(loaded)]
+    )  # fmt: skip
+    if problems:
+        raise config_error(str(path), problems)
+    return loaded
+
+
+def _aggregated(loaded: LoadedConfig) -> list[tuple[str, str, str, str]]:
+    tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
+    return [
+        (where, ds, table, tables[(ds, table)].source.path)
+        for where, ds, table in aggregate_sources(loaded.config)
+        if (ds, table) in tables
+    ]
+
+
+def file_identity(path: Path) -> SourceIdentity:
+    """Before any source is read: the file a path resolves to, so that another spelling,
+    a symlink or a hard link of an aggregated source is refused even by ``--static``."""
+    real = os.path.realpath(path)
+    try:
+        info = os.stat(real)
+    except OSError:
+        return SourceIdentity(real_path=real)  # not there yet: the load will say so
+    return SourceIdentity(file=(info.st_dev, info.st_ino), real_path=real)
 
 
 def load_secrets(loaded: LoadedConfig) -> RelaySecrets:
@@ -82,9 +116,17 @@ def token_path(loaded: LoadedConfig) -> Path | None:
 
 def table_states(loaded: LoadedConfig) -> list[TableState]:
     cfg = loaded.config
+    by_table: dict[tuple[str, str], list[str]] = {}
+    for where, ds_id, table_id in aggregate_sources(cfg):
+        by_table.setdefault((ds_id, table_id), []).append(where)
     states: list[TableState] = []
     for ds in cfg.datasets:
         for table in ds.tables:
             cap = min(table.max_bytes or cfg.server.max_source_bytes, cfg.server.max_source_bytes)
-            states.append(TableState(ds.id, table, loaded.path(table.source.path), cap))
+            states.append(
+                TableState(
+                    ds.id, table, loaded.path(table.source.path), cap,
+                    aggregated_by=tuple(by_table.get((ds.id, table.id), ())),
+                )
+            )  # fmt: skip
     return states

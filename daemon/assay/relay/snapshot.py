@@ -9,6 +9,11 @@ serving, records the error for ``/readyz`` and logs it.
 Sources are opened ``O_RDONLY`` and never locked or written. The digest is the SHA-256 of
 exactly the bytes decoded, read under a size cap; if the file changes while it is being
 read (in-place rewrite) the reload is refused and retried on the next poll.
+
+One grouping per population is checked here by what the sources are, at startup and at
+every reload: an aggregated table whose file (device and inode), bytes or primary keys
+are another aggregated table's fails the startup, or has its reload refused (the old
+snapshot keeps serving), since two groupings of one population difference each other.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,9 @@ import pyarrow as pa
 import trio
 
 from assay.core.errors import AssayError, StorageError
-from assay.relay.config import Table
+from assay.relay.config import SourceIdentity, Table, config_error, population_problems
 from assay.relay.decode import SourceInvalid, decode
+from assay.relay.planner import canonical
 from assay.relay.query import build_index
 
 log = logging.getLogger("assay.relay.snapshot")
@@ -46,10 +53,16 @@ class Snapshot:
     stamp: Stamp
     loaded_at: float
     generation: int
+    #: SHA-256 of the sorted primary keys, for aggregated tables (who the rows are).
+    records: str | None = None
 
     @property
     def rows(self) -> int:
         return int(self.data.num_rows)
+
+    def identity(self, real_path: str | None = None) -> SourceIdentity:
+        return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest,
+                              self.records)  # fmt: skip
 
 
 @dataclass
@@ -63,6 +76,8 @@ class TableState:
     last_attempt: float | None = None
     failures: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: Config paths of the aggregates over this table (one grouping per population).
+    aggregated_by: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -112,19 +127,46 @@ def read_source(path: Path, max_bytes: int, where: str) -> tuple[bytes, Stamp]:
     return b"".join(chunks), stamp_of(after)
 
 
+def records_digest(index: Mapping[Any, int]) -> str:
+    """SHA-256 over the sorted primary keys, each length-prefixed: the same records give
+    the same digest whatever the file's format, column order or row order."""
+    h = hashlib.sha256(b"assay.relay.records.v1\0")
+    for key in sorted(str(canonical(k)) for k in index):
+        raw = key.encode()
+        h.update(len(raw).to_bytes(8, "big") + raw)
+    return "sha256:" + h.hexdigest()
+
+
 def load(state: TableState, generation: int) -> Snapshot:
     """Blocking: read, digest, decode and index one table (run in a worker thread)."""
     data, stamp = read_source(state.path, state.max_bytes, state.where)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if state.snapshot is not None and state.snapshot.digest == digest:
-        return Snapshot(
-            state.snapshot.data, state.snapshot.index, digest, stamp, state.snapshot.loaded_at,
-            state.snapshot.generation,
-        )  # fmt: skip
+        return replace(state.snapshot, stamp=stamp)  # same bytes: only the stamp moved
     table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
-    return Snapshot(table, index, digest, stamp, time.time(), generation)
+    records = records_digest(index) if state.aggregated_by else None
+    return Snapshot(table, index, digest, stamp, time.time(), generation, records)
+
+
+def _config_order(where: str) -> list[int]:
+    """``datasets[10].aggregates[0]`` after ``datasets[2]...``: the config's own order."""
+    return [int(n) for n in re.findall(r"[0-9]+", where)]
+
+
+def _identity_now(state: TableState) -> SourceIdentity | None:
+    """What another aggregated table is now: the file its path resolves to at this moment
+    (it may have been replaced since its load), and the bytes and records it serves."""
+    if state.snapshot is None:
+        return None
+    served = state.snapshot.identity()
+    real = os.path.realpath(state.path)
+    try:
+        info = os.stat(real)
+    except OSError:
+        return replace(served, file=None, real_path=real)
+    return replace(served, file=(info.st_dev, info.st_ino), real_path=real)
 
 
 class SnapshotStore:
@@ -147,13 +189,43 @@ class SnapshotStore:
         return snap
 
     def load_all_blocking(self) -> None:
-        """Startup: every table must load, or the relay does not start (fail closed)."""
+        """Startup: every table must load, or the relay does not start (fail closed), and
+        no two aggregates may group one population."""
         for state in self._tables.values():
             self._generation += 1
             state.snapshot = load(state, self._generation)
             log.info(
                 "loaded %s: %d rows, %s", state.where, state.snapshot.rows, state.snapshot.digest
             )
+        sources = [
+            (where, state.where, state.snapshot.identity(os.path.realpath(state.path)))
+            for state in self._tables.values()
+            if state.snapshot is not None
+            for where in state.aggregated_by
+        ]
+        problems = population_problems(sorted(sources, key=lambda s: _config_order(s[0])))
+        if problems:
+            raise config_error("sources", problems)
+
+    def _population_check(self, state: TableState, snap: Snapshot) -> None:
+        """Blocking: refuse a reload that makes this table another aggregate's population."""
+        if not state.aggregated_by:
+            return
+        mine = snap.identity(os.path.realpath(state.path))
+        for other in self._tables.values():
+            theirs = _identity_now(other) if other is not state and other.aggregated_by else None
+            why = mine.same_population(theirs) if theirs is not None else None
+            if why is not None:
+                raise SourceInvalid(
+                    f"{state.where}: reload refused: the source is now {why} {other.where}, "
+                    f"the population {other.aggregated_by[0]} already aggregates; two "
+                    "groupings of one population let a caller recover suppressed cells"
+                )
+
+    def _load_checked(self, state: TableState, generation: int) -> Snapshot:
+        snap = load(state, generation)
+        self._population_check(state, snap)
+        return snap
 
     async def reload(self, state: TableState) -> bool:
         """Reload one table; True when a new snapshot was swapped in."""
@@ -162,7 +234,7 @@ class SnapshotStore:
             self._generation += 1
             generation = self._generation
             try:
-                snap = await trio.to_thread.run_sync(load, state, generation)
+                snap = await trio.to_thread.run_sync(self._load_checked, state, generation)
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
                 state.last_error = exc.detail if isinstance(exc, AssayError) else str(exc)[:300]
