@@ -134,6 +134,7 @@ datasets:
           - {{name: enrolled}}
           - {{name: monthly_income}}
         allowed_filters:
+          - {{field: id, ops: [eq]}}
           - {{field: municipality, ops: [eq, in]}}
           - {{field: enrolled, ops: [eq]}}
         default_limit: 50

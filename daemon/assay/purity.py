@@ -42,6 +42,10 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.apikeys",
     "assay.relay.jws",
     "assay.relay.errors",
+    "assay.relay.access",
+    "assay.relay.budget",
+    "assay.relay.order",
+    "assay.relay.views",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

@@ -40,8 +40,23 @@ KEYS: dict[str, list[str]] = {
     "agg": ["civil:aggregate"],
     "all": ["civil:metadata", "civil:read", "civil:aggregate"],
     "other": ["housing:metadata", "housing:read", "housing:aggregate"],
-    # Sees every dataset's metadata: the one caller told that a dataset id is unknown.
+    # Sees every dataset's metadata, but not the entity that has access of its own.
     "everything": ["civil:metadata", "civil:read", "civil:aggregate", "housing:metadata"],
+    # The civil scopes plus every scope of the ``case`` entity (which has its own access).
+    "case": [
+        "civil:metadata", "civil:read", "civil:aggregate",
+        "case:metadata", "case:read", "case:aggregate",
+    ],
+    # The civil scopes plus only the ``case`` entity's metadata scope.
+    "case_meta": ["civil:metadata", "civil:read", "civil:aggregate", "case:metadata"],
+    # Every scope of ``case`` but only the dataset's metadata scope: both are needed.
+    "case_only": ["civil:metadata", "case:metadata", "case:read", "case:aggregate"],
+}  # fmt: skip
+#: An entity with ``access`` of its own (next to the dataset's), and an aggregate over it.
+CASE_ACCESS = {
+    "metadata_scope": "case:metadata",
+    "read_scope": "case:read",
+    "aggregate_scope": "case:aggregate",
 }
 PURPOSE = {"X-Purpose": "benefit-eligibility-check"}
 
@@ -107,6 +122,10 @@ def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
     _secret(sec / "answer-signing.key", jws.private_pem(env.signing_key))
     doc = env.doc
     doc["server"]["bind"] = "127.0.0.1:8480"
+    # The example's budgets, kept in this test's directory; the default raised so tests
+    # about other things can page freely (tests/relay/test_budgets.py sets its own).
+    doc["row_budgets"] = {"state_dir": str(tmp / "state" / "row-budgets"),
+                          "default": {"rows": 1_000_000, "window_seconds": 86_400}}  # fmt: skip
     doc["audit"]["dir"] = str(tmp / "state" / "audit")
     doc["audit"]["hmac_key"] = {"file": str(sec / "audit-hmac.key")}
     generate_signing_key(sec / "audit-signing.key", sec / "audit-signing.pub")
@@ -125,6 +144,27 @@ def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
     housing["tables"] = [t for t in housing["tables"] if t["id"] == "households"]
     housing["entities"] = [e for e in housing["entities"] if e["table"] == "households"]
     doc["datasets"].append(housing)
+    civil["entities"].append(
+        {
+            "name": "case",
+            "title": "Household case file",
+            "table": "households",
+            "fields": [{"name": "id", "from": "household_id"}, {"name": "status"},
+                       {"name": "municipality"}],
+            "allowed_filters": [{"field": "id", "ops": ["eq"]},
+                                {"field": "status", "ops": ["eq"]}],
+            "access": dict(CASE_ACCESS),
+        }
+    )  # fmt: skip
+    civil["aggregates"].append(
+        {
+            "id": "cases_by_status",
+            "source_entity": "case",
+            "dimensions": ["status"],
+            "indicators": [{"id": "households", "function": "count"}],
+            "disclosure_control": {"min_group_size": 5},
+        }
+    )
     doc["auth"]["api_keys"] = []
     for key_id, scopes in KEYS.items():
         made = apikeys.new_key(key_id)
@@ -135,7 +175,7 @@ def build_env(tmp: Path, *, people: int = 600, seed: int = 7) -> RelayEnv:
                 "id": key_id,
                 "fingerprint": {"file": str(sec / f"{key_id}.fp")},
                 "commitment": made["commitment"],
-                "scopes": scopes,
+                "scopes": list(scopes),
             }
         )
     env.write()

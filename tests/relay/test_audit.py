@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from assay.core.audit.chain import redact
-from tests.relay.conftest import Running
+from tests.relay.conftest import Running, build_env, start
 
 PEOPLE = "/v1/datasets/civil/entities/person/records"
 
@@ -45,15 +48,20 @@ async def test_malformed_sensitive_value_is_not_echoed_into_the_audit(running: R
     assert secret[:20] not in json.dumps(running.audit.records)
 
 
-async def test_sensitive_record_id_is_hashed_when_the_key_is_not_exposed(
-    running: Running,
-) -> None:
-    # resident does not expose person_id, so a lookup by it is audited as a hash.
-    r = await running.get("/v1/datasets/civil/entities/resident/records/P00000002")
+async def test_sensitive_record_id_is_hashed(tmp_path: Path) -> None:
+    env = build_env(tmp_path, people=100)
+    household = next(e for e in env.doc["datasets"][0]["entities"] if e["name"] == "household")
+    household["fields"][0]["sensitive"] = True  # id, the key
+    env.write()
+    parts, audit = start(env)
+    async with parts.app.test_app() as app:
+        r = await app.test_client().get(
+            "/v1/datasets/civil/entities/household/records/H0000002", headers=env.headers("all")
+        )
     assert r.status_code == 200
-    extra = running.audit.records[-1]["extra"]
-    assert "P00000002" not in json.dumps(running.audit.records)
-    assert extra["record_id_hash"].startswith("hmac-sha256:")
+    assert "H0000002" not in json.dumps(audit.records)
+    key = parts.relay._redact_key
+    assert audit.records[-1]["extra"]["hash.id.eq.1"] == redact(key, "H0000002")
 
 
 async def test_each_request_writes_exactly_one_record_with_its_outcome(running: Running) -> None:
@@ -64,8 +72,8 @@ async def test_each_request_writes_exactly_one_record_with_its_outcome(running: 
         (f"{PEOPLE}?national_id={nid}", "agg", 403, "auth.scope_denied"),
         (f"{PEOPLE}?nope=1&national_id={nid}", "all", 400, "entity.filter_not_allowed"),
         ("/v1/datasets/civil/aggregates/people_by_municipality", "agg", 200, None),
-        ("/v1/datasets/ghost", "everything", 404, "dataset.not_found"),
-        ("/v1/datasets/ghost", "all", 403, "auth.scope_denied"),  # no probing of ids
+        ("/v1/datasets/ghost", "everything", 404, "resource.not_found"),
+        ("/v1/datasets/housing", "all", 404, "resource.not_found"),  # as if it did not exist
         ("/no/such/route", "all", 404, "request.not_found"),
     ]
     for i, (path, key, status, code) in enumerate(cases, start=1):
@@ -94,3 +102,65 @@ def test_audit_extra_stays_within_the_record_schema_for_huge_sensitive_lists() -
     assert len(extra) + 10 <= MAX_ITEMS
     assert all(len(v) <= MAX_TEXT for v in extra.values())
     assert "v1" not in " ".join(extra.values()).split(",")
+
+
+TEMPLATE = "/v1/datasets/<dataset>/entities/<entity>/records/<record_id>"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "template"),
+    [
+        ("GET", "/v1/datasets/civil/entities/person/records/P00000001/x", None),
+        ("GET", "/v1/datasets/civil/entities/person/records/P00000001/", None),
+        ("GET", "/v1/datasets/civil/entities/person/P00000001", None),
+        ("GET", "/P00000001", None),
+        ("POST", "/v1/datasets/civil/entities/household/records/P00000001", TEMPLATE),
+        ("DELETE", "/v1/datasets/civil/entities/household/records/P00000001", TEMPLATE),
+    ],
+)
+async def test_the_audit_route_never_holds_a_raw_path(
+    running: Running, method: str, path: str, template: str | None
+) -> None:
+    """404 and 405 answers are routed by the framework, not by a handler: their audit
+    ``route`` is the template the path matches, or a keyed hash of the path."""
+    r = await running.client.open(path, method=method, headers=running.env.headers("all"))
+    assert r.status_code in (404, 405)
+    record = running.audit.records[-1]
+    assert "P00000001" not in json.dumps(record)
+    key = running.parts.relay._redact_key
+    expected = template or f"unmatched:{redact(key, path)}"
+    assert record["route"] == f"{method} {expected}"
+
+
+async def test_equal_unmatched_paths_share_one_tag_and_others_do_not(running: Running) -> None:
+    for path in ("/v1/x/P00000001", "/v1/x/P00000001", "/v1/x/P00000002"):
+        await running.get(path)
+    a, b, c = (r["route"] for r in running.audit.records[-3:])
+    assert a == b != c
+
+
+async def test_the_431_route_is_a_template_or_a_keyed_hash(running: Running) -> None:
+    """The header cap refuses before routing; its record still names no raw path."""
+    from assay.core.asgi import HeaderCap
+    from tests.relay.conftest import FakeAudit
+
+    sink = FakeAudit()
+    cap = HeaderCap(running.parts.app, max_header_bytes=64, audit=sink,  # type: ignore[arg-type]
+                    route=running.parts.audit_route())  # fmt: skip
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    for path in ("/v1/datasets/civil/entities/household/records/H0000007", "/v1/H0000007"):
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": b"",
+                 "headers": [(b"x-pad", b"a" * 100)]}  # fmt: skip
+        await cap(scope, receive, send)  # type: ignore[arg-type]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [431, 431]
+    routes = [r["route"] for r in sink.records]
+    key = running.parts.relay._redact_key
+    assert routes == [f"GET {TEMPLATE}", f"GET unmatched:{redact(key, '/v1/H0000007')}"]
+    assert "H0000007" not in json.dumps(sink.records)

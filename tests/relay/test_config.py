@@ -101,7 +101,7 @@ def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
             lambda d: d["entities"][1]["allowed_filters"].append(
                 {"field": "municipality", "ops": ["eq"]}
             ),
-            "datasets[0].entities[1].allowed_filters[3].field",
+            "datasets[0].entities[1].allowed_filters[4].field",
         ),
     ],
     ids=[

@@ -141,9 +141,13 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
 ) -> None:
     env, url, proc = live
     cap = int(env.doc["server"].get("max_header_bytes", 16 * 1024))
+    pad = env.headers("all") | {"X-Pad": "a" * (cap + 1)}
     with httpx.Client(base_url=url, timeout=30) as c:
-        r = c.get("/v1/datasets/civil", headers=env.headers("all") | {"X-Pad": "a" * (cap + 1)})
+        r = c.get("/v1/datasets/civil", headers=pad)
+        by_id = c.get("/v1/datasets/civil/entities/person/records/P00000009", headers=pad)
+        unmatched = c.get("/v1/P00000009/x", headers=pad)
     assert r.status_code == 431 and r.json()["code"] == "request.headers_too_large"
+    assert by_id.status_code == unmatched.status_code == 431
     assert r.headers["x-content-type-options"] == "nosniff"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -155,8 +159,14 @@ def test_oversized_headers_get_an_audited_431_not_a_bare_400(
         if line.strip()
     ]
     refused = [r for r in records if r.get("status") == 431]
-    assert len(refused) == 1 and refused[0]["route"] == "GET /v1/datasets/civil"
-    assert refused[0]["error_code"] == "request.headers_too_large"
+    # The route is the template the path matches, or a keyed hash: never the raw path.
+    assert [r["route"] for r in refused][:2] == [
+        "GET /v1/datasets/<dataset>",
+        "GET /v1/datasets/<dataset>/entities/<entity>/records/<record_id>",
+    ]
+    assert refused[2]["route"].startswith("GET unmatched:hmac-sha256:")
+    assert all(r["error_code"] == "request.headers_too_large" for r in refused)
+    assert "P00000009" not in json.dumps(records)
 
 
 def test_registry_and_relay_can_write_one_shared_chain(tmp_path: Path) -> None:
@@ -196,3 +206,31 @@ def test_registry_and_relay_can_write_one_shared_chain(tmp_path: Path) -> None:
                   str(dep.audit_dir / "checkpoints.jsonl"), "--public-key",
                   str(dep.dir / "secrets" / "audit-signing.pub"), "--json")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_restart_does_not_reset_a_row_budget(tmp_path: Path) -> None:
+    """The real daemon, killed with SIGKILL (no clean shutdown) after spending a key's
+    budget, still refuses that key when it comes back; another key is untouched."""
+    env = build_env(tmp_path, people=200)
+    env.doc["row_budgets"] = {"state_dir": str(tmp_path / "state" / "budgets")}
+    household = next(e for e in env.doc["datasets"][0]["entities"] if e["name"] == "household")
+    household["row_budget"] = {"rows": 12, "window_seconds": 86_400}
+    path = "/v1/datasets/civil/entities/household/records?limit=5"
+    with running_relay(env, tmp_path / "relay-1.log") as (url, proc):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            counts = [c.get(path, headers=env.headers("all")).json()["count"] for _ in range(3)]
+            refused = c.get(path, headers=env.headers("all"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert counts == [5, 5, 2]
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    restarted = running_relay(env, tmp_path / "relay-2.log")
+    with restarted as (url, _proc), httpx.Client(base_url=url, timeout=30) as c:
+        again = c.get(path, headers=env.headers("all"))
+        other = c.get(path, headers=env.headers("read"))
+        lookup = c.get("/v1/datasets/civil/entities/household/records/H0000001",
+                       headers=env.headers("all"))  # fmt: skip
+    assert again.status_code == 429 and again.json()["code"] == "relay.row_budget_exhausted"
+    assert again.headers["Assay-Row-Budget-Remaining"] == "0"
+    assert lookup.status_code == 429
+    assert other.status_code == 200 and other.headers["Assay-Row-Budget-Remaining"] == "7"

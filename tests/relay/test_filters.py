@@ -89,7 +89,9 @@ async def test_person_lookup_without_purpose_header_is_refused(running: Running)
     await _problem(
         running, f"{PEOPLE}?national_id={nid}", 400, "request.purpose_required", purpose=False
     )
-    await _problem(running, f"{PEOPLE}/P00000001", 400, "request.purpose_required", purpose=False)
+    # person answers no lookups by id at all (its key is not filterable; it requires a
+    # national id): refused before the purpose header is even looked at.
+    await _problem(running, f"{PEOPLE}/P00000001", 404, "entity.lookup_not_allowed", purpose=False)
     headers = running.env.headers("all", purpose=False) | {"X-Purpose": "bad\tpurpose"}
     await _problem(
         running, f"{PEOPLE}?national_id={nid}", 400, "request.purpose_invalid", headers=headers
@@ -177,6 +179,7 @@ async def test_record_by_id_of_the_wrong_type_or_missing_is_refused(running: Run
 
 
 async def test_unknown_dataset_entity_and_aggregate_are_404(running: Running) -> None:
-    await _problem(running, "/v1/datasets/nope", 404, "dataset.not_found", key="everything")
-    await _problem(running, "/v1/datasets/civil/entities/nope/records", 404, "entity.not_found")
-    await _problem(running, "/v1/datasets/civil/aggregates/nope", 404, "aggregate.not_found")
+    # One code for every unknown name (and every name the caller may not know of).
+    await _problem(running, "/v1/datasets/nope", 404, "resource.not_found", key="everything")
+    await _problem(running, "/v1/datasets/civil/entities/nope/records", 404, "resource.not_found")
+    await _problem(running, "/v1/datasets/civil/aggregates/nope", 404, "resource.not_found")

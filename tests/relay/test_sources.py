@@ -166,7 +166,7 @@ def test_serving_never_changes_source_bytes_or_mtime(tmp_path: Path) -> None:
             for path in (
                 "/v1/datasets/civil/entities/household/records?limit=50",
                 "/v1/datasets/civil/aggregates/people_by_municipality",
-                "/v1/datasets/civil/entities/person/records/P00000001",
+                "/v1/datasets/civil/entities/household/records/H0000001",
             ):
                 r = await client.get(path, headers=env.headers("all"))
                 assert r.status_code == 200

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from assay.core.audit import files, reader
 from assay.core.audit.verify import StreamVerifier
-from tests.unit.audit_util import SIGNING, open_log, write_log
+from tests.unit.audit_util import SIGNING, fields, open_log, write_log
 
 
 def positions(directory: Path) -> list[tuple[int, int, int, str]]:
@@ -122,19 +122,40 @@ class CountingVerifier(StreamVerifier):
         return super().check_line(line, torn)
 
 
-def test_without_a_signing_key_replay_still_reads_the_whole_segment_before_the_mark(
+def test_without_a_signing_key_replay_starts_at_the_saved_anchor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``audit.signing_key`` is optional; without it no checkpoint is ever written, so
-    there is no anchor and replay authenticates every line from the start of the segment
-    holding the mark (64 MiB by default, ~200k records) to replay the one after it: the
-    cost follows the segment's traffic, not the records after the mark."""
-    write_log(tmp_path, 2000)  # no signing key: no checkpoints.jsonl
+    the checkpoint index cannot say where the mark is. The registry saves the head's
+    position with its mark (``head_position``), and replay reads from there: one record
+    after the mark costs its own line, not the segment's (64 MiB by default)."""
+    write_log(tmp_path, 1999)  # no signing key: no checkpoints.jsonl
     assert not (tmp_path / files.CHECKPOINTS).exists()
+    with open_log(tmp_path) as log:
+        anchor = log.head_position()
+        log.append(fields(1999))
     monkeypatch.setattr(reader, "StreamVerifier", CountingVerifier)
     CountingVerifier.lines = 0
     with open_log(tmp_path) as log:
-        assert len(list(log.records_after(1999))) == 1
-    assert CountingVerifier.lines <= 64, (
+        assert len(list(log.records_after(1999, anchor=anchor))) == 1
+    assert CountingVerifier.lines <= 2, (
         f"replaying 1 record after the mark authenticated {CountingVerifier.lines} lines"
     )
+    # Without the anchor, the old cost: the whole segment.
+    CountingVerifier.lines = 0
+    with open_log(tmp_path) as log:
+        assert len(list(log.records_after(1999))) == 1
+    assert CountingVerifier.lines == 2000
+
+
+def test_an_anchor_the_log_does_not_hold_replays_from_the_start(tmp_path: Path) -> None:
+    """A log replaced or cut under the registry: the saved anchor names a record that is
+    not there, so every record of this log is read (and applied if missing), never
+    skipped because of a mark from another log."""
+    records = write_log(tmp_path, 30)
+    with open_log(tmp_path) as log:
+        real = log.head_position()
+    for lie in (real._replace(record_hash="0" * 64), real._replace(offset=real.offset - 1),
+                real._replace(segment=7), real._replace(seq=real.seq + 5)):  # fmt: skip
+        with open_log(tmp_path) as log:
+            assert list(log.records_after(30, anchor=lie)) == records, lie

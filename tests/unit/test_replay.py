@@ -83,7 +83,7 @@ def read(seq: int, action: str, decision: str, target: str | None) -> dict[str, 
 
 
 def source(records: list[dict[str, Any]]) -> Any:
-    def records_after(seq: int) -> Iterator[dict[str, Any]]:
+    def records_after(seq: int, anchor: Any = None) -> Iterator[dict[str, Any]]:
         return (r for r in records if r["seq"] > seq)
 
     return records_after
@@ -130,7 +130,7 @@ def test_read_records_are_never_replayed_and_the_mark_advances(
     assert db.calls["write"] == ingested
     assert db.calls["load_all"] == (1 if ingested else 0)
     assert report.scanned == len(records) and report.applied == ingested
-    assert db.reconciled_through() == len(records) == reg.replay_mark
+    assert db.reconciled_through()[0] == len(records) == reg.replay_mark
     assert set(reg.artifacts) == set(DIGESTS[:ingested])
 
     # The mark advanced durably: the next start reads nothing and touches no row.
@@ -214,3 +214,22 @@ def test_the_mark_never_passes_an_unsettled_mutation(steps: list[tuple[str, int]
             assert mark == head
         saved = max(saved, mark)  # the daemon only ever saves a higher mark
     assert len(flight) == len(opened)
+
+
+def test_bytes_a_killed_delete_left_behind_are_removed_at_start(tmp_path: Path) -> None:
+    """kill -9 between a delete's commit and the removal of its bytes: the row says
+    deleted, so the next start removes what is still at the object path."""
+    import trio
+
+    reg = registry(tmp_path)
+    records = [ingest(1, DIGESTS[0]), ingest(2, DIGESTS[1])]
+    trio.run(lambda: reconcile(reg, source(records)))
+    for digest in DIGESTS[:2]:
+        reg.store.path_for(digest).write_bytes(b"left")
+    art = reg.db.get(DIGESTS[0])
+    assert art is not None
+    reg.db.set_state(art, "deleted", action="delete", principal="a", reasons=[], ts="t", seq=3)
+    reg.artifacts[art.digest] = reg.db.get(DIGESTS[0])  # type: ignore[assignment]
+    trio.run(lambda: reconcile(reg, source(records)))
+    assert not reg.store.path_for(DIGESTS[0]).exists()
+    assert reg.store.path_for(DIGESTS[1]).exists()  # not deleted: kept

@@ -6,6 +6,7 @@ memory (and can fail on request), so every path of the mutation protocol is reac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ async def test_mark_reaches_the_head_after_settled_mutations_and_reads(tmp_path:
     await revoke(reg, 0)
     log.records.append({"action": "artifact.resolve", "seq": log.head + 1})  # a read
     assert await reg.save_replay_mark() == log.head == 2
-    assert db.reconciled_through() == 2
+    assert db.reconciled_through() == (2, None)
 
 
 async def test_voided_change_does_not_pin_the_mark(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ async def test_a_change_neither_applied_nor_voided_pins_the_mark_below_it(
     db.refuse, log.fail = False, set()
     await revoke(reg, 2)  # seq 3, settled
     assert await reg.save_replay_mark() == 1
-    assert db.reconciled_through() == 1
+    assert db.reconciled_through() == (1, None)
 
 
 async def test_an_unknown_audit_outcome_pins_the_mark_and_a_clean_failure_does_not(
@@ -122,3 +123,48 @@ async def test_an_unknown_audit_outcome_pins_the_mark_and_a_clean_failure_does_n
         await revoke(reg, 1)
     log.records.append({"action": "http.request", "seq": log.head + 1})
     assert await reg.save_replay_mark() == 1
+
+
+async def test_a_saved_mark_carries_an_anchor_so_a_restart_reads_only_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real log and writer, no signing key (so no checkpoint to start from): the
+    mark is saved with the head's position, and the next start authenticates only the
+    records after it, however long the segment."""
+    import trio
+
+    from assay.core.audit import reader
+    from assay.core.audit.verify import StreamVerifier
+    from assay.core.audit.writer import AuditWriter
+    from assay.registry.reconcile import reconcile
+    from tests.unit.audit_util import fields as read_fields
+    from tests.unit.audit_util import open_log
+
+    audit = open_log(tmp_path / "audit")
+    writer = AuditWriter(audit, checkpoint_every_seconds=None)
+    reg, _log, db = make(tmp_path)
+    reg._append = writer.append
+    reg._audit_head = lambda: writer.head_seq
+    reg._audit_position = audit.head_position
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(500):  # ordinary traffic
+            await writer.append(read_fields(i))
+        await revoke(reg, 0)
+        await reg.save_replay_mark()
+        await writer.append(read_fields(9999))  # after the last saved mark
+        await writer.close()
+    mark, anchor = db.reconciled_through()
+    assert mark == 501 and anchor is not None and json.loads(anchor)[0] == 501
+
+    lines = [0]
+
+    class Counting(StreamVerifier):
+        def check_line(self, line: bytes, torn: bool = False) -> dict[str, Any] | None:
+            lines[0] += 1
+            return super().check_line(line, torn)
+
+    monkeypatch.setattr(reader, "StreamVerifier", Counting)
+    with open_log(tmp_path / "audit") as log:
+        report = await reconcile(reg, lambda seq, a: log.records_after(seq, anchor=a))
+    assert report.scanned == 1 and lines[0] == 1

@@ -82,7 +82,7 @@ def kill9_and_restart(
                    audit_append=no_append, max_artifact_bytes=1 << 20)  # fmt: skip
     reg.open_blocking()
 
-    def records_after(seq: int) -> Iterator[dict[str, Any]]:
+    def records_after(seq: int, anchor: Any = None) -> Iterator[dict[str, Any]]:
         return (r for r in records if r["seq"] > seq)
 
     trio.run(lambda: reconcile(reg, records_after))
@@ -169,7 +169,7 @@ def test_a_void_dropped_under_availability_first_does_not_let_the_mark_pass_its_
     assert [r["action"] for r in records] == ["artifact.revoke"]  # no void on disk
     after = kill9_and_restart(tmp_path, db, store, records)
     assert unreflected(records, after.db) == [], (
-        f"mark saved at {db.reconciled_through()}: the revoke at seq 1 is claimed by the "
+        f"mark saved at {db.reconciled_through()[0]}: the revoke at seq 1 is claimed by the "
         f"log, voided nowhere, and never replayed; the artifact stays "
         f"{after.get(art.digest).state}"
     )

@@ -54,10 +54,19 @@ async def respond(
 class HeaderCap:
     """Outermost ASGI layer: refuse a request whose headers exceed the cap, audited."""
 
-    def __init__(self, app: ASGIApp, *, max_header_bytes: int, audit: AuditSink) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_header_bytes: int,
+        audit: AuditSink,
+        route: Callable[[str, str], str] | None = None,
+    ) -> None:
         self.app = app
         self.max_header_bytes = max_header_bytes
         self.audit = audit
+        #: (method, path) to the audit's ``route``; the relay's never keeps a raw path.
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and header_bytes(scope) > self.max_header_bytes:
@@ -74,7 +83,9 @@ class HeaderCap:
             instance=path,
             request_id=request_id,
         )
-        route = f"{scope.get('method', '')} {path}"
+        method = str(scope.get("method", ""))
+        full = str(scope.get("path", ""))
+        route = self.route(method, full) if self.route else f"{method} {path}"
         fields = base_fields(None, RequestAudit(), status, body["code"], route, request_id,
                              [], None)  # fmt: skip
         try:

@@ -208,6 +208,7 @@ class _Edge:
 
     audit: AuditSink
     params: Callable[[], list[str]]
+    route: Callable[[], str]
 
 
 _EDGE = "assay.edge"
@@ -220,7 +221,7 @@ def _request_fields(status: int, error_code: str | None = None) -> dict[str, Any
         g.get("audit") or RequestAudit(),
         status,
         error_code,
-        route_template(),
+        edge.route(),
         g.get("request_id", ""),
         edge.params(),
         g.purpose if "purpose" in g else purpose(),
@@ -244,15 +245,20 @@ def install(
     audit: AuditSink,
     param_names: Callable[[], list[str]] | None = None,
     receipt_hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]] | None = None,
+    route: Callable[[], str] | None = None,
 ) -> None:
-    """Wire the auth/scope/problem/audit/header discipline into ``app``."""
+    """Wire the auth/scope/problem/audit/header discipline into ``app``.
+
+    ``route`` names the request in its audit record (default ``route_template``); the
+    relay passes one that never records a raw unmatched path.
+    """
 
     def params() -> list[str]:
         if param_names is not None:
             return param_names()
         return sorted({f"{k}:eq" for k in request.args})
 
-    app.extensions[_EDGE] = _Edge(audit, params)
+    app.extensions[_EDGE] = _Edge(audit, params, route or route_template)
 
     @app.before_request
     async def _authenticate() -> None:

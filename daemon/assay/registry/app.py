@@ -181,7 +181,7 @@ def create_app(
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
     async def list_artifacts() -> dict[str, Any]:
-        """List artifacts a page at a time, oldest first, optionally by ?state= and ?name=.
+        """List artifacts a page at a time, in registration order, by ?state= and ?name=.
 
         ``?limit=`` (default 100, at most 1000) bounds the page; pass ``next_cursor``
         back as ``?cursor=`` for the next one (null on the last page).

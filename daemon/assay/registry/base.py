@@ -15,6 +15,7 @@ Blocking work runs in ``trio.to_thread``. The operations are grouped by concern:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 import trio
 
+from assay.core.audit.reader import Position
 from assay.core.errors import AssayError, AuditWriteFailed, BadRequest, NotFound, StorageError
 from assay.core.tokens import Principal
 from assay.registry import policy as policy_mod
@@ -77,6 +79,7 @@ class RegistryBase:
         approver_standing: Callable[[Mapping[str, str], str], Mapping[str, str]] | None = None,
         audit_head: Callable[[], int] = lambda: 0,
         audit_uncertain: Callable[[], bool] = lambda: False,
+        audit_position: Callable[[], Position] | None = None,
     ) -> None:
         self.store = store
         self.db = db
@@ -84,6 +87,7 @@ class RegistryBase:
         self._append = audit_append
         self._audit_head = audit_head
         self._audit_uncertain = audit_uncertain
+        self._audit_position = audit_position
         self.max_artifact_bytes = max_artifact_bytes
         self.block_bytes = block_bytes
         self._events = events or (lambda _kind, record_fields: None)
@@ -100,6 +104,10 @@ class RegistryBase:
         self._in_flight = InFlight()
         #: The replay mark as last saved (see ``reconcile.py``); set by startup replay.
         self.replay_mark = 0
+        #: Where in the log replay may start for that mark, and recent head positions
+        #: that may become it (each at most the mark it is saved with).
+        self.replay_anchor: Position | None = None
+        self._positions: deque[Position] = deque(maxlen=16)
 
     # -- startup ------------------------------------------------------------------------
 
@@ -139,7 +147,11 @@ class RegistryBase:
                 settled = True
             else:
                 self._in_flight.recorded(token, int(seq))
-            yield mutation
+            # The record is durable: its change must now be applied or voided, so the
+            # body runs to its end even if the request is cancelled (a client that hangs
+            # up); the cancel lands after it, at the next checkpoint.
+            with trio.CancelScope(shield=True):
+                yield mutation
             settled = True
         finally:
             if settled or mutation.voided:
@@ -151,10 +163,24 @@ class RegistryBase:
         Called every second and after the drain at shutdown, so a clean restart reads
         no record and a crash restart reads only the last moments' records.
         """
-        mark = self._in_flight.safe_mark(self._audit_head())
-        if mark > self.replay_mark:
-            await self._db(self.db.set_reconciled_through, mark)
-            self.replay_mark = mark
+        if self._audit_position is not None:
+            # Blocking: takes the log's lock, which a batch's fsync may hold. Sampled
+            # before the mark is computed, so any mutation opened since has a higher seq.
+            position = await trio.to_thread.run_sync(self._audit_position)
+            self._positions.append(position)
+            head = position.seq
+        else:
+            head = self._audit_head()
+        mark = self._in_flight.safe_mark(head)
+        candidates = [p for p in (*self._positions, self.replay_anchor) if p and p.seq <= mark]
+        anchor = max(candidates, key=lambda p: p.seq, default=None)
+        moved = anchor is not None and (
+            self.replay_anchor is None or anchor.seq > self.replay_anchor.seq
+        )
+        if mark > self.replay_mark or moved:
+            await self._db(self.db.set_reconciled_through, mark,
+                           anchor.to_json() if anchor else None)  # fmt: skip
+            self.replay_mark, self.replay_anchor = mark, anchor
         return self.replay_mark
 
     async def _commit(self, mutation: Mutation, fn: Callable[..., Any], *args: Any,
@@ -171,7 +197,7 @@ class RegistryBase:
             return await self._db(fn, *args, **kwargs)
         except StorageError as exc:
             try:
-                await self._append(
+                void = await self._append(
                     record_fields(
                         None,
                         "audit.void",
@@ -187,7 +213,8 @@ class RegistryBase:
                         extra={"voids_seq": int(record["seq"])},
                     )
                 )
-                mutation.voided = True
+                # A void dropped under availability_first is no void: the record stands.
+                mutation.voided = void.get("seq") is not None
             except AssayError:
                 log.critical(
                     "seq %s is durable but its database change failed and the void could "
@@ -216,7 +243,7 @@ class RegistryBase:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[Artifact], str | None]:
-        """One page in listing order (oldest first), and the cursor of the next page."""
+        """One page in listing order (as rows became visible), and the next page's cursor."""
         if state is not None and state not in {s.value for s in State}:
             raise BadRequest(f"unknown state {state!r}", code="request.bad_state")
         if cursor is not None:

@@ -91,6 +91,7 @@ async def run(
         approver_standing=authenticator.standing,
         audit_head=lambda: audit.writer.head_seq,
         audit_uncertain=lambda: audit.log.poisoned is not None,
+        audit_position=audit.head_position,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()

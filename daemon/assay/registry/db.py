@@ -95,6 +95,7 @@ class RegistryDB:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._depth = 0
 
     def open(self) -> None:
         try:
@@ -119,19 +120,33 @@ class RegistryDB:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; any sqlite error becomes a ``StorageError``.
 
-        Inside ``batch()`` (same thread: the lock is re-entrant, and no other thread can
-        be in a transaction while this one holds it) it joins the open transaction.
+        Inside another one of this thread's transactions (``batch()``; the lock is
+        re-entrant, so no other thread can be in one meanwhile) it joins it. Only an
+        explicit depth says so: a transaction SQLite left open (a COMMIT and its
+        ROLLBACK both failed) is rolled back first, never joined, so later changes are
+        never silently swallowed by it.
         """
         if self._conn is None:
             raise StorageError("database is not open")
         with self._lock:
             conn = self._conn
-            if conn.in_transaction:
-                yield conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
                 return
             try:
+                if conn.in_transaction:
+                    log.error("rolling back a transaction left open by an earlier failure")
+                    conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                yield conn
+                self._depth = 1
+                try:
+                    yield conn
+                finally:
+                    self._depth = 0
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
@@ -159,7 +174,7 @@ class RegistryDB:
                 approvals.setdefault(a["digest"], set()).add(a["principal"])
             return {
                 r["digest"]: _row(r, frozenset(approvals.get(r["digest"], ())))
-                for r in c.execute("SELECT * FROM artifacts")
+                for r in c.execute("SELECT * FROM artifacts ORDER BY rowid")
             }
 
     def get(self, digest: str) -> Artifact | None:
@@ -195,19 +210,31 @@ class RegistryDB:
             ).fetchall()
         return tuple((r["key_id"], r["signature"]) for r in rows)
 
-    def reconciled_through(self) -> int:
-        """Every mutation record up to this seq is known to be applied (set at startup)."""
+    def reconciled_through(self) -> tuple[int, str | None]:
+        """The replay mark: every mutation record up to this seq is settled; and where
+        in the log the record at (or before) it ends (a ``Position`` as JSON), if saved."""
         with self.transaction() as c:
-            row = c.execute("SELECT value FROM kv WHERE key = 'reconciled_through'").fetchone()
-        return int(row["value"]) if row else 0
+            rows = dict(c.execute(
+                "SELECT key, value FROM kv WHERE key IN ('reconciled_through', 'replay_anchor')"
+            ).fetchall())  # fmt: skip
+        return int(rows.get("reconciled_through", 0)), rows.get("replay_anchor")
 
-    def set_reconciled_through(self, seq: int) -> None:
+    def set_reconciled_through(self, seq: int, anchor: str | None = None) -> None:
+        """Move the mark (and its anchor: a mark without one drops the old anchor)."""
         with self.transaction() as c:
             c.execute(
                 "INSERT INTO kv(key, value) VALUES('reconciled_through', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(seq),),
             )
+            if anchor is None:
+                c.execute("DELETE FROM kv WHERE key = 'replay_anchor'")
+            else:
+                c.execute(
+                    "INSERT INTO kv(key, value) VALUES('replay_anchor', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (anchor,),
+                )
 
     def applied_seqs(self, seqs: list[int]) -> set[int]:
         """Which of ``seqs`` some database change already carries (history.audit_seq)."""
@@ -312,16 +339,33 @@ class RegistryDB:
             self._history(c, art.digest, ts, "approve", art.state, art.state, principal, [], seq)
         return replace(art, approvers=art.approvers | {principal})
 
+    def promote(
+        self,
+        art: Artifact,
+        principal: str,
+        ts: str,
+        seq: int | None,
+        signatures: tuple[tuple[str, str], ...],
+        reasons: list[str],
+    ) -> Artifact:
+        """The promoter's approval and the transition to trusted, in one transaction: a
+        crash between two would leave the approval without the change its record names."""
+        with self.batch():
+            approved = self.add_approval(art, principal, ts, None, signatures)
+            return self.set_state(approved, "trusted", action="promote", principal=principal,
+                                  reasons=reasons, ts=ts, seq=seq)  # fmt: skip
+
     def ping(self) -> None:
         """A trivial transaction: the database file is open, readable and not locked up."""
         with self.transaction() as c:
             c.execute("SELECT 1").fetchone()
 
     def touch_verified_many(self, digests: list[str], ts: str) -> None:
-        """Checks that found nothing changed, in one transaction (a sweep's thousands)."""
+        """Checks that found nothing changed, in one transaction (a sweep's thousands).
+        A row whose integrity failed meanwhile keeps the time of that failure."""
         with self.transaction() as c:
             c.executemany(
-                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ?",
+                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ? AND integrity = 'ok'",
                 [(ts, d) for d in digests],
             )
 

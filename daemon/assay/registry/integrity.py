@@ -206,7 +206,7 @@ class IntegrityOps(RegistryBase):
             )
             return
         for digest in digests:
-            if digest in self.artifacts:
+            if digest in self.artifacts and self.artifacts[digest].integrity == "ok":
                 self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
 
     async def mark_corrupt_while_serving(
@@ -214,9 +214,10 @@ class IntegrityOps(RegistryBase):
     ) -> None:
         """A fetch found the bytes changed mid-stream, after its response had started
         (and its request record was written): the failure is a record of its own."""
-        art = self.get(digest)
-        if art.integrity == "ok":
-            await self._integrity_changed(art, "failed", actual, None, None, request_id)
+        async with self._lock(parse_digest(digest)):
+            art = self.get(digest)
+            if art.integrity == "ok":
+                await self._integrity_changed(art, "failed", actual, None, None, request_id)
 
     async def open_consumable(
         self, digest: str, *, principal: Principal, route: str, request_id: str

@@ -6,7 +6,6 @@ current view in an ``ArtifactTable``, and listing pages through it by a stable o
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,25 +48,21 @@ class Artifact:
         }
 
 
-#: Listing order: oldest first; the digest breaks ties (``created_at`` has ms precision).
-SortKey = tuple[str, str]
-
-
-def sort_key(art: Artifact) -> SortKey:
-    return (art.created_at, art.digest)
-
-
 class ArtifactTable(Mapping[str, Artifact]):
-    """Digest -> artifact, plus the listing order kept sorted as rows arrive.
+    """Digest -> artifact, plus the listing order: the order rows became visible.
 
-    Why not sort per request: at 10,000 artifacts a full sort per page was most of a
-    listing's cost. Rows are never removed (soft delete keeps metadata) and an
-    artifact's ``created_at`` never changes, so the order only grows, by insertion.
+    Why visibility order and not ``created_at``: an upload's ``created_at`` is set before
+    its record and row are written, and concurrent uploads commit in another order, so a
+    walk by ``created_at`` could page past an upload that becomes visible behind its
+    cursor and never show it. Rows are never removed (soft delete keeps metadata), so
+    the order only grows, at the end; the database keeps it too (``rowid``), and a
+    restart loads rows in that order.
     """
 
     def __init__(self, rows: Mapping[str, Artifact] | None = None) -> None:
         self._rows: dict[str, Artifact] = dict(rows or {})
-        self._order: list[SortKey] = sorted(sort_key(a) for a in self._rows.values())
+        self._order: list[str] = list(self._rows)
+        self._index: dict[str, int] = {d: i for i, d in enumerate(self._order)}
 
     def __getitem__(self, digest: str) -> Artifact:
         return self._rows[digest]
@@ -79,12 +74,9 @@ class ArtifactTable(Mapping[str, Artifact]):
         return len(self._rows)
 
     def __setitem__(self, digest: str, art: Artifact) -> None:
-        old = self._rows.get(digest)
-        if old is not None and sort_key(old) != sort_key(art):
-            del self._order[bisect.bisect_left(self._order, sort_key(old))]
-            old = None
-        if old is None:
-            bisect.insort(self._order, sort_key(art))
+        if digest not in self._index:
+            self._index[digest] = len(self._order)
+            self._order.append(digest)
         self._rows[digest] = art
 
     def page(
@@ -92,12 +84,10 @@ class ArtifactTable(Mapping[str, Artifact]):
     ) -> tuple[list[Artifact], str | None]:
         """Up to ``limit`` rows that ``keep`` accepts, in listing order, after the row
         with digest ``after``; and the cursor for the next page (None at the end)."""
-        start = 0
-        if after is not None:
-            start = bisect.bisect_right(self._order, sort_key(self._rows[after]))
+        start = 0 if after is None else self._index[after] + 1
         out: list[Artifact] = []
         for i in range(start, len(self._order)):
-            art = self._rows[self._order[i][1]]
+            art = self._rows[self._order[i]]
             if keep(art):
                 if len(out) == limit:
                     return out, out[-1].digest

@@ -7,6 +7,10 @@ applied. Instead the daemon keeps a replay mark (``kv.reconciled_through``): the
 which every mutation record is settled. It moves while the daemon runs (``InFlight`` in
 ``replay.py``, saved every second and at shutdown) and after each startup's replay.
 
+With the mark it saves the position where the record at the mark ends (its anchor), so
+startup reads from there and not from the start of the segment; a log that no longer
+holds that record (replaced or cut) is read from its first record instead.
+
 At startup, the records after the mark are streamed, authenticated as they are read (a
 forged line stops startup instead of being replayed), and only mutation records are
 kept: reads, however many, cost one HMAC check each and are never applied. Each mutation
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from assay.core.audit.reader import Position
 from assay.registry.db import RegistryDB
 from assay.registry.model import ArtifactTable
 from assay.registry.replay import (
@@ -51,6 +57,8 @@ SEQ_CHUNK = 500
 APPLY_CHUNK = 1000
 
 Progress = Callable[[int, int], None]
+#: Authenticated records after a seq, reading from the saved anchor when it holds.
+RecordsAfter = Callable[[int, Position | None], Iterator[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class ReplayReport:
 
 async def reconcile(
     registry: Registry,
-    records_after: Callable[[int], Iterator[dict[str, Any]]],
+    records_after: RecordsAfter,
     *,
     progress: Progress | None = None,
 ) -> ReplayReport:
@@ -74,22 +82,33 @@ async def reconcile(
     if report.applied:
         registry.artifacts = ArtifactTable(await trio.to_thread.run_sync(registry.db.load_all))
         log.warning("reconciled %d mutation(s) from the audit log after a crash", report.applied)
+    await trio.to_thread.run_sync(_drop_deleted_bytes, registry)
     registry.replay_mark = report.mark
     registry.last_replay = dataclasses.asdict(report)
     return report
 
 
+def _drop_deleted_bytes(registry: Registry) -> None:
+    """A kill between a delete's commit and the removal of its bytes leaves them on
+    disk; the row says deleted, so they go now (one stat per deleted artifact)."""
+    for art in registry.artifacts.values():
+        if art.state == "deleted" and os.path.lexists(registry.store.path_for(art.digest)):
+            log.warning("removing the bytes of deleted %s left by an interrupted delete",
+                        art.digest)  # fmt: skip
+            registry.store.remove(art.digest)
+
+
 def _reconcile_blocking(
     db: RegistryDB,
     store: ObjectStore,
-    records_after: Callable[[int], Iterator[dict[str, Any]]],
+    records_after: RecordsAfter,
     progress: Progress | None,
 ) -> ReplayReport:
-    start = db.reconciled_through()
+    start, anchor = db.reconciled_through()
     mutations: list[dict[str, Any]] = []
     voided: set[int] = set()
     scanned, last = 0, start
-    for rec in records_after(start):
+    for rec in records_after(start, Position.from_json(anchor) if anchor else None):
         scanned, last = scanned + 1, int(rec["seq"])
         if is_mutation(rec):
             mutations.append(rec)
@@ -134,7 +153,7 @@ def _apply(db: RegistryDB, rec: dict[str, Any], change: Change) -> None:
     current = db.get(digest)
     assert current is not None  # change_for saw the row; nothing deletes rows
     if isinstance(change, SetState):
-        if change.approval is not None:
+        if change.approval is not None and change.approval[0] not in current.approvers:
             principal, signatures = change.approval
             current = db.add_approval(current, principal, ts, None, signatures)
         db.set_state(current, change.to_state, action=change.action,

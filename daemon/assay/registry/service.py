@@ -190,20 +190,10 @@ class Registry(IngestOps, IntegrityOps):
             )
         ) as mutation:
             record = mutation.record
-            with_approval = await self._commit(
-                mutation, self.db.add_approval, art, principal.id, now(), None, signatures
-            )
             updated = await self._commit(
-                mutation,
-                self.db.set_state,
-                with_approval,
-                State.TRUSTED.value,
-                action="promote",
-                principal=principal.id,
-                reasons=list(decision.passed),
-                ts=now(),
-                seq=record["seq"],
-            )
+                mutation, self.db.promote, art, principal.id, now(), record["seq"],
+                signatures, list(decision.passed),
+            )  # fmt: skip
             self.artifacts[art.digest] = updated
         self._events(
             "promote",

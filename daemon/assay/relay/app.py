@@ -1,13 +1,16 @@
 """The relay's HTTP routes (Quart on trio), on the core's web edge.
 
-Scopes here are per dataset (``access.metadata_scope`` and friends), so a route cannot
-name its scope in a decorator. Routes are marked with ``dataset_route(kind)``; the core
-edge then leaves them to this module's ``before_request`` hook, which runs right after
-the core's, authenticates with the same ``Authenticator``, resolves the dataset and calls
-``principal.require(scope)`` before any handler (and so before any data) runs. A startup
+Scopes here are per dataset and per entity (``access.metadata_scope`` and friends), so a
+route cannot name its scope in a decorator. Routes are marked with
+``dataset_route(kind)``; the core edge then leaves them to this module's
+``before_request`` hook, which runs right after the core's, authenticates with the same
+``Authenticator``, resolves every name in the path for that credential (one answer for
+unknown and invisible, see ``assay.relay.access``) and calls ``principal.require`` for
+each scope the route needs, before any handler (and so before any data) runs. A startup
 check refuses an app where any unmarked route would be served without a credential.
 Everything else (problems, security headers, the one audit record per request) is the
-core's.
+core's; the audit ``route`` of a request that matched no route is a keyed hash of its
+path (``audit_route``), never the path, which may hold an id.
 """
 
 from __future__ import annotations
@@ -17,16 +20,20 @@ from typing import Any, TypeVar
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, RoutingException
 
 from assay import __version__
 from assay.core import web
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest, NotFound, ScopeDenied
+from assay.core.errors import BadRequest, ScopeDenied
 from assay.core.openapi import build_openapi
+from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
-from assay.relay import planner
+from assay.relay import access, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
 from assay.relay.service import Relay, dumps
+from assay.relay.views import Target, lookup_refused
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 JOSE = "application/jose"
@@ -73,6 +80,36 @@ def _purpose(required: bool) -> None:
         )
 
 
+def who(principal: Principal) -> str:
+    """A credential as cursors and budgets know it: auth mode and id, never a secret."""
+    return f"{principal.auth_mode}:{principal.id}"
+
+
+def audit_route(url_map: Map, redactor: Callable[[str], str]) -> Callable[[str, str], str]:
+    """``METHOD template`` for the audit, for any method and path, without the raw path.
+
+    1. A path that a route matches (with this method or another: a 405) is its template.
+    2. Any other path is ``unmatched:`` and a keyed hash of it (the audit's redaction
+       key): equal paths stay correlatable for an auditor with the key, and an id in a
+       path under an entity (``.../records/P0001/x``) never sits in the log in clear.
+    Also used for the 431 answer, which is refused before any routing.
+    """
+    adapter = url_map.bind("relay.invalid")
+
+    def route(method: str, path: str) -> str:
+        for attempt in (method, "GET"):
+            try:
+                rule, _args = adapter.match(path, method=attempt, return_rule=True)
+            except MethodNotAllowed:
+                continue
+            except (HTTPException, RoutingException):
+                break
+            return f"{method} {rule.rule}"
+        return f"{method} unmatched:{redactor(path)}"
+
+    return route
+
+
 def create_app(
     relay: Relay,
     *,
@@ -84,15 +121,25 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = 1024  # every route is a GET
     app.config["BODY_TIMEOUT"] = 10
     server = relay.config.server
+    route_of = audit_route(app.url_map, relay.redactor)
+
+    def request_route() -> str:
+        rule = request.url_rule
+        if rule is not None:
+            return f"{request.method} {rule.rule}"
+        return route_of(request.method, request.path)
+
     web.install(
         app,
         authenticator=authenticator,
         audit=audit,
         param_names=lambda: planner.param_names(list(request.args.keys())),
+        route=request_route,
     )
 
     @app.before_request
     async def _dataset_scope() -> None:
+        g.relay_headers = {}
         view = app.view_functions.get(request.endpoint or "")
         kind = getattr(view, "relay_scope", None)
         if kind is None:
@@ -103,21 +150,29 @@ def create_app(
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
         if kind == "authenticated":
             return
-        try:
-            ds = relay.dataset((request.view_args or {}).get("dataset", ""))
-        except NotFound:
-            # Only a caller who may see every dataset learns that a name does not exist;
-            # anyone else gets the same 403 as for a dataset outside its scopes, so
-            # dataset ids cannot be probed.
-            if all(d.access.metadata_scope in principal.scopes for d in relay.config.datasets):
-                raise
-            raise ScopeDenied("no scope this credential holds covers that dataset") from None
-        scope: str = getattr(ds.access, f"{kind}_scope")
+        names = request.view_args or {}
+        # 1. Every name in the path, resolved for this credential: unknown and invisible
+        #    give one and the same 404, so nothing here depends on what exists.
+        target = relay.resolve(
+            principal.scopes, names.get("dataset", ""), names.get("entity"), names.get("aggregate")
+        )
+        g.relay_target = target
+        entity = target.view.entity if target.view is not None else None
+        # 2. Then the scopes: the dataset's and, where it has its own access, the entity's.
+        #    A metadata route on the dataset itself needs only the dataset's.
+        scopes = access.required(kind, target.dataset, entity)
         audit_state = current_audit()
-        audit_state.target = ds.id
-        audit_state.extra["dataset"] = ds.id
-        audit_state.extra["scopes_used"] = scope
-        principal.require(scope)
+        audit_state.target = target.dataset.id
+        audit_state.extra["dataset"] = target.dataset.id
+        audit_state.extra["scopes_used"] = ",".join(scopes)
+        for scope in scopes:
+            principal.require(scope)
+
+    @app.after_request
+    async def _budget_headers(response: Response) -> Response:
+        for name, value in g.get("relay_headers", {}).items():
+            response.headers[name] = value
+        return response
 
     def answer(
         body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snapshot: str
@@ -183,29 +238,34 @@ def create_app(
             }
         )
 
+    def target() -> Target:
+        resolved: Target = g.relay_target
+        return resolved
+
     @app.get("/v1/datasets/<dataset>")
     @dataset_route("metadata")
     async def get_dataset(dataset: str) -> Response:
         """One dataset's catalog metadata, entities and aggregates."""
         current_audit().action = "relay.dataset"
-        return _json(relay.dataset_doc(relay.dataset(dataset)))
+        return _json(relay.dataset_doc(target().dataset, current_principal().scopes))
 
     @app.get("/v1/datasets/<dataset>/entities")
     @dataset_route("metadata")
     async def list_entities(dataset: str) -> Response:
         """A dataset's entities with their public fields."""
         current_audit().action = "relay.entities"
-        ds = relay.dataset(dataset)
-        return _json(
-            {"entities": [relay.entity_doc(relay.entity(ds, e.name)) for e in ds.entities]}
-        )
+        shown = relay.listed(target().dataset, current_principal().scopes)
+        return _json({"entities": [relay.entity_doc(v) for v in shown]})
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>")
     @dataset_route("metadata")
     async def get_entity(dataset: str, entity: str) -> Response:
         """An entity's public fields, filters, limits and current snapshot digest."""
         current_audit().action = "relay.entity"
-        return _json(relay.entity_doc(relay.entity(relay.dataset(dataset), entity)))
+        view = target().view
+        assert view is not None
+        current_audit().target = f"{dataset}/{entity}"
+        return _json(relay.entity_doc(view))
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records")
     @dataset_route("read")
@@ -213,12 +273,17 @@ def create_app(
         """A page of records matching allowed filters; only declared fields."""
         audit_state = current_audit()
         audit_state.action = "relay.records"
-        view = relay.entity(relay.dataset(dataset), entity)
+        view = target().view
+        assert view is not None
         audit_state.target = f"{dataset}/{entity}"
         audit_state.extra["entity"] = entity
         _purpose(view.entity.require_purpose_header)
         body, query_doc, snap = await relay.records(
-            view, list(request.args.items(multi=True)), audit_state
+            view,
+            list(request.args.items(multi=True)),
+            audit_state,
+            who(current_principal()),
+            g.relay_headers,
         )
         audit_state.extra["snapshot"] = snap.digest
         return answer(body, dataset, query_doc, snap.digest)
@@ -226,16 +291,25 @@ def create_app(
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records/<record_id>")
     @dataset_route("read")
     async def get_record(dataset: str, entity: str, record_id: str) -> Response:
-        """One record by primary key; only declared fields."""
+        """One record by primary key, where the entity exposes and filters it; takes the
+        entity's other required filters as parameters; only declared fields."""
         audit_state = current_audit()
         audit_state.action = "relay.record"
-        view = relay.entity(relay.dataset(dataset), entity)
+        view = target().view
+        assert view is not None
         audit_state.target = f"{dataset}/{entity}"
         audit_state.extra["entity"] = entity
+        if not view.lookup:  # first: the answer depends on the entity's config alone
+            raise lookup_refused()
         _purpose(view.entity.require_purpose_header)
-        if request.args:
-            raise BadRequest("a record lookup takes no parameters", code="request.invalid")
-        body, query_doc, snap = relay.record(view, record_id, audit_state)
+        body, query_doc, snap = await relay.record(
+            view,
+            record_id,
+            list(request.args.items(multi=True)),
+            audit_state,
+            who(current_principal()),
+            g.relay_headers,
+        )
         audit_state.extra["snapshot"] = snap.digest
         return answer(body, dataset, query_doc, snap.digest)
 
@@ -245,12 +319,18 @@ def create_app(
         """Grouped counts, sums and averages with small cells suppressed."""
         audit_state = current_audit()
         audit_state.action = "relay.aggregate"
-        ds = relay.dataset(dataset)
-        agg, view = relay.aggregate_spec(ds, aggregate)
+        resolved = target()
+        assert resolved.aggregate is not None and resolved.view is not None
         audit_state.target = f"{dataset}/{aggregate}"
         audit_state.extra["aggregate"] = aggregate
         body, query_doc, snap = await relay.aggregate(
-            ds, agg, view, list(request.args.items(multi=True)), audit_state
+            resolved.dataset,
+            resolved.aggregate,
+            resolved.view,
+            list(request.args.items(multi=True)),
+            audit_state,
+            who(current_principal()),
+            g.relay_headers,
         )
         audit_state.extra["snapshot"] = snap.digest
         return answer(body, dataset, query_doc, snap.digest)
@@ -301,8 +381,12 @@ def openapi_doc(app: QuartTrio) -> dict[str, Any]:
         for op in doc["paths"].get(path, {}).values():
             op["security"] = [{"bearer": []}, {"apiKey": []}]
             op["x-required-scope"] = (
-                "any credential" if kind == "authenticated" else f"datasets[].access.{kind}_scope"
-            )
+                "any credential"
+                if kind == "authenticated"
+                else f"datasets[].access.{kind}_scope"
+                + ("" if path == "/v1/datasets/{dataset}" or path.endswith("/entities")
+                   else f", and entities[].access.{kind}_scope where the entity has access")
+            )  # fmt: skip
             if kind == "read":
                 op["parameters"].append(
                     {"name": web.PURPOSE_HEADER, "in": "header", "schema": {"type": "string"}}

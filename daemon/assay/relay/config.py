@@ -99,6 +99,25 @@ class AllowedFilter(Strict):
     ops: list[Op] = Field(min_length=1, max_length=5)
 
 
+class Access(Strict):
+    metadata_scope: str = Field(pattern=SCOPE)
+    read_scope: str = Field(pattern=SCOPE)
+    aggregate_scope: str = Field(pattern=SCOPE)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Access:
+        if len({self.metadata_scope, self.read_scope, self.aggregate_scope}) != 3:
+            raise ValueError("metadata_scope, read_scope and aggregate_scope must differ")
+        return self
+
+
+class RowBudget(Strict):
+    """At most ``rows`` rows per credential and entity in each fixed window."""
+
+    rows: int = Field(ge=1, le=10**12)
+    window_seconds: int = Field(ge=1, le=366 * 86_400)
+
+
 class Entity(Strict):
     name: str = Field(pattern=NAME)
     title: str = ""
@@ -110,6 +129,10 @@ class Entity(Strict):
     default_limit: int = Field(default=50, ge=1)
     max_limit: int = Field(default=100, ge=1, le=10_000)
     require_purpose_header: bool = False
+    #: Scopes of this entity's own, needed as well as the dataset's (never instead).
+    access: Access | None = None
+    #: Overrides ``row_budgets.default`` for this entity.
+    row_budget: RowBudget | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> Entity:
@@ -149,18 +172,6 @@ class Aggregate(Strict):
     #: Only dimension fields may be filtered, so a filter selects whole cells.
     allowed_filters: list[AllowedFilter] = Field(default_factory=list, max_length=8)
     disclosure_control: DisclosureControl
-
-
-class Access(Strict):
-    metadata_scope: str = Field(pattern=SCOPE)
-    read_scope: str = Field(pattern=SCOPE)
-    aggregate_scope: str = Field(pattern=SCOPE)
-
-    @model_validator(mode="after")
-    def _distinct(self) -> Access:
-        if len({self.metadata_scope, self.read_scope, self.aggregate_scope}) != 3:
-            raise ValueError("metadata_scope, read_scope and aggregate_scope must differ")
-        return self
 
 
 class Dataset(Strict):
@@ -233,6 +244,13 @@ class RelayAuthConfig(Strict):
         return self
 
 
+class RowBudgets(Strict):
+    """Where spent budgets are kept (durably: a restart must not reset one) and the default."""
+
+    state_dir: str = Field(min_length=1)
+    default: RowBudget | None = None
+
+
 class LoggingSection(Strict):
     journald: bool | None = None
     level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
@@ -245,7 +263,14 @@ class RelayConfig(Strict):
     auth: RelayAuthConfig
     audit: AuditConfig
     datasets: list[Dataset] = Field(min_length=1, max_length=256)
+    row_budgets: RowBudgets | None = None
     logging: LoggingSection = LoggingSection()
+
+    def row_budget(self, entity: Entity) -> RowBudget | None:
+        """The entity's budget: its own, else the default, else none."""
+        if entity.row_budget is not None:
+            return entity.row_budget
+        return self.row_budgets.default if self.row_budgets is not None else None
 
 
 def _dupes(values: list[str]) -> set[int]:
@@ -355,6 +380,20 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 )
 
 
+def _check_entity_access(cfg: RelayConfig, ds: Dataset, at: str, problems: list[str]) -> set[str]:
+    """The scopes of entities with access of their own; a budget needs a state dir."""
+    scopes: set[str] = set()
+    for j, ent in enumerate(ds.entities):
+        if ent.access is not None:
+            scopes |= {ent.access.metadata_scope, ent.access.read_scope, ent.access.aggregate_scope}
+        if ent.row_budget is not None and cfg.row_budgets is None:
+            problems.append(
+                f"{at}.entities[{j}].row_budget: needs row_budgets.state_dir, where spent "
+                "budgets are kept across restarts"
+            )
+    return scopes
+
+
 def check_references(cfg: RelayConfig) -> list[str]:
     """Every broken cross-reference as ``path: problem`` (empty when the config is sound)."""
     problems: list[str] = []
@@ -367,6 +406,7 @@ def check_references(cfg: RelayConfig) -> list[str]:
         at = f"datasets[{i}]"
         _check_dataset(ds, at, problems)
         scopes |= {ds.access.metadata_scope, ds.access.read_scope, ds.access.aggregate_scope}
+        scopes |= _check_entity_access(cfg, ds, at, problems)
         tables = {t.id: t for t in ds.tables}
         entities = {e.name: e for e in ds.entities}
         for j, agg in enumerate(ds.aggregates):
@@ -392,7 +432,9 @@ def check_references(cfg: RelayConfig) -> list[str]:
     for i, key in enumerate(cfg.auth.api_keys):
         for j, scope in enumerate(key.scopes):
             if scope not in scopes:
-                problems.append(f"auth.api_keys[{i}].scopes[{j}]: no dataset uses {scope!r}")
+                problems.append(
+                    f"auth.api_keys[{i}].scopes[{j}]: no dataset or entity uses {scope!r}"
+                )
     return problems
 
 

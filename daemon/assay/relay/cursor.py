@@ -1,9 +1,12 @@
-"""Opaque page cursors, HMAC-bound to the dataset, entity, query and snapshot.
+"""Opaque page cursors, HMAC-bound to the dataset, entity, query, snapshot and principal.
 
 Why bound: a cursor is server state handed to a client. Binding it to the normalized query
 and the snapshot digest means a cursor from another query, another entity or an older
 snapshot is refused (``entity.cursor_invalid``) instead of silently paging a different
-result, and a forged offset cannot be minted without the key. Pure.
+result, and a forged offset cannot be minted without the key. Binding it to the
+principal (auth mode and id, never the secret) means a cursor that leaks, or is handed
+on, is worth nothing to another credential: it cannot continue someone else's paging.
+Pure.
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ def derive_key(master: bytes, purpose: str) -> bytes:
     return hmac.new(master, b"assay.relay.key\x00" + purpose.encode(), hashlib.sha256).digest()
 
 
-def binding(dataset: str, entity: str, query: dict[str, Any], snapshot: str) -> bytes:
+def binding(
+    dataset: str, entity: str, query: dict[str, Any], snapshot: str, principal: str
+) -> bytes:
     """What a cursor is bound to; the cursor itself is excluded from ``query``."""
-    doc = {"dataset": dataset, "entity": entity, "query": query, "snapshot": snapshot}
+    doc = {
+        "dataset": dataset,
+        "entity": entity,
+        "query": query,
+        "snapshot": snapshot,
+        "principal": principal,
+    }
     return hashlib.sha256(canonical_json(doc)).digest()
 
 

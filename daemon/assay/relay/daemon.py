@@ -87,6 +87,7 @@ async def run(
             RecordBeforeDisconnect(cast(ASGIApp, parts.app)),
             max_header_bytes=cfg.server.max_header_bytes,
             audit=audit.writer,
+            route=parts.audit_route(),
         )
         drained = trio.Event()
         hc = hypercorn_config(loaded)
@@ -115,6 +116,7 @@ async def run(
             started=started,
         )
         nursery.cancel_scope.cancel()
+    parts.close()  # the row-budget store: every spend is on disk already, so a crash is safe
 
 
 async def _signals(shutdown: trio.Event, notifier: Notifier, store: SnapshotStore) -> None:

@@ -1,14 +1,14 @@
 """The relay's few extra error statuses, subclassing the core families.
 
 Why classes here: the core's families carry the HTTP status as a class attribute, and
-the relay needs two statuses no core family has (406 for an answer that cannot be signed,
-414 for a query string over its bound). Everything else uses a core class with a ``code``.
-Pure.
+the relay needs statuses no core family has (406 for an answer that cannot be signed,
+414 for a query string over its bound, 429 for a spent row budget, 503 when spent budgets
+cannot be recorded). Everything else uses a core class with a ``code``. Pure.
 """
 
 from __future__ import annotations
 
-from assay.core.errors import RejectedInput
+from assay.core.errors import RejectedInput, StorageError
 
 
 class NotAcceptable(RejectedInput):
@@ -25,3 +25,19 @@ class QueryTooLarge(RejectedInput):
     code = "request.query_too_large"
     status = 414
     title = "Query string too large"
+
+
+class BudgetExhausted(RejectedInput):
+    """The credential spent this entity's row budget for the current window."""
+
+    code = "relay.row_budget_exhausted"
+    status = 429
+    title = "Row budget exhausted"
+
+
+class BudgetUnavailable(StorageError):
+    """Spent rows could not be recorded durably, so no rows are released (fail closed)."""
+
+    code = "relay.row_budget_unavailable"
+    status = 503
+    title = "Row budget unavailable"

@@ -1,9 +1,12 @@
 """The relay's operations: resolve names, plan, take one snapshot, answer, fill the audit.
 
-Why between the routes and the pure modules: this is where a request takes its one
-snapshot reference (and keeps it across the worker thread that scans it), where cursors
-are checked against that snapshot, and where the audit record learns the filter names,
-ops, keyed hashes, row counts and suppressed groups. Routes stay thin.
+Why between the routes and the pure modules: this is where a request's names are
+resolved for its credential (``access``: unknown and invisible answer alike), where it
+takes its one snapshot reference (and keeps it across the worker thread that scans it),
+where cursors are checked against that snapshot and that credential, where row budgets
+are reserved before data is touched and spent durably before rows leave, and where the
+audit record learns the filter names, ops, keyed hashes, row counts and suppressed
+groups. Routes stay thin.
 """
 
 from __future__ import annotations
@@ -11,19 +14,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.audit.chain import redact
 from assay.core.errors import BadRequest, NotFound
 from assay.core.web import RequestAudit
-from assay.relay import cursor, disclosure, jws, planner, query
-from assay.relay.config import Aggregate, Dataset, Entity, RelayConfig, Table
-from assay.relay.planner import Bounds, FieldSpec
+from assay.relay import access, cursor, disclosure, jws, order, planner, query
+from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
+from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
+from assay.relay.errors import BudgetExhausted
+from assay.relay.planner import Bounds, Condition
 from assay.relay.snapshot import Snapshot, SnapshotStore
+from assay.relay.views import EntityView, Target, entity_view, lookup_refused
 
 #: Scans over more rows than this run in a worker thread so the loop keeps answering.
 THREAD_ROWS = 20_000
@@ -33,31 +39,8 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=planner.canonical, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
-class EntityView:
-    """An entity with its lookups precomputed once at startup."""
-
-    dataset: Dataset
-    entity: Entity
-    table: Table
-    fields: tuple[FieldSpec, ...]
-    allowed: dict[str, frozenset[str]]
-    key: FieldSpec
-
-    @property
-    def by_name(self) -> dict[str, FieldSpec]:
-        return {f.name: f for f in self.fields}
-
-
-def _entity_view(ds: Dataset, entity: Entity) -> EntityView:
-    table = next(t for t in ds.tables if t.id == entity.table)
-    types = {c.name: c.type for c in table.columns}
-    fields = tuple(FieldSpec(f.name, f.column, types[f.column], f.sensitive) for f in entity.fields)
-    allowed: dict[str, frozenset[str]] = {f.field: frozenset(f.ops) for f in entity.allowed_filters}
-    exposed = next((f for f in fields if f.column == table.primary_key), None)
-    # An unexposed key is still looked up by /records/{id}; the audit hashes it.
-    key = exposed or FieldSpec("id", table.primary_key, types[table.primary_key], True)
-    return EntityView(ds, entity, table, fields, allowed, key)
+def _exhausted_headers(policy: RowBudget, reset: int) -> dict[str, str]:
+    return {**headers(policy, 0, reset), "Retry-After": str(reset)}
 
 
 class Relay:
@@ -69,39 +52,59 @@ class Relay:
         audit_key: bytes,
         signing_key: Ed25519PrivateKey | None,
         clock: Callable[[], float] = time.time,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.signing_key = signing_key
         self.clock = clock
+        self.budgets = budgets
         self._cursor_key = cursor.derive_key(audit_key, "cursor")
+        self._order_key = cursor.derive_key(audit_key, "row-order")
         self._redact_key = audit_key
+        #: Per entity that hides its key: (snapshot digest, its columns in keyed order).
+        self._ordered: dict[tuple[str, str], tuple[str, pa.Table]] = {}
         server = config.server
         self.bounds = Bounds(server.max_filters, server.max_in_values, server.max_value_chars)
         self.datasets = {d.id: d for d in config.datasets}
         self.entities = {
-            (d.id, e.name): _entity_view(d, e) for d in config.datasets for e in d.entities
+            (d.id, e.name): entity_view(d, e) for d in config.datasets for e in d.entities
         }
 
     # --- names -------------------------------------------------------------------------
 
-    def dataset(self, dataset_id: str) -> Dataset:
-        ds = self.datasets.get(dataset_id)
-        if ds is None:
-            raise NotFound("no such dataset", code="dataset.not_found")
-        return ds
+    def resolve(
+        self,
+        scopes: frozenset[str],
+        dataset: str,
+        entity: str | None = None,
+        aggregate: str | None = None,
+    ) -> Target:
+        """The names of one path, each unknown *or not known to these scopes* answering
+        the same ``access.hidden()`` (see ``assay.relay.access``)."""
+        ds = self.datasets.get(dataset)
+        if ds is None or not access.knows_dataset(scopes, ds):
+            raise access.hidden()
+        view: EntityView | None = None
+        agg: Aggregate | None = None
+        if entity is not None:
+            view = self.entities.get((ds.id, entity))
+        if aggregate is not None:
+            agg = next((a for a in ds.aggregates if a.id == aggregate), None)
+            if agg is None:
+                raise access.hidden()
+            view = self.entities[(ds.id, agg.source_entity)]
+        if (entity is not None or aggregate is not None) and (
+            view is None or not access.knows_entity(scopes, ds, view.entity)
+        ):
+            raise access.hidden()
+        return Target(ds, view, agg)
 
-    def entity(self, ds: Dataset, name: str) -> EntityView:
-        view = self.entities.get((ds.id, name))
-        if view is None:
-            raise NotFound("no such entity in this dataset", code="entity.not_found")
-        return view
-
-    def aggregate_spec(self, ds: Dataset, agg_id: str) -> tuple[Aggregate, EntityView]:
-        agg = next((a for a in ds.aggregates if a.id == agg_id), None)
-        if agg is None:
-            raise NotFound("no such aggregate in this dataset", code="aggregate.not_found")
-        return agg, self.entities[(ds.id, agg.source_entity)]
+    def listed(self, ds: Dataset, scopes: frozenset[str]) -> list[EntityView]:
+        """The entities a dataset's metadata shows to these scopes."""
+        return [
+            self.entities[(ds.id, e.name)] for e in ds.entities if access.lists_entity(scopes, e)
+        ]
 
     def redactor(self, value: str) -> str:
         """The audit core's keyed hash: equal values give equal tags under one key."""
@@ -112,7 +115,8 @@ class Relay:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def dataset_doc(self, ds: Dataset) -> dict[str, Any]:
+    def dataset_doc(self, ds: Dataset, scopes: frozenset[str]) -> dict[str, Any]:
+        shown = {v.entity.name for v in self.listed(ds, scopes)}
         return {
             "id": ds.id,
             "title": ds.title,
@@ -121,8 +125,12 @@ class Relay:
             "sensitivity": ds.sensitivity,
             "access_rights": ds.access_rights,
             "update_frequency": ds.update_frequency,
-            "entities": [{"name": e.name, "title": e.title} for e in ds.entities],
-            "aggregates": [self.aggregate_doc(ds, a) for a in ds.aggregates],
+            "entities": [
+                {"name": e.name, "title": e.title} for e in ds.entities if e.name in shown
+            ],
+            "aggregates": [
+                self.aggregate_doc(ds, a) for a in ds.aggregates if a.source_entity in shown
+            ],
         }
 
     def aggregate_doc(self, ds: Dataset, agg: Aggregate) -> dict[str, Any]:
@@ -139,6 +147,7 @@ class Relay:
 
     def entity_doc(self, view: EntityView) -> dict[str, Any]:
         e = view.entity
+        budget = self.config.row_budget(e)
         snap = self.store.status().get(f"{view.dataset.id}.{view.table.id}", {})
         return {
             "dataset": view.dataset.id,
@@ -153,14 +162,91 @@ class Relay:
             "default_limit": e.default_limit,
             "max_limit": e.max_limit,
             "require_purpose_header": e.require_purpose_header,
+            "record_lookup": view.lookup,
+            "row_budget": None if budget is None else budget.model_dump(),
             "snapshot": {"digest": snap.get("digest"), "loaded_at": snap.get("loaded_at")},
         }
+
+    # --- budgets ------------------------------------------------------------------------
+
+    def _budget(self, view: EntityView, who: str) -> tuple[Key, RowBudget] | None:
+        policy = self.config.row_budget(view.entity)
+        if policy is None or self.budgets is None:
+            return None
+        return (who, view.dataset.id, view.entity.name), policy
+
+    def _reserve(
+        self,
+        budget: tuple[Key, RowBudget] | None,
+        want: int,
+        out: dict[str, str],
+        *,
+        whole: bool = False,
+    ) -> Grant | None:
+        """Reserve rows before data is touched; a spent budget is 429 with Retry-After."""
+        if budget is None:
+            return None
+        assert self.budgets is not None
+        key, policy = budget
+        try:
+            return self.budgets.reserve(key, policy, want, whole=whole)
+        except BudgetExhausted:
+            out.update(_exhausted_headers(policy, self.budgets.state(key, policy)[1]))
+            raise
+
+    async def _spend(self, grant: Grant | None, rows: int, out: dict[str, str]) -> None:
+        """Spend the rows durably, before they leave; refused, ``out`` gets Retry-After."""
+        if grant is None or not rows:
+            return
+        assert self.budgets is not None
+        try:
+            await self.budgets.spend(grant, rows)
+        except BudgetExhausted:  # spent elsewhere meanwhile (another relay on the file)
+            reset = self.budgets.state(grant.key, grant.policy)[1]
+            out.update(_exhausted_headers(grant.policy, reset))
+            raise
+
+    def _report(self, grant: Grant | None, out: dict[str, str], audit: RequestAudit) -> None:
+        """After the grant is released: what is left, in headers and in the audit."""
+        if grant is None or self.budgets is None:
+            return
+        left, reset = self.budgets.state(grant.key, grant.policy)
+        out.update(headers(grant.policy, left, reset))
+        audit.extra["row_budget_remaining"] = left
+
+    def _release(self, grant: Grant | None) -> None:
+        if grant is not None and self.budgets is not None:
+            self.budgets.release(grant)
+
+    # --- rows as an entity sees them -------------------------------------------------------
+
+    def _rows(self, view: EntityView, snap: Snapshot) -> tuple[pa.Table, Any, str | None]:
+        """(table, key index, key column): source order for an entity exposing its key,
+        else its columns in its own keyed order (``assay.relay.order``), built once per
+        snapshot. Blocking on a first use: call it where the scan runs."""
+        if view.key is not None:
+            return snap.data, snap.index, view.table.primary_key
+        name = (view.dataset.id, view.entity.name)
+        cached = self._ordered.get(name)
+        if cached is None or cached[0] != snap.digest:
+            key = order.order_key(self._order_key, *name, snap.digest)
+            columns = list(dict.fromkeys(f.column for f in view.fields))
+            cached = (snap.digest, order.reorder(snap.data, columns, key))
+            self._ordered[name] = cached
+        return cached[1], None, None
 
     # --- answers -------------------------------------------------------------------------
 
     async def records(
-        self, view: EntityView, args: Sequence[tuple[str, str]], audit: RequestAudit
+        self,
+        view: EntityView,
+        args: Sequence[tuple[str, str]],
+        audit: RequestAudit,
+        who: str,
+        out: dict[str, str],
     ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+        """A page; ``who`` (auth mode and id) binds cursors and budgets, ``out`` gets the
+        budget headers (also when refused)."""
         e = view.entity
         plan = planner.plan_records(
             args,
@@ -173,25 +259,38 @@ class Relay:
             max_cursor_chars=self.config.server.max_cursor_chars,
         )
         audit.extra.update(planner.audit_extra(plan.conditions, self.redactor))
-        snap = self.snapshot(view)  # the one snapshot this request sees
-        normalized = plan.normalized()
-        bound = cursor.binding(view.dataset.id, e.name, normalized, snap.digest)
-        offset = 0 if plan.cursor is None else cursor.decode(self._cursor_key, bound, plan.cursor)
-        audit.extra["cursor"] = plan.cursor is not None
-
-        def run() -> query.Page:
-            return query.page(
-                snap.data,
-                plan.conditions,
-                plan.fields,
-                offset=offset,
-                limit=plan.limit,
-                index=snap.index,
-                key_column=view.table.primary_key,
+        # 1. Reserve before the snapshot: a spent budget touches no data. A page is
+        #    clamped to what is left, so the budget is never exceeded and all of it usable.
+        grant = self._reserve(self._budget(view, who), plan.limit, out)
+        try:
+            snap = self.snapshot(view)  # the one snapshot this request sees
+            normalized = plan.normalized()
+            bound = cursor.binding(view.dataset.id, e.name, normalized, snap.digest, who)
+            offset = (
+                0 if plan.cursor is None else cursor.decode(self._cursor_key, bound, plan.cursor)
             )
+            audit.extra["cursor"] = plan.cursor is not None
+            limit = plan.limit if grant is None else grant.rows
 
-        result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
-        audit.extra["row_count"] = len(result.records)
+            def run() -> query.Page:
+                table, index, key_column = self._rows(view, snap)
+                return query.page(
+                    table,
+                    plan.conditions,
+                    plan.fields,
+                    offset=offset,
+                    limit=limit,
+                    index=index,
+                    key_column=key_column,
+                )
+
+            result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+            audit.extra["row_count"] = len(result.records)
+            # 2. Spend what is returned, durably, before it leaves.
+            await self._spend(grant, len(result.records), out)
+        finally:
+            self._release(grant)
+        self._report(grant, out, audit)
         body = {
             "dataset": view.dataset.id,
             "entity": e.name,
@@ -204,33 +303,81 @@ class Relay:
         }
         return body, {**normalized, "offset": offset}, snap
 
-    def record(
-        self, view: EntityView, raw_id: str, audit: RequestAudit
+    async def record(
+        self,
+        view: EntityView,
+        raw_id: str,
+        args: Sequence[tuple[str, str]],
+        audit: RequestAudit,
+        who: str,
+        out: dict[str, str],
     ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+        """The records query ``key=raw_id`` plus the caller's filters, at most one row.
+
+        1. Only where the key is exposed and ``eq``-filterable (``EntityView.lookup``).
+        2. The entity's other required filters must be given, as on a records query; a
+           record that exists but does not match them is ``record.not_found``, like one
+           that does not exist.
+        """
+        e = view.entity
         key = view.key
+        if key is None or not view.lookup:
+            raise lookup_refused()
+        if any(k in planner.RESERVED for k, _ in args):
+            raise BadRequest("a record lookup takes only filters", code="request.invalid")
         try:
             value = planner.parse_value(raw_id, key.type, self.bounds)
         except BadRequest:
             raise BadRequest(
                 f"record id is not a valid {key.type}", code="record.id_invalid"
             ) from None
-        shown = planner.canonical(value)
-        if key.sensitive:
-            audit.extra["record_id_hash"] = self.redactor(str(shown))
-        else:
-            audit.extra["record_id"] = shown
-        snap = self.snapshot(view)
-        found = query.lookup(snap.data, snap.index, value, view.fields)
-        audit.extra["row_count"] = 0 if found is None else 1
-        if found is None:
+        others = planner.parse_conditions(
+            args,
+            fields=view.by_name,
+            allowed=view.allowed,
+            required=[r for r in e.required_filters if r != key.name],
+            bounds=self.bounds,
+        )
+        if any(c.field == key.name for c in others):
+            raise BadRequest(
+                f"field {key.name!r} is the record id; it is not filtered again",
+                code="entity.filter_duplicate",
+                reasons=[f"duplicate filter {key.name}"],
+            )
+        by_id = Condition(key.name, key.column, key.type, "eq", (value,), key.sensitive)
+        conditions = tuple(sorted((*others, by_id), key=lambda c: (c.field, c.op)))
+        audit.extra.update(planner.audit_extra(conditions, self.redactor))
+        grant = self._reserve(self._budget(view, who), 1, out)
+        try:
+            snap = self.snapshot(view)
+            page = query.page(
+                snap.data,
+                conditions,
+                view.fields,
+                offset=0,
+                limit=1,
+                index=snap.index,
+                key_column=view.table.primary_key,
+            )
+            audit.extra["row_count"] = len(page.records)
+            await self._spend(grant, len(page.records), out)
+        finally:
+            self._release(grant)
+        self._report(grant, out, audit)
+        if not page.records:
             raise NotFound("no such record", code="record.not_found")
         body = {
             "dataset": view.dataset.id,
-            "entity": view.entity.name,
+            "entity": e.name,
             "snapshot": snap.digest,
-            "record": found,
+            "record": page.records[0],
         }
-        return body, {"id": shown, "fields": [f.name for f in view.fields]}, snap
+        query_doc = {
+            "id": planner.canonical(value),
+            "filters": [[c.field, c.op, [planner.canonical(v) for v in c.values]] for c in others],
+            "fields": [f.name for f in view.fields],
+        }
+        return body, query_doc, snap
 
     async def aggregate(
         self,
@@ -239,7 +386,11 @@ class Relay:
         view: EntityView,
         args: Sequence[tuple[str, str]],
         audit: RequestAudit,
+        who: str,
+        out: dict[str, str],
     ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+        """Published groups count against the source entity's row budget, as rows: with
+        a small ``min_group_size`` a cell is a row, so aggregates are no way around it."""
         if any(k in planner.RESERVED for k, _ in args):
             raise BadRequest("aggregates take only filters", code="aggregate.filter_not_allowed")
         conditions = planner.parse_conditions(
@@ -251,6 +402,9 @@ class Relay:
             prefix="aggregate",
         )
         audit.extra.update(planner.audit_extra(conditions, self.redactor))
+        budget = self._budget(view, who)
+        # 1. A spent budget touches no data (an empty reservation is a look, not a spend).
+        self._release(self._reserve(budget, 1, out))
         snap = self.snapshot(view)
 
         def run() -> disclosure.AggregateAnswer:
@@ -260,6 +414,14 @@ class Relay:
         answer = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
         audit.extra["row_count"] = len(answer.groups)
         audit.extra["suppressed_groups"] = answer.suppressed_groups
+        # 2. All of the groups or none: an aggregate is not clamped (part of it would
+        #    mislead). Then spent durably before they leave.
+        grant = self._reserve(budget, len(answer.groups), out, whole=True)
+        try:
+            await self._spend(grant, len(answer.groups), out)
+        finally:
+            self._release(grant)
+        self._report(grant, out, audit)
         dc = agg.disclosure_control
         body = {
             "dataset": ds.id,

@@ -6,6 +6,7 @@ must not depend on the process-level pieces (sockets, signals, the audit writer 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from quart_trio import QuartTrio
 from assay.core.authn import Authenticator
 from assay.core.web import AuditSink
 from assay.relay import apikeys
-from assay.relay.app import create_app
+from assay.relay.app import audit_route, create_app
+from assay.relay.budgetstore import BudgetStore
 from assay.relay.service import Relay
 from assay.relay.settings import LoadedConfig, RelaySecrets, table_states, token_path
 from assay.relay.snapshot import SnapshotStore
@@ -32,6 +34,16 @@ class Assembled:
     authenticator: Authenticator
     app: QuartTrio
     has_token_file: bool
+    #: Spent row budgets (None when no entity has one); close it on the way out.
+    budgets: BudgetStore | None = None
+
+    def audit_route(self) -> Callable[[str, str], str]:
+        """(method, path) to the audit ``route``, for the 431 refused before routing."""
+        return audit_route(self.app.url_map, self.relay.redactor)
+
+    def close(self) -> None:
+        if self.budgets is not None:
+            self.budgets.close()
 
 
 def tables_check(store: SnapshotStore) -> dict[str, Any]:
@@ -42,6 +54,16 @@ def tables_check(store: SnapshotStore) -> dict[str, Any]:
         "stale": sorted(name for name, t in status.items() if t["stale"]),
         "tables": status,
     }
+
+
+def budget_store(loaded: LoadedConfig, clock: Callable[[], float]) -> BudgetStore | None:
+    """The durable store of spent row budgets, opened (blocking); None if none is set."""
+    cfg = loaded.config
+    if cfg.row_budgets is None:
+        return None
+    store = BudgetStore(loaded.path(cfg.row_budgets.state_dir), clock)
+    store.open()
+    return store
 
 
 def authenticator_for(loaded: LoadedConfig, secrets: RelaySecrets) -> tuple[Authenticator, bool]:
@@ -62,13 +84,15 @@ def assemble(
     """Blocking (loads every table and the token file): run it in a worker thread."""
     store = SnapshotStore(table_states(loaded))
     store.load_all_blocking()
-    extra = {} if clock is None else {"clock": clock}
+    now = time.time if clock is None else clock
+    budgets = budget_store(loaded, now)
     relay = Relay(
         loaded.config,
         store,
         audit_key=secrets.audit_key,
         signing_key=secrets.signing_key,
-        **extra,
+        clock=now,
+        budgets=budgets,
     )
     authn, has_tokens = authenticator_for(loaded, secrets)
     if has_tokens:
@@ -78,4 +102,4 @@ def assemble(
         return readiness(store) if readiness is not None else {"tables": tables_check(store)}
 
     app = create_app(relay, authenticator=authn, audit=audit, readiness=ready)
-    return Assembled(relay, store, authn, app, has_tokens)
+    return Assembled(relay, store, authn, app, has_tokens, budgets)

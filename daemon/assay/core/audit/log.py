@@ -44,6 +44,7 @@ from assay.core.audit.checkpoint import Checkpoint as Checkpoint
 from assay.core.audit.checkpoint import InclusionProof, sign_checkpoint
 from assay.core.audit.keys import hmac_key_from_bytes
 from assay.core.audit.merkle import CompactRange
+from assay.core.audit.reader import Position
 from assay.core.audit.receipt import Receipt, make_receipt
 from assay.core.audit.schema import _LOG_ID, check_fields, make_fields
 from assay.core.audit.verify import StreamVerifier, inspect_line
@@ -415,19 +416,41 @@ class AuditLog:
         """Inclusion proof for record ``seq`` against the latest checkpoint."""
         return reader.prove(self.directory, seq)
 
-    def records_after(self, seq: int) -> Iterator[Record]:
+    def head_position(self) -> Position:
+        """Where the head record ends: ``(seq, record_hash, segment, offset)``.
+
+        A reader that saved this can later start replaying right after that record
+        (``records_after(..., anchor=)``) instead of at its segment's first line.
+        """
+        with self._mutex:
+            seg, off = self._segment, self._known_size
+            if off == 0 and self._head_seq:  # the head closes the previous segment
+                seg -= 1
+                off = os.stat(self.directory / files.rotated_name(seg)).st_size
+            return Position(self._head_seq, self._head_hash, seg, off)
+
+    def records_after(self, seq: int, *, anchor: Position | None = None) -> Iterator[Record]:
         """Records with seq > ``seq`` up to the current head, authenticated as they stream.
 
         For replay after a crash (the registry's reconcile). Raises ``ChainBroken`` at the
         first record that does not verify, so forged records are never replayed.
+        ``anchor``: a ``head_position()`` saved with ``seq`` (its seq at most ``seq``);
+        reading starts after it if the record ending there still is that record. If it
+        is not (the log was replaced or cut), every record from the start is read.
         """
         with self._mutex, self._flock():
             self._sync_locked()
             head = self._head_seq
+            if anchor is not None and not reader.anchor_holds(
+                self.directory, anchor, self._segment, self._parse
+            ):
+                log.error("the replay anchor (seq %d) is not in this audit log; replaying "
+                          "it from the start", anchor.seq)  # fmt: skip
+                seq, anchor = 0, None
             if seq >= head:
                 return iter(())
             plan, start_seq, start_hash = reader.replay_plan(
-                self.directory, seq, self._parse, self._fd, self._known_size
+                self.directory, seq, self._parse, self._fd, self._known_size, anchor=anchor
             )
         return reader.replay(plan, self._key, seq, head, start_seq, start_hash)
 

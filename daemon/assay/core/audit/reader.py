@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -202,85 +202,149 @@ def find_head(directory: Path, fd: int, size: int, parse: ParseFn) -> tuple[int,
     return 0, GENESIS
 
 
+class Position(NamedTuple):
+    """Where a record's line ends in the log: enough to resume reading right after it."""
+
+    seq: int
+    record_hash: str
+    segment: int
+    offset: int
+
+    def to_json(self) -> str:
+        return json.dumps(list(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Position | None:
+        try:
+            seq, record_hash, segment, offset = json.loads(raw)
+            return cls(int(seq), str(record_hash), int(segment), int(offset))
+        except (ValueError, TypeError, RecursionError):
+            return None
+
+
+def anchor_holds(directory: Path, anchor: Position, segment_now: int, parse: ParseFn) -> bool:
+    """Does the line ending at ``anchor`` authenticate as the record it names?"""
+    if anchor.seq == 0:
+        return True  # before the first record: nothing to check
+    if not 1 <= anchor.segment <= segment_now or anchor.offset <= 0:
+        return False
+    name = files.CURRENT if anchor.segment == segment_now else files.rotated_name(anchor.segment)
+    try:
+        fd = os.open(directory / name, files.O_READ)
+    except OSError:
+        return False
+    try:
+        line = line_ending_at(fd, anchor.offset)
+        rec = parse(line) if line else None
+    except (OSError, ChainBroken):
+        return False
+    finally:
+        os.close(fd)
+    return rec is not None and rec["seq"] == anchor.seq and rec["record_hash"] == anchor.record_hash
+
+
 def replay_plan(
-    directory: Path, after: int, parse: ParseFn, current_fd: int, current_end: int
+    directory: Path,
+    after: int,
+    parse: ParseFn,
+    current_fd: int,
+    current_end: int,
+    *,
+    anchor: Position | None = None,
 ) -> tuple[list[tuple[int, int, int | None]], int, str]:
     """Open fds with ``(start, end)`` offsets covering the records after ``after``, plus
     the ``(seq, hash)`` the first line must chain from. Call under the writers' lock.
 
-    Reading starts at the latest checkpoint at or before ``after`` whose saved position
-    still holds its head record; failing that, at the first segment that can hold a
-    record after ``after`` (earlier whole segments are skipped by their last line). So
-    the work follows the records since the mark, not the segment's size.
+    Reading starts right after ``anchor`` (checked by the caller, at or before
+    ``after``), else after the latest checkpoint at or before ``after`` whose saved
+    position still holds its head record, else at the first segment that can hold a
+    record after ``after`` (earlier whole segments are skipped by their last line). The
+    lines in between are still chain-verified from that start, so a wrong index costs
+    only time.
     """
     current = files.rotated_indexes(directory)
     segment_now = current[-1] + 1 if current else 1
-    anchor = _checkpoint_anchor(directory, after, segment_now, parse)
+    if anchor is None or anchor.seq == 0:
+        anchor = _checkpoint_anchor(directory, after, segment_now, parse)
     plan: list[tuple[int, int, int | None]] = []
     start_seq, start_hash = 0, GENESIS
     try:
         for index in current:
-            if anchor is not None and index < anchor[2]:
+            if anchor is not None and index < anchor.segment:
                 continue
             name = files.rotated_name(index)
             fd = os.open(directory / name, files.O_READ)
             size = os.fstat(fd).st_size
-            begin = anchor[3] if anchor is not None and index == anchor[2] else 0
+            begin = anchor.offset if anchor is not None and index == anchor.segment else 0
             plan.append((fd, begin, size))
             last = tail_record(directory, fd, size, name, parse) if size else None
             if anchor is None and last is not None and last[0] <= after and len(plan) == 1:
                 start_seq, start_hash = last
                 os.close(plan.pop()[0])
-        begin = anchor[3] if anchor is not None and anchor[2] == segment_now else 0
+        begin = anchor.offset if anchor is not None and anchor.segment == segment_now else 0
         plan.append((os.dup(current_fd), begin, current_end))
     except BaseException:
         for fd, _start, _end in plan:
             os.close(fd)
         raise
     if anchor is not None:
-        start_seq, start_hash = anchor[0], anchor[1]
+        start_seq, start_hash = anchor.seq, anchor.record_hash
     return plan, start_seq, start_hash
+
+
+#: The checkpoint index is searched from its end: at most this many candidates are
+#: checked, within this many bytes (a year of checkpoints is hundreds of MB).
+MAX_ANCHOR_CANDIDATES = 16
+MAX_ANCHOR_SCAN_BYTES = 4 * 1024 * 1024
 
 
 def _checkpoint_anchor(
     directory: Path, after: int, segment_now: int, parse: ParseFn
-) -> tuple[int, str, int, int] | None:
-    """``(seq, head_hash, segment, offset)`` of the latest usable checkpoint <= ``after``.
+) -> Position | None:
+    """The latest checkpoint at or before ``after`` whose saved position still holds its
+    head, searched backwards from the index's end (the mark is usually near the head).
 
-    The checkpoint file is an index, not evidence: a position is used only if the record
-    ending there authenticates and is the checkpoint's head; the replayed lines are then
-    chain-verified from that head, so a wrong index can only cost a slower start.
+    The checkpoint file is an index, not evidence: a candidate is used only if the
+    record ending at its position authenticates and is the checkpoint's head.
     """
-    best: tuple[int, str, int, int] | None = None
     try:
         fd = os.open(directory / files.CHECKPOINTS, files.O_READ)
     except FileNotFoundError:
         return None
+    tried = 0
     try:
-        for _end, raw in files.lines(fd, 0):
+        for raw in _lines_backwards(fd, MAX_ANCHOR_SCAN_BYTES):
             try:
                 obj = json.loads(raw)
-                size, head = int(obj["size"]), str(obj["head_hash"])
-                seg, off = int(obj["state"]["segment"]), int(obj["state"]["offset"])
+                state = obj["state"]
+                cand = Position(int(obj["size"]), str(obj["head_hash"]),
+                                int(state["segment"]), int(state["offset"]))  # fmt: skip
             except (ValueError, TypeError, KeyError, RecursionError):
                 continue
-            usable = 0 < size <= after and 1 <= seg <= segment_now and off > 0
-            if usable and (best is None or size > best[0]):
-                best = (size, head, seg, off)
+            if not 0 < cand.seq <= after:
+                continue
+            if anchor_holds(directory, cand, segment_now, parse):
+                return cand
+            tried += 1
+            if tried >= MAX_ANCHOR_CANDIDATES:
+                return None
     finally:
         os.close(fd)
-    if best is None:
-        return None
-    name = files.CURRENT if best[2] == segment_now else files.rotated_name(best[2])
-    try:
-        seg_fd = os.open(directory / name, files.O_READ)
-    except OSError:
-        return None
-    try:
-        line = line_ending_at(seg_fd, best[3])
-    finally:
-        os.close(seg_fd)
-    rec = parse(line) if line else None
-    if rec is None or rec["seq"] != best[0] or rec["record_hash"] != best[1]:
-        return None
-    return best
+    return None
+
+
+def _lines_backwards(fd: int, budget: int) -> Iterator[bytes]:
+    """The file's lines from last to first, reading at most ``budget`` bytes."""
+    end = os.fstat(fd).st_size
+    carry = b""
+    read = 0
+    while end > 0 and read < budget:
+        start = max(0, end - 64 * 1024)
+        data = os.pread(fd, end - start, start) + carry
+        read += end - start
+        end = start
+        parts = data.split(b"\n")
+        carry = parts[0] if start > 0 else b""
+        for line in reversed(parts[1:] if start > 0 else parts):
+            if line:
+                yield line

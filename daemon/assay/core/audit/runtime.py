@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.audit.keys import hmac_key_from_bytes, private_key_from_pem
 from assay.core.audit.log import AuditLog
+from assay.core.audit.reader import Position
 from assay.core.audit.schema import make_fields
 from assay.core.audit.writer import AuditWriter
 from assay.core.schema import AuditConfig
@@ -45,9 +46,13 @@ class AuditRuntime:
 
     receipt_headers_for_upload = receipt_headers
 
-    def records_after(self, seq: int) -> Iterator[dict[str, Any]]:
+    def records_after(self, seq: int, anchor: Position | None) -> Iterator[dict[str, Any]]:
         """Authenticated records newer than ``seq`` (blocking; for startup replay)."""
-        return self.log.records_after(seq)
+        return self.log.records_after(seq, anchor=anchor)
+
+    def head_position(self) -> Position:
+        """Where the head record ends (blocking: takes the log's lock)."""
+        return self.log.head_position()
 
 
 def load_keys(cfg: AuditConfig, *, base: Path) -> tuple[bytes, Ed25519PrivateKey | None]:
