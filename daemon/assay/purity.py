@@ -28,6 +28,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.formats.gguf",
     "assay.formats.inspect",
     "assay.core.audit.schema",
+    "assay.core.audit.bounds",
     "assay.core.audit.chain",
     "assay.core.audit.verify",
     "assay.core.audit.merkle",

@@ -31,10 +31,12 @@ from assay.registry.digests import parse_digest
 from assay.registry.download import OpenObject, ReleaseAtEnd, own
 from assay.registry.service import Registry
 from assay.registry.states import Action
+from assay.registry.store import describe
 from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
 from assay.registry.validate import check_name
 
 SERVE_CHUNK = 1024 * 1024
+READINESS_SCOPE = "artifacts:read"
 
 #: Hook that turns a mutation's audit record into response headers (receipts).
 ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
@@ -154,7 +156,8 @@ def create_app(
             resp.headers[k] = v
         return resp
 
-    web.add_health_routes(app, readiness)
+    #: Readiness details describe the host (paths, free bytes, the audit head): readers only.
+    web.add_health_routes(app, readiness, web.scoped_details(authenticator, READINESS_SCOPE))
 
     @app.get("/v1/status")
     @requires("artifacts:read")
@@ -273,33 +276,49 @@ def create_app(
     @requires("artifacts:verify")
     async def verify(digest: str) -> Response:
         """Re-hash one artifact's stored bytes now."""
-        current_audit().target = parse_digest(digest)
-        current_audit().action = "artifact.verify"
-        current_audit().receipt = True  # evidence of the check, signed like a mutation
+        audit_state = current_audit()
+        audit_state.target = parse_digest(digest)
+        audit_state.action = "artifact.verify"
+        audit_state.receipt = True  # evidence of the check, signed like a mutation
+
+        async def record_request(result: dict[str, Any]) -> Mapping[str, Any]:
+            audit_state.reasons = [] if result["ok"] else [describe(result["actual"])]
+            return await web.record_request(200)
+
         result, record = await registry.verify(
             digest,
             principal=current_principal(),
             route=web.route_template(),
             request_id=_rid(),
             status=200,
+            record_request=record_request,
         )
         if record is not None:
-            # The integrity changed: that change's record is this request's record.
+            # Durable before anything changed: the integrity change's record, or the
+            # request's own. Either is this request's one record, signed into a receipt.
             return mutation_response(result, record, 200)
-        current_audit().reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
         return Response(_dumps(result), status=200, content_type="application/json")
 
     @app.post("/v1/sweep")
     @requires("artifacts:verify")
-    async def sweep() -> dict[str, Any]:
+    async def sweep() -> Response:
         """Re-hash every stored artifact now."""
-        current_audit().action = "artifact.sweep"
-        current_audit().receipt = True
+        audit_state = current_audit()
+        audit_state.action = "artifact.sweep"
+        audit_state.receipt = True
+
+        async def record_request(summary: dict[str, Any]) -> Mapping[str, Any]:
+            audit_state.extra = {"checked": summary["checked"], "failed": len(summary["failed"])}
+            return await web.record_request(200)
+
         result = await registry.sweep(
-            principal=current_principal(), route=web.route_template(), request_id=_rid()
+            principal=current_principal(),
+            route=web.route_template(),
+            request_id=_rid(),
+            record_request=record_request,
         )
-        current_audit().extra = {"checked": result["checked"], "failed": len(result["failed"])}
-        return result
+        assert audit_state.written is not None  # SWP-2 ran: the record came first
+        return mutation_response(result, audit_state.written, 200)
 
     @app.get("/v1/artifacts/<digest>/content")
     @requires("artifacts:read")
