@@ -126,7 +126,12 @@ def parse_value(raw: str, ftype: str, bounds: Bounds) -> Any:
             ts = None
         if ts is None or ts.tzinfo is None:
             raise bad
-        return ts.astimezone(UTC)
+        try:
+            # At the ends of the range an offset carries the instant out of it
+            # (0001-01-01T00:00+01:00 is in year 0 in UTC): a bad value, not a 500.
+            return ts.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise bad from None
     raise bad
 
 
