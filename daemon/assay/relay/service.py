@@ -12,6 +12,7 @@ groups. Routes stay thin.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -446,8 +447,9 @@ class Relay:
 
     def sign(
         self, dataset: str, route: str, snapshot: str, query_doc: dict[str, Any],
-        answer: dict[str, Any], answer_id: str,
+        answer: dict[str, Any], request_id: str,
     ) -> str:  # fmt: skip
+        """A JWS of the answer; its ``jti`` is fresh (128 random bits), never the caller's."""
         signing = self.config.instance.answer_signing
         assert signing is not None and self.signing_key is not None
         claims = jws.answer_claims(
@@ -458,6 +460,7 @@ class Relay:
             answer=json.loads(dumps(answer)),
             now=self.clock(),
             ttl_seconds=signing.ttl_seconds,
-            answer_id=answer_id,
+            answer_id=secrets.token_urlsafe(16),
+            request_id=request_id,
         )
         return jws.sign(self.signing_key, signing.key_id, claims)
