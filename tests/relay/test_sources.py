@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import trio.lowlevel
 
 from assay.relay.config import Table
 from assay.relay.decode import SourceInvalid, decode
-from assay.relay.snapshot import SnapshotStore, TableState
+from assay.relay.snapshot import SnapshotStore, TableState, snapshot_tagger
 from tests.relay.conftest import Running, build_env, source_state, start
 
 
@@ -211,6 +213,12 @@ async def test_reload_swaps_snapshot_and_old_cursor_is_refused(running: Running)
     assert (await r.get_json())["code"] == "entity.cursor_invalid"
 
 
+def _tag(running: Running, state: TableState) -> str:
+    """The name callers see for the table's current snapshot."""
+    assert state.snapshot is not None
+    return running.parts.store.tag(state.dataset, state.spec.id, state.snapshot)
+
+
 def _versioned(path: Path, version: str, rows: int = 60_000) -> None:
     """A households CSV whose every row carries ``version`` in its status column."""
     body = "".join(f"H{i:07d},M01,1,{version},,\n" for i in range(rows))
@@ -246,10 +254,10 @@ async def test_refresh_under_concurrent_load_never_yields_a_torn_read(running: R
             version = "beta" if i % 2 == 0 else "alpha"
             await trio.to_thread.run_sync(_versioned, households, version)
             await running.parts.store.reload(state)
-            digests[state.snapshot.digest] = version  # type: ignore[union-attr]
+            digests[_tag(running, state)] = version
             await trio.lowlevel.checkpoint()
 
-    digests[state.snapshot.digest] = "alpha"  # type: ignore[union-attr]
+    digests[_tag(running, state)] = "alpha"
     async with trio.open_nursery() as nursery:
         for _ in range(4):
             nursery.start_soon(reader)
@@ -258,3 +266,43 @@ async def test_refresh_under_concurrent_load_never_yields_a_torn_read(running: R
     for digest, statuses in seen:
         assert statuses == {digests[digest]}, "an answer mixed two snapshots"
     print("distinct snapshots seen:", len({d for d, _ in seen}))
+
+
+async def test_no_answer_names_a_source_by_its_sha256(running: Running) -> None:
+    """The SHA-256 of a source confirms a guess of the whole file: answers, signed claims,
+    entity metadata and /readyz's details name a snapshot only by its keyed tag, and the
+    audit keeps both, so an auditor can still tie the two together."""
+    plain = {
+        "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in running.env.data.iterdir()
+        if p.suffix in (".csv", ".parquet")
+    }
+    shown = []
+    for path, key in (
+        ("/v1/datasets/civil/entities/household/records?limit=2", "all"),
+        ("/v1/datasets/civil/entities/household/records/H0000001", "all"),
+        ("/v1/datasets/civil/entities/household", "all"),
+        ("/v1/datasets/civil/entities", "all"),
+        ("/v1/datasets/civil/aggregates/people_by_municipality", "agg"),
+        ("/readyz", "all"),
+    ):
+        for accept in ({}, {"Accept": "application/jose"}):
+            r = await running.client.get(path, headers=running.env.headers(key) | accept)
+            text = await r.get_data(as_text=True)
+            if accept and text.count(".") == 2:
+                text = base64.urlsafe_b64decode(text.split(".")[1] + "==").decode()
+            shown.append(text)
+    assert not [d for d in plain if any(d in t for t in shown)]
+    extra = running.audit.records[0]["extra"]
+    assert extra["snapshot"] in plain and extra["snapshot_tag"].startswith("snap:")
+    assert extra["snapshot_tag"] in shown[0]
+
+
+def test_snapshot_tags_are_keyed_per_table_and_stable_per_key() -> None:
+    tag = snapshot_tagger(b"k" * 32)
+    digest = "sha256:" + "0" * 64
+    assert tag("civil", "people", digest) == snapshot_tagger(b"k" * 32)("civil", "people", digest)
+    assert tag("civil", "people", digest) != snapshot_tagger(b"j" * 32)("civil", "people", digest)
+    names = [("civil", "people", digest), ("census", "people", digest),
+             ("civil", "citizens", digest), ("civil", "people", "sha256:1")]  # fmt: skip
+    assert len({tag(*n) for n in names}) == len(names)

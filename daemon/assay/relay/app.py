@@ -35,6 +35,7 @@ from assay.core.web import AuditSink, current_audit, current_principal, public
 from assay.relay import access, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
 from assay.relay.service import Relay, dumps
+from assay.relay.snapshot import Snapshot
 from assay.relay.views import Target, lookup_refused
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -203,8 +204,12 @@ def create_app(
         return response
 
     def answer(
-        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snapshot: str
+        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snap: Snapshot
     ) -> Response:
+        # The audit keeps the source's digest and the tag the caller saw, side by side.
+        audit_state = current_audit()
+        audit_state.extra["snapshot"] = snap.digest
+        audit_state.extra["snapshot_tag"] = body["snapshot"]
         if not _wants_jose():
             return _json(body)
         if relay.signing_key is None:
@@ -213,7 +218,9 @@ def create_app(
             )
         current_audit().extra["signed"] = True
         route = web.route_template().split(" ", 1)[1]
-        token = relay.sign(dataset, route, snapshot, query_doc, body, g.get("request_id", ""))
+        token = relay.sign(
+            dataset, route, body["snapshot"], query_doc, body, g.get("request_id", "")
+        )
         return Response(token, status=200, content_type=JOSE)
 
     def readiness_details(checks: dict[str, Any]) -> dict[str, Any] | None:
@@ -313,8 +320,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records/<record_id>")
     @dataset_route("read")
@@ -338,8 +344,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     @app.get("/v1/datasets/<dataset>/aggregates/<aggregate>")
     @dataset_route("aggregate")
@@ -360,8 +365,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     check_routes(app)
     return app

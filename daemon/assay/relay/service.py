@@ -114,6 +114,11 @@ class Relay:
     def snapshot(self, view: EntityView) -> Snapshot:
         return self.store.get(view.dataset.id, view.table.id)
 
+    def published(self, view: EntityView, snap: Snapshot) -> str:
+        """The snapshot's name in answers and signed claims: a keyed tag, never the
+        source's SHA-256 (``snapshot.snapshot_tagger``)."""
+        return self.store.tag(view.dataset.id, view.table.id, snap)
+
     # --- metadata ------------------------------------------------------------------------
 
     def dataset_doc(self, ds: Dataset, scopes: frozenset[str]) -> dict[str, Any]:
@@ -150,6 +155,7 @@ class Relay:
         e = view.entity
         budget = self.config.row_budget(e)
         snap = self.store.status().get(f"{view.dataset.id}.{view.table.id}", {})
+        # "snapshot" is the keyed tag (SnapshotStore.tag), never the source's digest.
         return {
             "dataset": view.dataset.id,
             "name": e.name,
@@ -165,7 +171,7 @@ class Relay:
             "require_purpose_header": e.require_purpose_header,
             "record_lookup": view.lookup,
             "row_budget": None if budget is None else budget.model_dump(),
-            "snapshot": {"digest": snap.get("digest"), "loaded_at": snap.get("loaded_at")},
+            "snapshot": {"digest": snap.get("snapshot"), "loaded_at": snap.get("loaded_at")},
         }
 
     # --- budgets ------------------------------------------------------------------------
@@ -295,7 +301,7 @@ class Relay:
         body = {
             "dataset": view.dataset.id,
             "entity": e.name,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "count": len(result.records),
             "records": result.records,
             "next_cursor": None
@@ -370,7 +376,7 @@ class Relay:
         body = {
             "dataset": view.dataset.id,
             "entity": e.name,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "record": page.records[0],
         }
         query_doc = {
@@ -427,7 +433,7 @@ class Relay:
         body = {
             "dataset": ds.id,
             "aggregate": agg.id,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "dimensions": list(agg.dimensions),
             "groups": answer.groups,
             "suppressed_groups": answer.suppressed_groups,

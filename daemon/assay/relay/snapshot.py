@@ -19,12 +19,14 @@ snapshot keeps serving), since two groupings of one population difference each o
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -169,14 +171,44 @@ def _identity_now(state: TableState) -> SourceIdentity | None:
     return replace(served, file=(info.st_dev, info.st_ino), real_path=real)
 
 
+Tagger = Callable[[str, str, str], str]
+
+_TAG_DOMAIN = b"assay.relay.snapshot-tag.v1\x00"
+
+
+def snapshot_tagger(key: bytes) -> Tagger:
+    """``(dataset, table, digest)`` to the snapshot name callers see.
+
+    Why keyed: the digest is the SHA-256 of the source file, so handed to a caller it
+    confirms any guess of the whole file (suppressed cells included) and tells every
+    refresh of it apart. The tag is HMAC-SHA256 under a key of its own derived from the
+    relay's key, over the dataset, the table and the digest: it still changes with every
+    new snapshot and names one snapshot in answers, signed claims and the audit, but
+    without the key it confirms nothing, and one file under two tables gives two tags.
+    The raw digest stays in the audit record and the operator's log.
+    """
+
+    def tag(dataset: str, table: str, digest: str) -> str:
+        msg = _TAG_DOMAIN + b"\x00".join(s.encode() for s in (dataset, table, digest))
+        return "snap:" + hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+    return tag
+
+
 class SnapshotStore:
     """Every table's current snapshot, behind one reference each."""
 
-    def __init__(self, tables: list[TableState]) -> None:
+    def __init__(self, tables: list[TableState], *, tag: Tagger | None = None) -> None:
         self._tables: dict[tuple[str, str], TableState] = {
             (t.dataset, t.spec.id): t for t in tables
         }
         self._generation = 0
+        #: Without a key, a random one: no raw digest is ever published.
+        self._tag = tag or snapshot_tagger(secrets.token_bytes(32))
+
+    def tag(self, dataset: str, table: str, snap: Snapshot) -> str:
+        """The name of ``snap`` that callers see (``snapshot_tagger``)."""
+        return self._tag(dataset, table, snap.digest)
 
     def tables(self) -> list[TableState]:
         return list(self._tables.values())
@@ -282,7 +314,7 @@ class SnapshotStore:
             out[state.where] = {
                 "ok": snap is not None,
                 "stale": state.last_error is not None,
-                "digest": snap.digest if snap else None,
+                "snapshot": self.tag(state.dataset, state.spec.id, snap) if snap else None,
                 "loaded_at": snap.loaded_at if snap else None,
                 "last_error": state.last_error,
                 "failures": state.failures,
