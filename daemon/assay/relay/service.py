@@ -40,6 +40,12 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=planner.canonical, separators=(",", ":")).encode()
 
 
+def charge(rows: int) -> int:
+    """What an answer costs: its rows, and at least 1 for every request whose filters
+    were evaluated, since a miss (no row, no group) is an answer about the data too."""
+    return max(1, rows)
+
+
 def _exhausted_headers(policy: RowBudget, reset: int) -> dict[str, str]:
     return {**headers(policy, 0, reset), "Retry-After": str(reset)}
 
@@ -293,8 +299,9 @@ class Relay:
 
             result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
             audit.extra["row_count"] = len(result.records)
-            # 2. Spend what is returned, durably, before it leaves.
-            await self._spend(grant, len(result.records), out)
+            # 2. Spend what is returned, and at least one row, durably, before it leaves:
+            #    an empty page is an answer about the records its filters name.
+            await self._spend(grant, charge(len(result.records)), out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
@@ -367,7 +374,9 @@ class Relay:
                 key_column=view.table.primary_key,
             )
             audit.extra["row_count"] = len(page.records)
-            await self._spend(grant, len(page.records), out)
+            # A miss costs its row too: "no such record under these filters" is the
+            # record's status (closed or not) when the id is known.
+            await self._spend(grant, charge(len(page.records)), out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
@@ -423,9 +432,10 @@ class Relay:
         audit.extra["suppressed_groups"] = answer.suppressed_groups
         # 2. All of the groups or none: an aggregate is not clamped (part of it would
         #    mislead). Then spent durably before they leave.
-        grant = self._reserve(budget, len(answer.groups), out, whole=True)
+        cost = charge(len(answer.groups))
+        grant = self._reserve(budget, cost, out, whole=True)
         try:
-            await self._spend(grant, len(answer.groups), out)
+            await self._spend(grant, cost, out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
