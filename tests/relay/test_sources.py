@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import trio
 import trio.lowlevel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assay.relay.config import Table
 from assay.relay.decode import SourceInvalid, decode
-from assay.relay.snapshot import SnapshotStore, TableState, snapshot_tagger
+from assay.relay.snapshot import SnapshotStore, TableState, failure_reason, snapshot_tagger
 from tests.relay.conftest import Running, build_env, source_state, start
 
 
@@ -69,6 +71,76 @@ def test_value_that_does_not_fit_fails_the_load_without_quoting_it(row: bytes, s
         decode(GOOD + row, _table(), where="civil.t")
     assert "civil.t" in info.value.detail
     assert secret not in info.value.detail
+
+
+SECRET = "Zq7SECRETx"
+#: Pieces of a CSV row: the secret in every position and spelling a row may hold it.
+_PIECES = st.sampled_from(
+    [SECRET, f'"{SECRET}', f'{SECRET}"', f'"{SECRET},{SECRET}"', f"1{SECRET}", "3", "",
+     "1990-01-02", "2024-01-02T03:04:05Z", f"2024-01-02T03:04:05{SECRET}", "1.5", "true",
+     "\xff" + SECRET, "\r", '"', ",", ";"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.lists(_PIECES, min_size=1, max_size=9), min_size=1, max_size=3),
+    at=st.integers(0, 2),
+    header=st.booleans(),
+)
+def test_no_malformed_csv_puts_a_byte_of_its_rows_in_the_reason(
+    rows: list[list[str]], at: int, header: bool
+) -> None:
+    """Rows with too many or too few fields, open quotes, bad UTF-8, values of the wrong
+    type, with or without a header: decode loads or refuses, and the refusal, which
+    reaches the log and /readyz, holds no part of the data (pyarrow's text quotes the
+    row unquoted, so scrubbing its quoted values was not enough)."""
+    lines = GOOD.decode().splitlines()
+    bad = [",".join(r) for r in rows]
+    body = lines[1 : at + 1] + bad + lines[at + 1 :]
+    data = "\n".join(([lines[0]] if header else []) + body) + "\n"
+    try:
+        decode(data.encode("utf-8", "surrogateescape"), _table(), where="civil.t")
+    except SourceInvalid as exc:
+        assert "SECRET" not in exc.detail and "Zq7" not in exc.detail, exc.detail
+        assert exc.detail.startswith("civil.t: ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 4000), flip=st.integers(0, 4000), byte=st.integers(0, 255))
+def test_no_damaged_parquet_puts_its_bytes_in_the_reason(cut: int, flip: int, byte: int) -> None:
+    """A Parquet file holding the secret, truncated or with one byte changed anywhere."""
+    names = pa.array([SECRET * 3, None])
+    data = bytearray(_parquet(_pq_good(name=names)))
+    if flip < len(data):
+        data[flip] = byte
+    damaged = bytes(data[: max(1, len(data) - cut)])
+    try:
+        decode(damaged, _table("parquet"), where="civil.t")
+    except SourceInvalid as exc:
+        assert "SECRET" not in exc.detail and "Zq7" not in exc.detail, exc.detail
+
+
+def test_a_lossy_parquet_cast_never_names_the_value() -> None:
+    """pyarrow's cast error names the value it would lose, unquoted (``1532015191753713``
+    for a nanosecond timestamp): the reason names the column and type only."""
+    ns = pa.array([1532015191753713123, None], pa.timestamp("ns", tz="UTC"))
+    big = pa.array([1, 18446744073709551557], pa.uint64())
+    for override in ({"seen": ns}, {"id": big}):
+        with pytest.raises(SourceInvalid) as info:
+            decode(_parquet(_pq_good(**override)), _table("parquet"), where="civil.t")
+        assert "does not fit" in info.value.detail
+        assert not any(ch.isdigit() for ch in info.value.detail.removeprefix("civil.t"))
+
+
+def test_undeclared_columns_are_named_by_position_not_by_what_the_header_says() -> None:
+    """A header line is whatever the file's first line holds: an export that glued a
+    data row onto it (or a file without one) has values there."""
+    data = GOOD.replace(b"ok\n", f"ok,{SECRET}\n".encode(), 1)
+    data = data.replace(b"true\n", b"true,x\n").replace(b"false\n", b"false,y\n")
+    with pytest.raises(SourceInvalid) as info:
+        decode(data, _table(), where="civil.t")
+    assert "positions [7]" in info.value.detail and SECRET not in info.value.detail
 
 
 def test_null_in_non_nullable_column_fails() -> None:
@@ -306,3 +378,18 @@ def test_snapshot_tags_are_keyed_per_table_and_stable_per_key() -> None:
     names = [("civil", "people", digest), ("census", "people", digest),
              ("civil", "citizens", digest), ("civil", "people", "sha256:1")]  # fmt: skip
     assert len({tag(*n) for n in names}) == len(names)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(5, f"I/O error on row {SECRET}"),
+        pa.ArrowInvalid(f"CSV parse error: Expected 3 columns, got 4: 2,{SECRET},John,3"),
+        pa.ArrowMemoryError(SECRET),
+        MemoryError(SECRET),
+    ],
+)
+def test_a_reload_that_fails_outside_the_decoder_logs_a_fixed_reason(exc: Exception) -> None:
+    """``SnapshotStore.reload``'s fallback, for what escapes the decoder's own reasons."""
+    reason = failure_reason("civil.t", exc)
+    assert reason.startswith("civil.t: ") and SECRET not in reason

@@ -377,7 +377,8 @@ def _frames(err: BaseException) -> str:
         if parts:
             parts.append(f"caused by {type(current).__name__}:\n")
         parts.extend(traceback.format_tb(current.__traceback__))
-        current = current.__cause__ or current.__context__
+        suppressed = current.__suppress_context__
+        current = current.__cause__ or (None if suppressed else current.__context__)
     return "".join(parts)
 
 

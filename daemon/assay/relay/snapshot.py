@@ -18,6 +18,7 @@ snapshot keeps serving), since two groupings of one population difference each o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -152,6 +153,20 @@ def load(state: TableState, generation: int) -> Snapshot:
     return Snapshot(table, index, digest, stamp, time.time(), generation, records)
 
 
+def failure_reason(where: str, exc: BaseException) -> str:
+    """Why a reload failed, for the log and ``/readyz``: the relay's own reasons (which
+    never quote a value), else a fixed sentence by kind. Never the text of an OS or
+    pyarrow error, which may quote a path's bytes or a row."""
+    if isinstance(exc, AssayError):
+        return exc.detail
+    if isinstance(exc, MemoryError):
+        return f"{where}: out of memory while loading the source"
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        return f"{where}: the source could not be read ({name})"
+    return f"{where}: the source could not be decoded ({type(exc).__name__})"
+
+
 def _config_order(where: str) -> list[int]:
     """``datasets[10].aggregates[0]`` after ``datasets[2]...``: the config's own order."""
     return [int(n) for n in re.findall(r"[0-9]+", where)]
@@ -269,7 +284,7 @@ class SnapshotStore:
                 snap = await trio.to_thread.run_sync(self._load_checked, state, generation)
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
-                state.last_error = exc.detail if isinstance(exc, AssayError) else str(exc)[:300]
+                state.last_error = failure_reason(state.where, exc)
                 log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                     "reload of %s failed, still serving %s: %s",
                     state.where,
