@@ -668,7 +668,9 @@ def test_a_malformed_source_row_never_reaches_readyz_or_the_log(tmp_path: Path) 
         body = ""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            body = httpx.get(url + "/readyz", timeout=30).text
+            # Details (and so the reason) only for a credential with the metadata scope;
+            # anonymous callers get {ready, failing} (T18).
+            body = httpx.get(url + "/readyz", headers=env.headers("meta"), timeout=30).text
             if '"stale": ["' in body or '"stale":["' in body:
                 break
             time.sleep(0.1)
