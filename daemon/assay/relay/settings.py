@@ -20,14 +20,8 @@ from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
 from assay.core.trusted_files import read_trusted
 from assay.relay import apikeys, jws
-from assay.relay.config import (
-    RelayConfig,
-    SourceIdentity,
-    aggregate_sources,
-    config_error,
-    parse_config,
-    population_problems,
-)
+from assay.relay.config import RelayConfig, aggregate_sources, config_error, parse_config
+from assay.relay.population import SourceIdentity, population_problems
 from assay.relay.snapshot import TableState
 
 

@@ -11,9 +11,11 @@ exactly the bytes decoded, read under a size cap; if the file changes while it i
 read (in-place rewrite) the reload is refused and retried on the next poll.
 
 One grouping per population is checked here by what the sources are, at startup and at
-every reload: an aggregated table whose file (device and inode), bytes or primary keys
-are another aggregated table's fails the startup, or has its reload refused (the old
-snapshot keeps serving), since two groupings of one population difference each other.
+every reload: an aggregated table whose file (device and inode), bytes or identifier
+sets are another aggregated table's, or whose rows largely are (the estimate), fails the
+startup, or has its reload refused (the old snapshot keeps serving), since two groupings
+of one population difference each other (``assay.relay.population`` says which evidence
+is exact and which estimated).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ import pyarrow as pa
 import trio
 
 from assay.core.errors import AssayError, StorageError
-from assay.relay.config import SourceIdentity, Table, config_error, population_problems
+from assay.relay import population
+from assay.relay.config import Table, config_error
 from assay.relay.decode import SourceInvalid, decode
-from assay.relay.planner import canonical
+from assay.relay.population import Fingerprint, SourceIdentity, population_problems
 from assay.relay.query import build_index
 
 log = logging.getLogger("assay.relay.snapshot")
@@ -56,16 +59,16 @@ class Snapshot:
     stamp: Stamp
     loaded_at: float
     generation: int
-    #: SHA-256 of the sorted primary keys, for aggregated tables (who the rows are).
-    records: str | None = None
+    #: Who the rows are (``assay.relay.population``), for tables that are compared.
+    fingerprint: Fingerprint | None = None
 
     @property
     def rows(self) -> int:
         return int(self.data.num_rows)
 
     def identity(self, real_path: str | None = None) -> SourceIdentity:
-        return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest,
-                              self.records)  # fmt: skip
+        ids = self.fingerprint.identifiers if self.fingerprint is not None else None
+        return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest, ids)
 
 
 @dataclass
@@ -130,16 +133,6 @@ def read_source(path: Path, max_bytes: int, where: str) -> tuple[bytes, Stamp]:
     return b"".join(chunks), stamp_of(after)
 
 
-def records_digest(index: Mapping[Any, int]) -> str:
-    """SHA-256 over the sorted primary keys, each length-prefixed: the same records give
-    the same digest whatever the file's format, column order or row order."""
-    h = hashlib.sha256(b"assay.relay.records.v1\0")
-    for key in sorted(str(canonical(k)) for k in index):
-        raw = key.encode()
-        h.update(len(raw).to_bytes(8, "big") + raw)
-    return "sha256:" + h.hexdigest()
-
-
 def load(state: TableState, generation: int) -> Snapshot:
     """Blocking: read, digest, decode and index one table (run in a worker thread)."""
     data, stamp = read_source(state.path, state.max_bytes, state.where)
@@ -149,8 +142,32 @@ def load(state: TableState, generation: int) -> Snapshot:
     table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
-    records = records_digest(index) if state.aggregated_by else None
-    return Snapshot(table, index, digest, stamp, time.time(), generation, records)
+    fp = _fingerprint(table, state.where) if state.aggregated_by else None
+    return Snapshot(table, index, digest, stamp, time.time(), generation, fp)
+
+
+def _fingerprint(table: pa.Table, where: str) -> Fingerprint:
+    try:
+        return population.fingerprint(table)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+        # Fail closed: a population that cannot be compared is not served as distinct.
+        raise SourceInvalid(
+            f"{where}: its population could not be compared ({type(exc).__name__})", path=where
+        ) from None
+
+
+def _overlap(mine: Snapshot, theirs: Snapshot, where: str) -> str | None:
+    """Blocking: the estimated-overlap reason (``population.overlap_reason``), if any."""
+    if mine.fingerprint is None or theirs.fingerprint is None:
+        return None
+    try:
+        return population.overlap_reason(
+            mine.data, mine.fingerprint, theirs.data, theirs.fingerprint
+        )
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+        raise SourceInvalid(
+            f"{where}: its population could not be compared ({type(exc).__name__})", path=where
+        ) from None
 
 
 def failure_reason(where: str, exc: BaseException) -> str:
@@ -250,7 +267,21 @@ class SnapshotStore:
             if state.snapshot is not None
             for where in state.aggregated_by
         ]
-        problems = population_problems(sorted(sources, key=lambda s: _config_order(s[0])))
+        ordered = sorted(sources, key=lambda s: _config_order(s[0]))
+        problems = population_problems(ordered)
+        if problems:
+            raise config_error("sources", problems)
+        # Then the estimate, pair by pair: subsets, supersets, overlapping extracts.
+        states = {state.where: state for state in self._tables.values()}
+        for i, (where, label, _ident) in enumerate(ordered):
+            for prev_where, prev_label, _prev in ordered[:i]:
+                mine, theirs = states[label].snapshot, states[prev_label].snapshot
+                assert mine is not None and theirs is not None
+                why = _overlap(mine, theirs, label)
+                if why is not None:
+                    problems.append(population.same_population_problem(
+                        where, label, why, prev_label, prev_where))  # fmt: skip
+                    break
         if problems:
             raise config_error("sources", problems)
 
@@ -262,6 +293,8 @@ class SnapshotStore:
         for other in self._tables.values():
             theirs = _identity_now(other) if other is not state and other.aggregated_by else None
             why = mine.same_population(theirs) if theirs is not None else None
+            if why is None and theirs is not None and other.snapshot is not None:
+                why = _overlap(snap, other.snapshot, state.where)
             if why is not None:
                 raise SourceInvalid(
                     f"{state.where}: reload refused: the source is now {why} {other.where}, "
