@@ -196,6 +196,8 @@ def create_app(
         audit_state.extra["scopes_used"] = ",".join(scopes)
         for scope in scopes:
             principal.require(scope)
+        if kind == "aggregate":
+            relay.refuse_conflict(principal.scopes, target)
 
     @app.after_request
     async def _budget_headers(response: Response) -> Response:

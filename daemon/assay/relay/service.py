@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -22,9 +22,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.audit.chain import redact
-from assay.core.errors import BadRequest, NotFound
+from assay.core.errors import BadRequest, NotFound, ScopeDenied
 from assay.core.web import RequestAudit
-from assay.relay import access, cursor, disclosure, jws, order, planner, query
+from assay.relay import access, conflicts, cursor, disclosure, jws, order, planner, query
 from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
 from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
 from assay.relay.errors import BudgetExhausted
@@ -60,8 +60,11 @@ class Relay:
         signing_key: Ed25519PrivateKey | None,
         clock: Callable[[], float] = time.time,
         budgets: BudgetStore | None = None,
+        readers: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] | None = None,
     ) -> None:
         self.config = config
+        #: Per aggregate, the entities over its table or file (``conflicts.readers``).
+        self.readers = dict(readers or {})
         self.store = store
         self.signing_key = signing_key
         self.clock = clock
@@ -106,6 +109,22 @@ class Relay:
         ):
             raise access.hidden()
         return Target(ds, view, agg)
+
+    def refuse_conflict(self, scopes: frozenset[str], target: Target) -> None:
+        """An aggregate is refused to a credential that may also read an entity over its
+        table or file (``assay.relay.conflicts``): for it, suppression hides nothing. API
+        keys are refused at startup already; this covers the token file's credentials."""
+        agg = target.aggregate
+        assert agg is not None
+        over = self.readers.get((target.dataset.id, agg.id), ())
+        hit = conflicts.conflicting(scopes, self.config.datasets, over)
+        if hit is not None:
+            raise ScopeDenied(
+                f"this credential may also read the entity {hit[0]}/{hit[1]}, over the rows "
+                "this aggregate groups; ask with a credential that reads none of them",
+                code="auth.scope_conflict",
+                reasons=[f"reads {hit[0]}/{hit[1]} over the aggregate's population"],
+            )
 
     def listed(self, ds: Dataset, scopes: frozenset[str]) -> list[EntityView]:
         """The entities a dataset's metadata shows to these scopes."""

@@ -40,6 +40,7 @@ import trio
 from assay.core.errors import AssayError, StorageError
 from assay.relay import population
 from assay.relay.config import Table, config_error
+from assay.relay.conflicts import Conflict, problem
 from assay.relay.decode import SourceInvalid, decode
 from assay.relay.population import Fingerprint, SourceIdentity, population_problems
 from assay.relay.query import build_index
@@ -84,6 +85,14 @@ class TableState:
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: Config paths of the aggregates over this table (one grouping per population).
     aggregated_by: tuple[str, ...] = ()
+    #: API keys that may aggregate one of these two tables and read the other: refused
+    #: if their contents are one population (``assay.relay.conflicts``).
+    guards: tuple[Conflict, ...] = ()
+
+    @property
+    def compared(self) -> bool:
+        """Whether this table's population is compared with another's (fingerprinted)."""
+        return bool(self.aggregated_by or self.guards)
 
     @property
     def where(self) -> str:
@@ -142,7 +151,7 @@ def load(state: TableState, generation: int) -> Snapshot:
     table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
-    fp = _fingerprint(table, state.where) if state.aggregated_by else None
+    fp = _fingerprint(table, state.where) if state.compared else None
     return Snapshot(table, index, digest, stamp, time.time(), generation, fp)
 
 
@@ -284,9 +293,45 @@ class SnapshotStore:
                     break
         if problems:
             raise config_error("sources", problems)
+        # And no API key both aggregates a population and reads it from another file.
+        for state in self._tables.values():
+            for guard in state.guards:
+                if (state.dataset, state.spec.id) == guard.aggregate_table:
+                    why = self._guard_reason(guard, state, state.snapshot)
+                    if why is not None:
+                        problems.append(why)
+        if problems:
+            raise config_error("auth", problems)
+
+    def _guard_reason(
+        self, guard: Conflict, state: TableState, snap: Snapshot | None
+    ) -> str | None:
+        """Blocking: the key's problem if ``snap`` (``state``'s, new or current) and the
+        guard's other table are one population, else None."""
+        aggregated = (state.dataset, state.spec.id) == guard.aggregate_table
+        other_key = guard.entity_table if aggregated else guard.aggregate_table
+        other = self._tables.get(other_key)
+        if snap is None or other is None or other.snapshot is None:
+            return None
+        theirs = _identity_now(other)
+        assert theirs is not None
+        why = snap.identity(os.path.realpath(state.path)).same_population(theirs)
+        if why is None:
+            why = _overlap(snap, other.snapshot, state.where)
+        if why is None:
+            return None
+        agg_where, ent_where = (
+            (state.where, other.where) if aggregated else (other.where, state.where)
+        )
+        return problem(guard, f"{ent_where}, which is {why} the aggregate's table {agg_where}")
 
     def _population_check(self, state: TableState, snap: Snapshot) -> None:
-        """Blocking: refuse a reload that makes this table another aggregate's population."""
+        """Blocking: refuse a reload that makes this table another aggregate's population,
+        or the population of an aggregate that a key reading this table may ask."""
+        for guard in state.guards:
+            why = self._guard_reason(guard, state, snap)
+            if why is not None:
+                raise SourceInvalid(f"{state.where}: reload refused: {why.split(': ', 1)[1]}")
         if not state.aggregated_by:
             return
         mine = snap.identity(os.path.realpath(state.path))

@@ -21,7 +21,13 @@ from assay.relay.app import audit_route, create_app
 from assay.relay.budgetstore import BudgetStore
 from assay.relay.cursor import derive_key
 from assay.relay.service import Relay
-from assay.relay.settings import LoadedConfig, RelaySecrets, table_states, token_path
+from assay.relay.settings import (
+    LoadedConfig,
+    RelaySecrets,
+    population_readers,
+    table_states,
+    token_path,
+)
 from assay.relay.snapshot import SnapshotStore, snapshot_tagger
 
 #: Used when no token file is configured: never loaded, so it holds no tokens.
@@ -95,6 +101,7 @@ def assemble(
         signing_key=secrets.signing_key,
         clock=now,
         budgets=budgets,
+        readers=population_readers(loaded),
     )
     authn, has_tokens = authenticator_for(loaded, secrets)
     if has_tokens:
