@@ -240,3 +240,18 @@ async def test_a_refresh_into_a_superset_of_the_other_population_is_refused(
     assert parts.store.get("census", "people").digest == served
     assert state.last_error is not None and "population" in state.last_error
     parts.close()
+
+
+def test_a_minimal_extract_numbered_like_the_population_is_caught() -> None:
+    """``person_id`` (a row number: ``P`` and contiguous digits), ``municipality`` and
+    ``sex``, nothing else: no identifier set to compare and the other columns do not
+    tell rows apart, but lined up by number the rows agree far beyond chance. Another
+    population numbered alike agrees only by chance."""
+    people, _ = GEN.generate(600, 7)
+    extract = people.select(["person_id", "municipality", "sex"])
+    other = GEN.generate(600, 8)[0].select(["person_id", "municipality", "sex"])
+    assert fingerprint(extract).sequences == {"person_id"} and not fingerprint(extract).identifiers
+    assert overlap_reason(extract, fingerprint(extract), people, fingerprint(people)) is not None
+    assert overlap_reason(other, fingerprint(other), people, fingerprint(people)) is None
+    share = population.row_overlap(other, fingerprint(other), people, fingerprint(people))
+    assert share is not None and share[0] < 0.2

@@ -19,13 +19,16 @@ it says where a row is, not who it is, and two unrelated tables of one size shar
 
 *Estimated* (``row_overlap``, a heuristic with a threshold): for a subset, a superset or
 two overlapping extracts, the identifier sets differ, so the rows themselves are
-compared: over the columns both tables declare under one name (row numbers left out),
-when those columns tell rows apart (at least ``DISTINCT_SHARE`` of each table's rows are
-distinct over them), the share of the smaller table's distinct rows found in the other,
-counted exactly (an Arrow semi-join). At ``OVERLAP_SHARE`` or more it is refused. It
-misses what shares no column name (every column renamed), an extract whose shared
-columns do not tell rows apart (only dimensions, no ids or fine-grained values), and
-overlaps under the threshold; overlapping whole cells can still be differenced there.
+compared: over the columns both tables declare under one name, when those columns tell
+rows apart (at least ``DISTINCT_SHARE`` of each table's rows are distinct over them), the
+share of the smaller table's distinct rows found in the other, counted exactly. With a
+row number among the columns (a minimal extract: ``person_id``, ``municipality``,
+``sex``), rows line up by number and the share is counted beyond what chance agreement
+of the other columns gives two unrelated tables numbered alike. At ``OVERLAP_SHARE`` or
+more it is refused. It misses what shares no column name (every column renamed), an
+extract whose shared columns do not tell rows apart (only dimensions, no ids or
+fine-grained values), and overlaps under the threshold; overlapping whole cells can
+still be differenced there.
 It may refuse two unrelated tables whose shared columns coincide by chance on half
 their rows, which is the safe way to be wrong.
 
@@ -214,32 +217,78 @@ def same_population_problem(
     )
 
 
-def _distinct_rows(table: pa.Table, columns: Sequence[str]) -> pa.Array:
-    """Each row over ``columns`` as one text (canonical values joined by U+001F), once.
-    A value holding U+001F could make two rows one text: that only merges rows, so the
-    estimate errs towards refusing."""
+def _row_text(table: pa.Table, columns: Sequence[str]) -> pa.Array:
+    """Each row over ``columns`` as one text (canonical values joined by U+001F). A value
+    holding U+001F could make two rows one text: that only merges rows, so the estimate
+    errs towards refusing."""
     texts = [canonical_text(table.column(c)) for c in columns]
-    joined = texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, "\x1f")
-    return pc.unique(joined)
+    return texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, "\x1f")
+
+
+def _chance(a: pa.Table, b: pa.Table, columns: Sequence[str]) -> float:
+    """How often a row of ``a`` and a row of ``b`` agree on ``columns`` by chance alone:
+    the sum over value combinations of their shares in each table."""
+    counts_a = pc.value_counts(_row_text(a, columns))
+    counts_b = pc.value_counts(_row_text(b, columns))
+    where = pc.index_in(counts_a.field("values"), value_set=counts_b.field("values"))
+    hit = pc.is_valid(where)
+    theirs = pc.take(counts_b.field("counts"), pc.filter(where, hit))
+    mine = pc.filter(counts_a.field("counts"), hit)
+    both = pc.sum(pc.multiply(mine.cast(pa.float64()), theirs.cast(pa.float64()))).as_py()
+    return float(both or 0.0) / float(a.num_rows * b.num_rows)
 
 
 def row_overlap(
     a: pa.Table, a_fp: Fingerprint, b: pa.Table, b_fp: Fingerprint
 ) -> tuple[float, list[str]] | None:
     """The share of the smaller table's distinct rows that the other holds, over the
-    columns both declare (row numbers left out), and those columns; None when there are
-    none or they do not tell rows apart (then rows cannot be compared)."""
+    columns both declare, and those columns; None when rows cannot be compared.
+
+    1. The columns both tables declare by name. Row numbers (``Fingerprint.sequences``)
+       carry no identity of their own: with none of the other columns, no comparison.
+    2. When the other columns tell rows apart (at least ``DISTINCT_SHARE`` of each
+       table's rows are distinct over them), rows are compared over those alone.
+    3. Else, with a row number both declare, rows are lined up by it: the row number
+       and the other columns. Those must tell rows apart too (step 2's rule).
+    4. The share of the smaller table's distinct rows found in the other, counted.
+    5. Lined up by a row number (step 3), two unrelated tables numbered alike agree
+       wherever their other values agree by chance: the share is counted beyond
+       chance, ``(share - chance) / (1 - chance)``, with ``chance`` from each table's
+       own value shares (``_chance``). Step 2 needs no such correction: its columns
+       already tell rows apart, so chance agreement there is agreement of whole rows.
+    """
     names = set(b.column_names)
-    shared = [c for c in a.column_names if c in names and c not in a_fp.sequences | b_fp.sequences]
-    if not shared or not a.num_rows or not b.num_rows:
+    shared = [c for c in a.column_names if c in names]
+    row_numbers = a_fp.sequences | b_fp.sequences
+    values = [c for c in shared if c not in row_numbers]
+    if not values or not a.num_rows or not b.num_rows:
         return None
-    rows_a, rows_b = _distinct_rows(a, shared), _distinct_rows(b, shared)
+    found = _distinct_rows(a, b, values)
+    lined_up = False
+    if found is None and len(values) < len(shared):
+        found, lined_up = _distinct_rows(a, b, shared), True
+    if found is None:
+        return None
+    small, large = found
+    share = (pc.sum(pc.is_in(small, value_set=large)).as_py() or 0) / len(small)
+    if lined_up:
+        chance = _chance(a, b, values)
+        share = 0.0 if chance >= 1 else max(0.0, (share - chance) / (1 - chance))
+        return share, shared
+    return share, values
+
+
+def _distinct_rows(
+    a: pa.Table, b: pa.Table, columns: Sequence[str]
+) -> tuple[pa.Array, pa.Array] | None:
+    """Each table's distinct rows over ``columns``, the smaller first; None unless the
+    columns tell rows apart in both (``DISTINCT_SHARE``)."""
+    rows_a, rows_b = pc.unique(_row_text(a, columns)), pc.unique(_row_text(b, columns))
     for rows, table in ((rows_a, a), (rows_b, b)):
         if len(rows) < DISTINCT_SHARE * table.num_rows:
             return None
     small, large = sorted((rows_a, rows_b), key=len)
-    common = pc.sum(pc.is_in(small, value_set=large)).as_py() or 0
-    return common / len(small), shared
+    return small, large
 
 
 def overlap_reason(a: pa.Table, a_fp: Fingerprint, b: pa.Table, b_fp: Fingerprint) -> str | None:
