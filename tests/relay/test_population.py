@@ -255,3 +255,17 @@ def test_a_minimal_extract_numbered_like_the_population_is_caught() -> None:
     assert overlap_reason(other, fingerprint(other), people, fingerprint(people)) is None
     share = population.row_overlap(other, fingerprint(other), people, fingerprint(people))
     assert share is not None and share[0] < 0.2
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [range(0, 600, 2), range(599, -1, -1), range(400, 600), range(0, 300)],
+    ids=["every-other-row", "reversed", "last-third", "first-half"],
+)
+def test_a_minimal_extract_of_part_of_the_population_is_caught(rows: range) -> None:
+    """Every other row (its numbers no longer contiguous, so no row number of its own),
+    reversed, or a slice: lined up by the population's row number, the extract is still
+    the same people."""
+    people, _ = GEN.generate(600, 7)
+    extract = people.select(["person_id", "municipality", "sex"]).take(pa.array(list(rows)))
+    assert overlap_reason(extract, fingerprint(extract), people, fingerprint(people)) is not None
