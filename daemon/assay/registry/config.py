@@ -18,6 +18,7 @@ from assay.core.errors import ConfigError
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
+from assay.registry.consumers import ConsumerSection
 from assay.registry.policy import Policy
 
 GiB = 1024**3
@@ -57,6 +58,7 @@ class RegistryConfig(Strict):
     registry: RegistrySection = RegistrySection()
     logging: LoggingSection = LoggingSection()
     watchdog: WatchdogSection = WatchdogSection()
+    consumer: ConsumerSection = ConsumerSection()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Split from ``service.py`` by concern; the ordering rule is in ``base.py``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
-from assay.registry.model import Artifact
+from assay.registry.model import Artifact, Fingerprint, StatLike
 from assay.registry.states import State
 from assay.registry.store import UnusableObject, describe
 
@@ -39,11 +40,16 @@ class IntegrityOps(RegistryBase):
         *,
         status: int | None = None,
         error_code: str | None = None,
+        hashed: StatLike | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Artifact, dict[str, Any]]:
         """Record, then apply, a change of ``art``'s integrity ("failed" or back to "ok").
 
         Like every state change: the record is durable before the database changes, and
         the change carries the record's seq, so startup replay can finish it after a crash.
+        ``hashed``: for a restoration, the file the hash vouched for (its fingerprint is
+        kept); a failure forgets the fingerprint. ``extra``: more fields for the record
+        (a consumer handoff's peer).
         """
         failed = integrity == "failed"
         async with self._mutation(
@@ -59,18 +65,20 @@ class IntegrityOps(RegistryBase):
                 reasons=[describe(actual)],
                 decision="deny" if failed else "allow",
                 error_code=error_code,
-                extra={"integrity": integrity},
+                extra={**(extra or {}), "integrity": integrity},
             )
         ) as mutation:
             record = dict(mutation.record)
+            ts = now()
             updated: Artifact = await self._commit(
                 mutation,
                 self.db.set_integrity,
                 art,
                 integrity,
-                now(),
+                ts,
                 record["seq"],
                 principal.id if principal else None,
+                Fingerprint.of(hashed, ts) if hashed is not None and not failed else None,
             )
             self.artifacts[art.digest] = updated
         kind = "integrity_failed" if failed else "integrity_restored"
@@ -88,35 +96,41 @@ class IntegrityOps(RegistryBase):
         route: str | None = None,
         request_id: str | None = None,
         status: int | None = None,
-        unchanged: list[str] | None = None,
+        unchanged: list[tuple[str, os.stat_result | None]] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
         Returns the result and, when the integrity changed, the record of that change
         (for a verify request it is the request's one record, with ``status``).
-        ``unchanged``: a sweep collects the digests whose check changed nothing and
-        writes their ``last_verified_at`` in one transaction, not one fsync each.
+        ``unchanged``: a sweep collects the digests whose check changed nothing (with
+        the file each hash vouched for) and writes their ``last_verified_at`` and
+        fingerprints in one transaction, not one fsync each.
         """
         async with self._lock(parse_digest(digest)):
             art = self.get(digest)
             if art.state == State.DELETED:
                 return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
-            # Step VER-1 (re-hash): the stored bytes, read from disk now.
-            actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+            # Step VER-1 (re-hash): the stored bytes, read from disk now, and which file
+            # they were read from (``hash_stable``).
+            actual, _size, hashed = await trio.to_thread.run_sync(
+                self.store.hash_object, art.digest
+            )
             ok = actual == art.digest
             result = {"digest": art.digest, "ok": ok, "actual": actual}
             # Step VER-2 (record a change): failed <-> ok is a state change with a record.
             if (art.integrity == "ok") != ok:
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
-                    status=status,
+                    status=status, hashed=hashed,
                 )  # fmt: skip
                 return result, record
-            # Step VER-3 (no change): only the time of the last check moves.
+            # Step VER-3 (no change): the time of the last check and the fingerprint move.
             if unchanged is not None:
-                unchanged.append(art.digest)
+                unchanged.append((art.digest, hashed))
                 return result, None
-            updated = await self._db(self.db.touch_verified, art, now())
+            ts = now()
+            fingerprint = Fingerprint.of(hashed, ts) if hashed is not None and ok else None
+            updated = await self._db(self.db.touch_verified, art, ts, fingerprint)
             self.artifacts[art.digest] = updated
             return result, None
 
@@ -138,7 +152,7 @@ class IntegrityOps(RegistryBase):
         failed: list[str] = []
         checked = 0
         errors: list[dict[str, str]] = []
-        unchanged: list[str] = []
+        unchanged: list[tuple[str, os.stat_result | None]] = []
         for i, digest in enumerate(digests):
             result: dict[str, Any] | None = None
             try:
@@ -173,14 +187,19 @@ class IntegrityOps(RegistryBase):
         self._events("sweep", {"checked": checked, "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
 
-    async def _touch_verified(self, digests: list[str]) -> None:
-        if not digests:
+    async def _touch_verified(self, checked: list[tuple[str, os.stat_result | None]]) -> None:
+        if not checked:
             return
         ts = now()
-        await self._db(self.db.touch_verified_many, digests, ts)
+        digests = [digest for digest, _hashed in checked]
+        fingerprints = {d: Fingerprint.of(h, ts) for d, h in checked if h is not None}
+        await self._db(self.db.touch_verified_many, digests, ts, fingerprints)
         for digest in digests:
             if self.artifacts[digest].integrity == "ok":
-                self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
+                self.artifacts[digest] = replace(
+                    self.artifacts[digest], last_verified_at=ts,
+                    fingerprint=fingerprints.get(digest),
+                )  # fmt: skip
 
     async def mark_corrupt_while_serving(
         self, digest: str, actual: str, *, request_id: str | None = None
