@@ -41,7 +41,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_open)
 
     p = sub.add_parser(
-        "exec", help="run CMD with trusted artifacts as inherited fds: {M} -> /proc/self/fd/N"
+        "exec",
+        help="run CMD with trusted artifacts as inherited fds: {M} -> /proc/self/fd/N",
+        description="Open each --model through the consumer socket, replace every {KEY} in "
+        "CMD's arguments with the fd's path /proc/self/fd/N, and exec CMD with only those "
+        "fds inherited: e.g. assay exec --model M=demo/tiny -- llama-cli -m {M}",
     )
     p.add_argument("--model", action="append", default=[], metavar="KEY=NAME_OR_DIGEST",
                    required=True)  # fmt: skip

@@ -37,7 +37,7 @@ class ConsumerPrincipal(Strict):
     """Peers that are this principal: any of ``uids``, or any member (primary or
     supplementary) of ``gids`` or of the groups named in ``groups``."""
 
-    id: str = Field(pattern=ID_PATTERN.pattern)
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     uids: tuple[int, ...] = ()
     gids: tuple[int, ...] = ()
     groups: tuple[str, ...] = ()
