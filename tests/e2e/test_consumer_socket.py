@@ -422,6 +422,102 @@ def test_a_regular_file_at_the_socket_path_is_never_replaced(
     assert "is not a socket" in proc.stderr and keep.read_text() == "not a socket"
 
 
+def test_a_socket_directory_others_can_write_is_refused_at_startup(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """In a directory others may rename things in, the socket's chmod and chown by name
+    could be pointed at another file (a symlink swapped in): refused, not attempted."""
+    loose = shared_dir / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    dep = init_deployment(tmp_path)
+    configure(dep, loose / "consumer.sock")
+    argv = [sys.executable, "-m", "assay", "serve", "--config", str(dep.config)]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 2 and "config.file_unsafe" in proc.stderr, proc.stderr
+    assert list(loose.iterdir()) == []
+    loose.chmod(0o1777)  # sticky, like /tmp: nobody else can rename our files in it
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE) as daemon:  # fmt: skip
+        try:
+            for _ in range(300):
+                if (loose / "consumer.sock").exists() or daemon.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert stat.S_ISSOCK((loose / "consumer.sock").lstat().st_mode)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+
+
+def test_a_live_stream_socket_at_the_path_is_left_alone(tmp_path: Path, shared_dir: Path) -> None:
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(str(shared_dir / "consumer.sock"))
+        other.listen(1)
+        dep = init_deployment(tmp_path)
+        configure(dep, shared_dir / "consumer.sock")
+        argv = [sys.executable, "-m", "assay", "serve", "--config", str(dep.config)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+        assert proc.returncode == 2 and "another kind of socket" in proc.stderr, proc.stderr
+        assert stat.S_ISSOCK((shared_dir / "consumer.sock").lstat().st_mode)
+    finally:
+        other.close()
+
+
+FAKE_SERVER = """
+import array, json, os, socket, sys
+path, bait, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind(path)
+os.chmod(path, 0o666)
+fd = os.open(bait, os.O_RDONLY)
+os.setgroups([]); os.setgid(uid); os.setuid(uid)
+s.listen(8)
+print("ready", flush=True)
+for _ in range(2):
+    conn, _ = s.accept()
+    try:
+        if conn.recv(4096):
+            header = {"ok": True, "digest": "sha256:" + "0" * 64, "name": "demo/tiny",
+                      "size": os.fstat(fd).st_size, "format": "safetensors", "verified_at": "0"}
+            conn.sendmsg([json.dumps(header).encode()],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+@needs_root
+def test_a_socket_squatted_by_another_user_is_not_trusted_to_vouch_for_bytes(
+    shared_dir: Path,
+) -> None:
+    """Whoever can put a socket where a consumer looks could hand it any read-only file
+    with a plausible header; the kernel's word on the listener's uid refuses it."""
+    from assay.consumer import open_trusted
+    from assay.consumer.fd import UntrustedServer
+
+    bait = shared_dir / "bait"
+    bait.write_bytes(b"not the weights you want")
+    bait.chmod(0o444)
+    path = shared_dir / "squat.sock"
+    argv = [sys.executable, "-c", FAKE_SERVER, str(path), str(bait), str(OUTSIDER_UID)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as fake:
+        try:
+            assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
+            with pytest.raises(UntrustedServer, match=f"served by uid {OUTSIDER_UID}"):
+                open_trusted("demo/tiny", socket_path=path)
+            # The uid check is what refused it: trusting that uid lets the bait through.
+            with open_trusted("demo/tiny", socket_path=path, server_uids={OUTSIDER_UID}) as f:
+                assert os.pread(f.fd, 100, 0) == b"not the weights you want"
+        finally:
+            fake.kill()
+
+
 def test_the_consumer_package_imports_no_trio_quart_or_hypercorn(
     consumers: ConsumerDeployment,
 ) -> None:

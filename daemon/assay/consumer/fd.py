@@ -19,7 +19,8 @@ import fcntl
 import os
 import socket
 import stat
-from collections.abc import Iterator
+import struct
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -27,13 +28,14 @@ from types import TracebackType
 from assay.consumer.protocol import (
     DEFAULT_SOCKET,
     MAX_ANSWER_BYTES,
+    SERVER_UIDS_ENV,
     SOCKET_ENV,
     BadAnswer,
     Header,
     decode_answer,
     encode_request,
 )
-from assay.core.errors import AuthError
+from assay.core.errors import AuthError, IntegrityError
 
 #: sun_path holds 108 bytes; a longer path is reached through its directory's fd.
 MAX_SUN_PATH = 100
@@ -42,6 +44,14 @@ DEFAULT_TIMEOUT = 60.0
 
 class SocketUnreachable(Exception):
     """Nothing serves the consumer socket at that path (the CLI's exit 7)."""
+
+
+class UntrustedServer(IntegrityError):
+    """The process that listens on the socket is not one this consumer trusts to vouch
+    for bytes (a socket squatted by another user would hand out any file it likes)."""
+
+    code = "consumer.untrusted_server"
+    title = "The consumer socket is not served by a trusted user"
 
 
 class PeerRefused(AuthError):
@@ -100,17 +110,23 @@ def open_trusted(
     socket_path: str | os.PathLike[str] | None = None,
     token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    server_uids: Collection[int] | None = None,
 ) -> TrustedFile:
     """A ``TrustedFile`` for a trusted name (its current trusted digest) or a digest.
 
-    Without ``token`` the daemon knows this process by its uid and groups. Raises the
-    registry's typed errors (``NotTrusted``, ``StoredBytesCorrupt``, ``ScopeDenied``,
-    ``NotFound``...), ``PeerRefused`` when this user may not connect, and
-    ``SocketUnreachable`` when nothing listens.
+    Without ``token`` the daemon knows this process by its uid and groups. The socket
+    must be listened on by a uid in ``server_uids`` (default: root, which is systemd for
+    the packaged socket, this process's own uid, and any in ``$ASSAY_CONSUMER_SERVER_UIDS``,
+    comma-separated). Raises the registry's typed errors (``NotTrusted``,
+    ``StoredBytesCorrupt``, ``ScopeDenied``, ``NotFound``...), ``PeerRefused`` when this
+    user may not connect, ``UntrustedServer`` and ``SocketUnreachable``.
     """
     request = encode_request(name_or_digest, token)
     path = resolve_socket(socket_path)
+    allowed = set(server_uids) if server_uids is not None else default_server_uids()
     with _connected(path, timeout) as conn:
+        # Step C-0 (who answers): the kernel's word on the listening process's uid.
+        _check_server(conn, allowed, path)
         # Step C-1 (ask): one message; the answer is one message too.
         conn.send(request)
         header, fds = _receive(conn)
@@ -132,6 +148,25 @@ def open_trusted(
         format=header.format,
         verified_at=header.verified_at,
     )
+
+
+def default_server_uids() -> set[int]:
+    """Root, this process's uid, and ``$ASSAY_CONSUMER_SERVER_UIDS``."""
+    uids = {0, os.geteuid()}
+    for item in os.environ.get(SERVER_UIDS_ENV, "").split(","):
+        if item.strip().isdigit():
+            uids.add(int(item.strip()))
+    return uids
+
+
+def _check_server(conn: socket.socket, allowed: set[int], path: str) -> None:
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    _pid, uid, _gid = struct.unpack("iII", raw)
+    if uid not in allowed:
+        raise UntrustedServer(
+            f"{path} is served by uid {uid}, not one of {sorted(allowed)} (set "
+            f"{SERVER_UIDS_ENV} to trust it)"
+        )
 
 
 @contextlib.contextmanager
@@ -209,4 +244,11 @@ def _check_fd(fd: int, header: Header) -> None:
         raise BadAnswer(f"the object is writable (mode {stat.S_IMODE(info.st_mode):o})")
 
 
-__all__ = ["PeerRefused", "SocketUnreachable", "TrustedFile", "open_trusted", "resolve_socket"]
+__all__ = [
+    "PeerRefused",
+    "SocketUnreachable",
+    "TrustedFile",
+    "UntrustedServer",
+    "open_trusted",
+    "resolve_socket",
+]

@@ -32,6 +32,8 @@ MAX_ANSWER_BYTES = 16 * 1024
 #: Where the packaged socket unit listens; ``$ASSAY_CONSUMER_SOCKET`` overrides it.
 DEFAULT_SOCKET = "/run/assay-consumer.sock"
 SOCKET_ENV = "ASSAY_CONSUMER_SOCKET"
+#: More uids (comma-separated) whose socket a consumer trusts, besides root and its own.
+SERVER_UIDS_ENV = "ASSAY_CONSUMER_SERVER_UIDS"
 #: What a successful answer carries, besides ``ok``.
 HEADER_FIELDS = ("digest", "size", "name", "format", "verified_at")
 

@@ -34,6 +34,7 @@ import trio
 from assay.consumer.protocol import MAX_REQUEST_BYTES
 from assay.core.errors import ConfigError, StorageError
 from assay.core.systemd import CONSUMER_FD_NAME, listen_fds_named
+from assay.core.trusted_files import check_parent
 from assay.registry.consumer_gate import ConsumerGate
 from assay.registry.consumers import ConsumerSection, Peer
 
@@ -114,9 +115,19 @@ def _bind_path(path: Path, mode: int, gid: int) -> Listener:
 
     A socket already at ``path`` is replaced only if nothing answers on it (left by a
     crash); a live one means another daemon serves it, and anything else is refused.
+    The directory must be one nobody else can rename things in (``check_parent``: not
+    writable by group or others unless sticky, owned by root or this daemon's user), or
+    the chmod and chown by name could be pointed at another file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    _clear_stale(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise StorageError(f"creating {path.parent} failed: {exc.strerror}") from None
+    check_parent(path)
+    try:
+        _clear_stale(path)
+    except OSError as exc:
+        raise StorageError(f"consumer socket {path} is unusable: {exc.strerror}") from None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
@@ -161,10 +172,10 @@ def _clear_stale(path: Path) -> None:
         path.unlink(missing_ok=True)  # left by a daemon that is gone
         return
     except OSError as exc:
-        if exc.errno != errno.EPROTOTYPE:
-            raise StorageError(f"consumer socket {path} is unusable: {exc.strerror}") from None
-        path.unlink(missing_ok=True)  # a stream socket left by something else's crash
-        return
+        if exc.errno == errno.EPROTOTYPE:  # a stream socket: something else's, maybe live
+            raise ConfigError(f"consumer.socket: {path} is another kind of socket",
+                              path="consumer.socket") from None  # fmt: skip
+        raise StorageError(f"consumer socket {path} is unusable: {exc.strerror}") from None
     finally:
         probe.close()
     raise StorageError(f"consumer socket {path} is served by another process")
