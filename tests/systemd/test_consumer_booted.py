@@ -113,7 +113,8 @@ def consumer(system: BootedSystem) -> dict[str, str]:
     system.write(f"/etc/systemd/system/{UNIT}", UNIT_FILE)
     path = "/run/assay-test-consumer.safetensors"
     system.write(path, save(WEIGHTS))
-    out = system.cli("add", path, "--name", NAME, "--meta", "source=test", "--json")
+    out = system.cli("add", path, "--name", NAME, "--meta", "source=test", "--meta",
+                     "license=mit", "--json")  # fmt: skip
     digest = str(json.loads(out.stdout)["artifact"]["digest"])
     system.cli("promote", digest)
     return {"digest": digest}
