@@ -452,6 +452,21 @@ def test_a_socket_directory_others_can_write_is_refused_at_startup(
             daemon.wait(timeout=30)
 
 
+def test_an_unknown_group_stops_startup_before_anything_listens(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    dep = init_deployment(tmp_path)
+    configure(dep, shared_dir / "consumer.sock")
+    dep.config.write_text(dep.config.read_text() + "    - id: ghost\n      groups: [no-such-group-"
+                          "assay]\n      scopes: [artifacts:read]\n")  # fmt: skip
+    argv = [sys.executable, "-m", "assay", "serve", "--config", str(dep.config)]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 2 and "no group named 'no-such-group-assay'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (shared_dir / "consumer.sock").exists()
+
+
 def test_a_live_stream_socket_at_the_path_is_left_alone(tmp_path: Path, shared_dir: Path) -> None:
     other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -59,12 +59,14 @@ class Listener:
     inode: int = 0
 
     def close(self) -> None:
+        """Idempotent: the socket, then the file, only while it is still the one made."""
         self.sock.close()
-        if self.path is None:
+        path, self.path = self.path, None
+        if path is None:
             return
         try:
-            if os.lstat(self.path).st_ino == self.inode:
-                self.path.unlink()
+            if os.lstat(path).st_ino == self.inode:
+                path.unlink()
         except OSError:
             pass
 

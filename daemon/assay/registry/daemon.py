@@ -100,6 +100,10 @@ async def run(
     registry.rehash_max_bytes = cfg.consumer.rehash_max_bytes
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
+    # The consumer socket's principals (group names resolved now: an unknown one stops
+    # startup before anything listens), then the socket itself. If a later step of
+    # startup fails, the process exits and the next start replaces the dead socket.
+    peer_rules = rules(cfg.consumer, await trio.to_thread.run_sync(group_ids, cfg.consumer))
     consumers = await trio.to_thread.run_sync(_consumer_listener, loaded)
 
     interval = watchdog_interval()
@@ -161,7 +165,7 @@ async def run(
         consumers_done = trio.Event()
         if consumers is not None:
             gate = ConsumerGate(registry, authenticator=authenticator, audit=audit.writer,
-                                rules=rules(cfg.consumer, group_ids(cfg.consumer)))  # fmt: skip
+                                rules=peer_rules)  # fmt: skip
             await nursery.start(_serve_consumers, consumers, gate, cfg, shutdown, consumers_done)
             binds.append(f"consumer socket {consumers.path or 'fd ' + CONSUMER_FD_NAME}")
         else:
