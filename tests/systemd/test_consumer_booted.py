@@ -13,6 +13,7 @@ import io
 import json
 import stat
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from tests.systemd.conftest import BootedSystem
+from tests.systemd.conftest import BootedSystem, wait_for
 
 pytestmark = pytest.mark.systemd
 
@@ -36,7 +37,7 @@ WEIGHTS = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "b": np.arang
 CONSUMER = r"""
 import json, os, sys
 from assay.consumer import open_trusted
-out = {"uid": os.getuid(), "groups": sorted(os.getgroups())}
+out = {"uid": os.getuid(), "groups": sorted(os.getgroups()), "run": os.environ["RUN"]}
 try:
     with open_trusted(sys.argv[1]) as f:  # the socket: $ASSAY_CONSUMER_SOCKET (drop-in)
         from safetensors import safe_open
@@ -78,7 +79,9 @@ def numpy_tar() -> bytes:
 
 def run_consumer(system: BootedSystem, target: str, *, dropin: bool = True) -> dict[str, Any]:
     """Start the consumer unit once for ``target``; its report and its exit status."""
-    system.write(f"{UNIT_DIR}/target.conf", f"[Service]\nEnvironment=TARGET={target}\n")
+    run = uuid.uuid4().hex  # which start a report is from (a finished oneshot is unloaded)
+    system.write(f"{UNIT_DIR}/target.conf",
+                 f"[Service]\nEnvironment=TARGET={target} RUN={run}\n")  # fmt: skip
     if dropin:
         system.run("cp", "/usr/share/assay/systemd/consumer.conf",
                    f"{UNIT_DIR}/assay-consumer.conf")  # fmt: skip
@@ -86,14 +89,17 @@ def run_consumer(system: BootedSystem, target: str, *, dropin: bool = True) -> d
         system.run("rm", "-f", f"{UNIT_DIR}/assay-consumer.conf")
     system.systemctl("daemon-reload")
     proc = system.run("systemctl", "start", UNIT, check=False, timeout=180)
-    invocation = system.show(UNIT, "InvocationID")["InvocationID"]
-    reports = [
-        json.loads(str(e["MESSAGE"]).removeprefix("ASSAY-CONSUMER "))
-        for e in system.journal(f"_SYSTEMD_INVOCATION_ID={invocation}")
-        if str(e.get("MESSAGE", "")).startswith("ASSAY-CONSUMER ")
-    ]
-    assert reports, f"no report from {UNIT}:\n{system.journal_text(UNIT)}"
-    return {**reports[-1], "started": proc.returncode == 0}
+
+    def reports() -> list[dict[str, Any]]:  # journald takes the line in its own time
+        found = [
+            json.loads(str(e["MESSAGE"]).removeprefix("ASSAY-CONSUMER "))
+            for e in system.journal("-u", UNIT)
+            if str(e.get("MESSAGE", "")).startswith("ASSAY-CONSUMER ")
+        ]
+        return [r for r in found if r.get("run") == run]
+
+    found = wait_for(reports, what=f"the report of {UNIT} in the journal", timeout=30)
+    return {**found[-1], "started": proc.returncode == 0}
 
 
 def opens(system: BootedSystem) -> list[dict[str, Any]]:
