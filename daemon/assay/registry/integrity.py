@@ -89,11 +89,13 @@ class IntegrityOps(RegistryBase):
         request_id: str | None = None,
         status: int | None = None,
         unchanged: list[str] | None = None,
+        failure: tuple[int, str] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
         Returns the result and, when the integrity changed, the record of that change
-        (for a verify request it is the request's one record, with ``status``).
+        (for a verify request it is the request's one record, with ``status``, or with
+        ``failure``'s status and code when the caller answers a failed check otherwise).
         ``unchanged``: a sweep collects the digests whose check changed nothing and
         writes their ``last_verified_at`` in one transaction, not one fsync each.
         """
@@ -107,9 +109,10 @@ class IntegrityOps(RegistryBase):
             result = {"digest": art.digest, "ok": ok, "actual": actual}
             # Step VER-2 (record a change): failed <-> ok is a state change with a record.
             if (art.integrity == "ok") != ok:
+                answer, code = failure if failure is not None and not ok else (status, None)
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
-                    status=status,
+                    status=answer, error_code=code,
                 )  # fmt: skip
                 return result, record
             # Step VER-3 (no change): only the time of the last check moves.
