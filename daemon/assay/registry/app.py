@@ -25,7 +25,7 @@ from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
-from assay.registry import bodies
+from assay.registry import amr, amr_shape, bodies
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.states import Action
@@ -132,12 +132,14 @@ def create_app(
     max_json_body_bytes: int,
     readiness: Callable[[], dict[str, Any]],
     receipt_hook: ReceiptHook | None = None,
+    audit_records: amr.AuditRecords | None = None,
 ) -> QuartTrio:
     app = QuartTrio("assay.registry")
     app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = True
-    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook)
+    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook,
+                problem_shape=amr_shape.problem_shape)  # fmt: skip
     started = time.monotonic()
     history_reads = HistoryReads(registry.db.history)
 
@@ -321,6 +323,7 @@ def create_app(
         current_audit().action = "artifact.resolve"
         return {"name": name, "digest": art.digest, "size": art.size, "format": art.format}
 
+    amr.install(app, registry, audit_records=audit_records)
     return app
 
 
