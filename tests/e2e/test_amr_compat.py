@@ -333,3 +333,50 @@ def test_bad_query_and_body_are_400_not_500(dep: Deployment) -> None:
         for raw in (b"[]", b"{", b'{"a":1}', b"\xff"):
             r = c.post("/v1/model/verify?name=x", content=raw)
             assert r.status_code == 400, (raw, r.text)
+
+
+def test_promote_refused_by_assay_policy_is_amr_422(dep: Deployment) -> None:
+    data = tensors(11)
+    with dep.client() as c:
+        r = upload(c, data, name="policy/nolicense", meta=("source=test",))
+        assert r.status_code == 201, r.text
+        r = promote_amr(c, "policy/nolicense", data, status=422)
+        assert r.json()["code"] == "artifact.policy_refused"
+        assert any("license" in reason for reason in r.json()["reasons"])
+
+
+@pytest.fixture
+def two_person(tmp_path: Path) -> Iterator[Deployment]:
+    d = init_deployment(tmp_path, max_bytes=1024 * 1024)
+    d.edit_config("  policy: default\n", "  policy: two-person\n")
+    for who in ("alice", "bob"):
+        d.create_token(who, "artifacts:promote", "artifacts:read")
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_an_approval_that_does_not_yet_promote_is_202_never_201(two_person: Deployment) -> None:
+    """AMR has no multi-party approval, so its schema has no answer for a recorded approval
+    that leaves the artifact quarantined: assay answers its own 202 there (documented),
+    and only 201 ever means trusted."""
+    data = tensors(12)
+    name = "two/person"
+    assert "202" not in amr_schema.document()["paths"]["/v1/model/promote"]["post"]["responses"]
+    with two_person.client() as c:
+        uploaded(c, data, name)
+    body = {"name": name, "filename": "person.safetensors", "sha256": hex_of(data)}
+    with two_person.client("alice") as c:
+        r = c.post("/v1/model/promote", json=body)
+        assert r.status_code == 202, r.text
+        assert r.json()["state"] == "quarantined"
+        assert amr_schema.errors(r.json(), "#/components/schemas/Artifact") == []
+        assert two_person.audit_records()[-1]["status"] == 202
+        checked(c, "GET", f"/v1/model/path?name={name}", 403)
+    with two_person.client("bob") as c:
+        r = checked(c, "POST", "/v1/model/promote", 201, json=body)
+        assert r.json()["state"] == "trusted"
+        assert two_person.audit_records()[-1]["status"] == 201
+        checked(c, "GET", f"/v1/model/path?name={name}", 200)
