@@ -209,6 +209,25 @@ def test_path_of_tampered_bytes_is_409_recorded_and_stays_blocked(dep: Deploymen
         checked(c, "GET", f"/v1/model/path?name={name}", 200)
 
 
+def test_path_never_names_a_symlink_even_to_the_right_bytes(dep: Deployment) -> None:
+    data = tensors(13)
+    name = "tamper/symlink"
+    with dep.client() as c:
+        uploaded(c, data, name)
+        promote_amr(c, name, data)
+        obj = dep.dir / "state" / "store" / "objects" / "sha256" / hex_of(data)
+        elsewhere = dep.dir / "planted"
+        elsewhere.write_bytes(data)  # the right bytes, but not the store's own file
+        obj.unlink()
+        obj.symlink_to(elsewhere)
+        r = checked(c, "GET", f"/v1/model/path?name={name}", 409)
+        assert "symlink" in r.json()["detail"]
+        obj.unlink()
+        obj.write_bytes(data)
+        checked(c, "POST", f"/v1/model/verify?name={name}", 200)
+        assert checked(c, "GET", f"/v1/model/path?name={name}", 200).json()["path"] == str(obj)
+
+
 def test_a_revoked_name_never_falls_back_to_an_older_trusted_version(dep: Deployment) -> None:
     old, new = tensors(5), tensors(6)
     name = "versions/model"
@@ -281,10 +300,15 @@ def test_promote_with_failed_scanner_evidence_is_422_and_stays_quarantined(
 def test_audit_events_are_the_chain_records_paged_without_loss(dep: Deployment) -> None:
     with dep.client() as c:
         data = tensors(10)
+        c.headers["X-Request-Id"] = "rid-secretive"  # carried by the lifecycle records
         uploaded(c, data, "audit/one")
         promote_amr(c, "audit/one", data)
+        del c.headers["X-Request-Id"]
         whole = checked(c, "GET", "/v1/audit", 200)
         events = whole.json()
+        # Nothing but AMR's event fields: no principal, request id or reason leaves.
+        assert "admin" not in whole.text and "rid-" not in whole.text
+        assert "reasons" not in whole.text and dep.admin_token not in whole.text
         assert "link" not in whole.headers
         paged: list[dict[str, Any]] = []
         after = 0
