@@ -91,9 +91,9 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:read")
     async def amr_model_path() -> Response:
         """AMR: the content-addressed path of a name's trusted, re-verified bytes."""
+        current_audit().action = "artifact.locate"
         name = amr_shape.name_arg(_args())
         art = the(name)
-        current_audit().action = "artifact.locate"
         # Step PATH-1 (trust): trusted and intact (403 not trusted, 409 integrity failed).
         registry.check_consumable(art.digest)
         # Step PATH-2 (re-hash): the bytes at the path hash to the digest now; a failure
@@ -124,10 +124,10 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:verify")
     async def amr_verify_model() -> Response:
         """AMR: re-hash a name's current artifact now (409 if its bytes do not match)."""
+        current_audit().action = "artifact.verify"
         name = amr_shape.name_arg(_args())
         await no_body()
         art = the(name)
-        current_audit().action = "artifact.verify"
         expected = amr_shape.bare_hex(art.digest)
         if art.state == "deleted":
             current_audit().reasons = ["deleted: its bytes were removed"]
@@ -156,8 +156,8 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:verify")
     async def amr_verify_all() -> Response:
         """AMR: re-hash every stored artifact now (a sweep); 409 if any failed."""
-        await no_body()
         current_audit().action = "artifact.sweep"
+        await no_body()
         # Taken in the same step as the sweep's own list: no other task runs between.
         listed = list(registry.artifacts.values())
         result = await registry.sweep(
@@ -182,10 +182,10 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:verify")
     async def amr_verify_manifest() -> Response:
         """AMR: gguf-guard manifest check; always skipped (assay keeps no manifests)."""
+        current_audit().action = "amr.verify_manifest"
         name = amr_shape.name_arg(_args())
         await no_body()
         the(name)
-        current_audit().action = "amr.verify_manifest"
         return _json({"status": "skipped", "name": name, "reason": NO_MANIFEST})
 
     @app.post("/v1/model/acquire")
@@ -215,9 +215,9 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:write")
     async def amr_quarantine() -> Response:
         """AMR: quarantine; every upload already is quarantined, so this only confirms."""
+        current_audit().action = "amr.quarantine"
         name = amr_shape.name_arg(_args())
         await no_body()
-        current_audit().action = "amr.quarantine"
         arts = named(name)
         waiting = [a for a in arts if a.state == "quarantined"]
         if waiting:
@@ -231,6 +231,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:promote")
     async def amr_promote() -> Response:
         """AMR: promote the quarantined upload a request names; assay's policy decides."""
+        current_audit().action = "amr.promote"  # a refusal's record; a change records itself
         body = bodies.parse_object(await _raw(), allowed=amr_shape.PROMOTE_FIELDS)
         name, fmt, digest, size = amr_shape.identity(body, size_required=False)
         current_audit().target = digest
@@ -258,11 +259,11 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:revoke")
     async def amr_revoke() -> Response:
         """AMR: revoke a name: every artifact of it that is not yet revoked or deleted."""
+        current_audit().action = "amr.revoke"
         name = amr_shape.name_arg(_args())
         reason = bodies.reason(await _body({"reason"}), required=False) or REVOKE_REASON
         arts = named(name)
         the(name)
-        current_audit().action = "amr.revoke"
         targets = amr_shape.revocable(arts)
         if not targets:
             if any(a.state == "revoked" for a in arts):
@@ -276,11 +277,11 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:delete")
     async def amr_delete() -> Response:
         """AMR: soft-delete a name: every artifact of it (bytes removed, metadata kept)."""
+        current_audit().action = "amr.delete"
         name = amr_shape.name_arg(_args())
         reason = bodies.reason(await _body({"reason"}), required=False) or DELETE_REASON
         arts = named(name)
         the(name)
-        current_audit().action = "amr.delete"
         targets = amr_shape.deletable(arts)
         if not targets:
             return _json({"status": "already_deleted", "name": name})
