@@ -96,22 +96,42 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
         art = the(name)
         # Step PATH-1 (trust): trusted and intact (403 not trusted, 409 integrity failed).
         registry.check_consumable(art.digest)
+
+        def still_current() -> None:
+            # Step PATH-3 (still current): trust did not change while the bytes hashed.
+            registry.check_consumable(art.digest)
+            now = amr_shape.current(named(name))
+            if now is None or now.digest != art.digest:
+                raise StateConflict(f"the trusted artifact named {name!r} changed while "
+                                    "it was being verified; ask again")  # fmt: skip
+
+        settled: list[bool] = []
+
+        async def settle(result: dict[str, Any]) -> Mapping[str, Any]:
+            """The answer, decided under the digest's lock after the hash and recorded
+            before anything changes (an integrity change records itself instead)."""
+            if not result["ok"]:
+                raise StoredBytesCorrupt(f"{art.digest}: {describe(result['actual'])}")
+            still_current()
+            settled.append(True)
+            return await web.record_request(200)
+
         # Step PATH-2 (re-hash): the bytes at the path hash to the digest now; a failure
         # is recorded (the request's record) and blocks serving, like a fetch's.
         result, record = await registry.verify(
             art.digest, principal=current_principal(), route=web.route_template(),
-            request_id=_rid(), status=200, failure=(409, StoredBytesCorrupt.code),
+            request_id=_rid(), status=200, record_request=settle,
+            failure=(409, StoredBytesCorrupt.code),
         )  # fmt: skip
-        if record is not None:
-            current_audit().written = record
+        if record is None:
+            # Deleted between the trust check and the hash: nothing was checked (403).
+            registry.check_consumable(art.digest)
+            raise StateConflict(f"{art.digest} changed while it was being verified")
+        current_audit().written = record
         if not result["ok"]:
             raise StoredBytesCorrupt(f"{art.digest}: {describe(result['actual'])}")
-        # Step PATH-3 (still current): trust did not change while the bytes were hashed.
-        registry.check_consumable(art.digest)
-        now = amr_shape.current(named(name))
-        if now is None or now.digest != art.digest:
-            raise StateConflict(f"the trusted artifact named {name!r} changed while it was "
-                                "being verified; ask again")  # fmt: skip
+        if not settled:  # an integrity change recorded the check: PATH-3 was not run yet
+            still_current()
         path = registry.store.path_for(art.digest).absolute()
         return _json({
             "path": str(path),
@@ -129,18 +149,27 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
         await no_body()
         art = the(name)
         expected = amr_shape.bare_hex(art.digest)
+        gone = "deleted: its bytes were removed"
         if art.state == "deleted":
-            current_audit().reasons = ["deleted: its bytes were removed"]
-            return _json(_failed(name, expected, "", "deleted: its bytes were removed"), 409)
+            current_audit().reasons = [gone]
+            return _json(_failed(name, expected, "", gone), 409)
+        audit_state = current_audit()
+
+        async def record_request(result: dict[str, Any]) -> Mapping[str, Any]:
+            audit_state.reasons = [] if result["ok"] else [describe(str(result["actual"]))]
+            return await web.record_request(200 if result["ok"] else 409)
+
         result, record = await registry.verify(
             art.digest, principal=current_principal(), route=web.route_template(),
-            request_id=_rid(), status=200, failure=(409, StoredBytesCorrupt.code),
+            request_id=_rid(), status=200, record_request=record_request,
+            failure=(409, StoredBytesCorrupt.code),
         )  # fmt: skip
-        if record is not None:
-            current_audit().written = record
+        if "skipped" in result:  # deleted meanwhile: nothing was checked
+            audit_state.reasons = [gone]
+            return _json(_failed(name, expected, "", gone), 409)
+        audit_state.written = record  # durable before anything changed
         if not result["ok"]:
             actual = str(result["actual"])
-            current_audit().reasons = [describe(actual)]
             shown = amr_shape.bare_hex(actual) if actual.startswith("sha256:") else ""
             return _json(_failed(name, expected, shown, describe(actual)), 409)
         after = registry.get(art.digest)
@@ -156,20 +185,28 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
     @requires("artifacts:verify")
     async def amr_verify_all() -> Response:
         """AMR: re-hash every stored artifact now (a sweep); 409 if any failed."""
-        current_audit().action = "artifact.sweep"
+        audit_state = current_audit()
+        audit_state.action = "artifact.sweep"
         await no_body()
+
+        async def record_request(summary: dict[str, Any]) -> Mapping[str, Any]:
+            # The answer's status is the hashes' verdict, recorded before any is applied.
+            audit_state.extra = {"checked": summary["checked"], "failed": len(summary["failed"])}
+            return await web.record_request(409 if summary["failed"] else 200)
+
         # Taken in the same step as the sweep's own list: no other task runs between.
         listed = list(registry.artifacts.values())
         result = await registry.sweep(
-            principal=current_principal(), route=web.route_template(), request_id=_rid()
-        )
+            principal=current_principal(), route=web.route_template(), request_id=_rid(),
+            record_request=record_request,
+        )  # fmt: skip
         failed = set(result["failed"])
+        # A finding whose change could not be recorded afterwards is reported on its
+        # line; the status stays what the request's record already says.
         errors = {e["digest"]: e["code"] for e in result.get("errors", [])}
         models = [_checked(registry.get(a.digest), failed, errors) for a in listed]
-        bad = sum(1 for m in models if m["status"] == "failed")
-        current_audit().extra = {"checked": result["checked"], "failed": bad}
-        body = {"status": "failed" if bad else "ok", "models": models, "checked": len(models)}
-        return _json(body, 409 if bad else 200)
+        body = {"status": "failed" if failed else "ok", "models": models, "checked": len(models)}
+        return _json(body, 409 if failed else 200)
 
     @app.get("/v1/integrity/status")
     @requires("artifacts:read")
