@@ -277,11 +277,14 @@ class Repository:
             m = _VERSIONED.fullmatch(name)
             if m and m.group(2) in found:
                 found[m.group(2)] = max(found[m.group(2)], int(m.group(1)))
+        mtime = 0
         for name in (TIMESTAMP, WITHDRAWN):
             data = _read_bounded(self.publish_dir / name, _MAX_META_BYTES)
             version = metadata.parse_version(data, Timestamp.type) if data else None
             found[Timestamp.type] = max(found[Timestamp.type], version or 0)
-        return Versions(found[Targets.type], found[Snapshot.type], found[Timestamp.type])
+            if data is not None:
+                mtime = max(mtime, os.lstat(self.publish_dir / name).st_mtime_ns)
+        return Versions(found[Targets.type], found[Snapshot.type], found[Timestamp.type], mtime)
 
     def _remove_stale_temps(self) -> None:
         """Temp files a crash left between PUB-2 and PUB-4 (``atomic_write``'s names)."""
