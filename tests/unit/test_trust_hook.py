@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from assay.core.tokens import Principal
@@ -90,7 +91,7 @@ async def test_a_caller_that_hangs_up_does_not_cancel_the_publish(tmp_path: Path
     async def hook(changed: str) -> None:
         called.set()
         await release.wait()
-        await trio.sleep(0)  # a checkpoint after the wait: a cancel would land here
+        await trio.lowlevel.checkpoint()  # a checkpoint after the wait: a cancel would land here
         finished.append(changed)
 
     reg.on_trusted_change = hook
