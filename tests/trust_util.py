@@ -150,7 +150,10 @@ def static_server(
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading: what a length limit does
 
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), partial(Handler, directory=str(directory))
