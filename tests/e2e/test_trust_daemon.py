@@ -4,6 +4,7 @@ directory the way a local consumer does (``assay.consumer.tuf``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -130,7 +131,7 @@ def test_versions_only_increase_across_restarts_and_a_reboot_that_empties_the_di
         dep.start()
         seen.append(status(dep))
         assert check.check("m/30", d).trusted, check.check("m/30", d)
-    for before, after in zip(seen, seen[1:], strict=False):
+    for before, after in itertools.pairwise(seen):
         for role in ("timestamp", "snapshot", "targets"):
             assert after[role]["version"] > before[role]["version"], (role, seen)
 
