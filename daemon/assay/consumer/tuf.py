@@ -152,6 +152,7 @@ class _View:
     source: str = "published"
     versions: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, TargetFile | None] = field(default_factory=dict)
+    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
 
 
 class TrustCheck:
@@ -170,6 +171,8 @@ class TrustCheck:
                  cache_dir: Path | str | None = None, *, clock: Clock = time.time,
                  config: UpdaterConfig | None = None) -> None:  # fmt: skip
         self.published_dir = Path(published_dir)
+        self._timestamp_path = str(self.published_dir / TIMESTAMP)
+        self._withdrawn_path = str(self.published_dir / WITHDRAWN)
         self._root = root if isinstance(root, bytes) else Path(root).read_bytes()
         if cache_dir is None:
             self._tmp: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
@@ -191,13 +194,25 @@ class TrustCheck:
         return self.check(name, digest).trusted
 
     def check(self, name: str, digest: str) -> Verdict:
-        # Step C-1: only well-formed names and digests can match anything.
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            return Verdict(False, "not a sha256:<64 hex> digest")
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or _dot_segment(name):
-            return Verdict(False, "not an artifact name")
-        # Step C-2: metadata verified by ngclient, current by stat and by the clock.
+        # Step C-1: metadata verified by ngclient, current by stat and by the clock. Each
+        # verification's answers are kept with it (bounded), so a repeated question
+        # costs a stat and a lookup, and any publish starts afresh.
         view = self._current()
+        if type(name) is not str or type(digest) is not str:
+            return Verdict(False, "name and digest must be strings")
+        verdict = view.verdicts.get((name, digest))
+        if verdict is None:
+            verdict = self._decide(view, name, digest)
+            if len(view.verdicts) < _MEMO_LIMIT:
+                view.verdicts[(name, digest)] = verdict
+        return verdict
+
+    def _decide(self, view: _View, name: str, digest: str) -> Verdict:
+        # Step C-2: only well-formed names and digests can match anything.
+        if not _DIGEST.fullmatch(digest):
+            return Verdict(False, "not a sha256:<64 hex> digest")
+        if not _NAME.fullmatch(name) or _dot_segment(name):
+            return Verdict(False, "not an artifact name")
         if view.updater is None:
             return Verdict(False, view.error or "no verified metadata")
         # Step C-3: the trusted set holds NAME@DIGEST.
@@ -267,12 +282,12 @@ class TrustCheck:
         timestamp before removing the marker, so a publish racing this never looks like
         the daemon being down."""
         for _attempt in range(2):
-            found = _stat_key(self.published_dir / TIMESTAMP)
+            found = _stat_key(self._timestamp_path)
             if found is not None:
-                return ("published", *found)
-            marker = _stat_key(self.published_dir / WITHDRAWN)
+                return found
+            marker = _stat_key(self._withdrawn_path)
             if marker is not None:
-                return ("withdrawn", *marker)
+                return ("withdrawn", *marker[1:])
         return ("absent",)
 
     def _verify(self, key: tuple[Any, ...]) -> _View:
@@ -319,7 +334,7 @@ def _dot_segment(name: str) -> bool:
     return any(part in {".", ".."} for part in name.split("/"))
 
 
-def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
+def _stat_key(path: str) -> tuple[Any, ...] | None:
     try:
         st = os.stat(path, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
@@ -327,8 +342,8 @@ def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
     except OSError as exc:
         # A directory this consumer may not read is not a daemon that is down: keyed as
         # published, its verification fails (closed) instead of falling back to the cache.
-        return (-1, exc.errno or 0, 0, 0)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return ("published", -1, exc.errno or 0, 0, 0)
+    return ("published", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class _locked:
