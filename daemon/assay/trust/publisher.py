@@ -71,8 +71,8 @@ class TrustPublisher:
             await self._publish_locked(full=False, reason="refresh")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Publish the set as it is at startup, then keep the timestamp fresh."""
-        await trio.to_thread.run_sync(self.repo.open)
+        """Publish the set as it is at startup (the repository already open), then keep
+        the timestamp fresh."""
         try:
             async with self._lock:
                 await self._publish_locked(full=True, reason="startup")

@@ -1,4 +1,5 @@
-"""Assemble the repository from the ``trust:`` section: root chain, online key, dirs.
+"""Assemble and open the repository from the ``trust:`` section: root chain, online key,
+directories.
 
 Every mismatch stops startup with a message that names it (``trust.config_invalid``):
 a daemon that published metadata its consumers' pinned root refuses would look healthy
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from assay.trust import metadata
 from assay.trust.config import TrustSection
+from assay.trust.errors import TrustConfigError
 from assay.trust.keys import load_signer
 from assay.trust.repository import Repository, read_root_chain
 
@@ -27,10 +29,16 @@ def load_repository(section: TrustSection, *, base: Path) -> Repository:
     signer = load_signer(section.online_key, base=base, what="trust.online_key")
     # Step ROOT-4: the online key is the one the latest root names for its roles.
     metadata.check_online_key(chain.latest, signer.public_key)
-    return Repository(
+    repo = Repository(
         publish_dir=resolve(base, section.publish_dir),
         state_dir=resolve(base, section.state_dir),
         roots=chain,
         signer=signer,
         section=section,
     )
+    try:
+        repo.open()
+    except OSError as exc:
+        raise TrustConfigError(f"trust directories: {exc.strerror or exc}: "
+                               f"{exc.filename or ''}") from None  # fmt: skip
+    return repo
