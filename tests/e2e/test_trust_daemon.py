@@ -173,3 +173,22 @@ def test_readyz_reports_the_published_versions(deployment: Deployment) -> None:
         trust = c.get("/readyz").json()["checks"]["trust"]
     assert trust["ok"] and trust["trusted"] == 1
     assert trust["timestamp"]["version"] >= 2
+
+
+def test_a_corrupt_versions_file_or_a_foreign_online_key_stops_startup_in_one_line(
+    stopped_deployment: Deployment,
+) -> None:
+    dep = stopped_deployment
+    state = dep.dir / "state" / "trust"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "versions.json").write_text('{"targets": "many"}')
+    proc = run_cli("serve", "--config", str(dep.config), timeout=60)
+    assert proc.returncode == 2 and "trust.config_invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (state / "versions.json").unlink()
+    # A key the pinned root does not name would sign metadata every consumer refuses.
+    run_cli("publisher", "keygen", "--id", "other", "--out", str(dep.dir / "other"), check=True)
+    dep.edit_config("secrets/tuf-online.key", "other/other.key")
+    proc = run_cli("serve", "--config", str(dep.config), timeout=60)
+    assert proc.returncode == 2 and "is not the threshold-1 key" in proc.stderr
+    assert "Traceback" not in proc.stderr
