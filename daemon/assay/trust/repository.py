@@ -216,7 +216,8 @@ class Repository:
         """Step PUB-1: the next versions (and timestamp mtime), durable before use."""
         v = self.versions
         step = MTIME_STEP_NS
-        mtime = max(math.ceil(self.wall_ns() / step) * step, v.mtime_ns + step)
+        # A whole multiple of the step, later than every earlier one by at least a step.
+        mtime = math.ceil(max(self.wall_ns(), v.mtime_ns + step) / step) * step
         new = Versions(
             targets=v.targets + 1 if targets else v.targets,
             snapshot=v.snapshot + 1 if targets else v.snapshot,
