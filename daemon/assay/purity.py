@@ -13,6 +13,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.problem",
     "assay.core.schema",
     "assay.core.strict_yaml",
+    "assay.core.connlimits",
     "assay.registry.errors",
     "assay.registry.states",
     "assay.registry.policy",
@@ -22,6 +23,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.model",
     "assay.registry.consumers",
     "assay.consumer.protocol",
+    "assay.registry.amr_shape",
     "assay.formats.errors",
     "assay.formats.sniff",
     "assay.formats.zipend",
@@ -30,6 +32,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.formats.gguf",
     "assay.formats.inspect",
     "assay.core.audit.schema",
+    "assay.core.audit.bounds",
     "assay.core.audit.chain",
     "assay.core.audit.verify",
     "assay.core.audit.merkle",
@@ -48,6 +51,9 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.budget",
     "assay.relay.order",
     "assay.relay.views",
+    "assay.trust.config",
+    "assay.trust.errors",
+    "assay.trust.metadata",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

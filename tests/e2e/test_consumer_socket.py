@@ -545,7 +545,7 @@ from assay.consumer import open_trusted
 with open_trusted("demo/tiny", socket_path={str(consumers.socket)!r}) as f:
     print(f.size, f.digest)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in
-                {{"trio", "quart", "hypercorn", "pydantic", "cryptography", "yaml"}}
+                {{"trio", "quart", "quart_trio", "hypercorn", "werkzeug", "pydantic"}}
                 and sys.modules[m] is not None)
 print("LOADED", loaded)
 """

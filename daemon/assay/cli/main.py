@@ -22,6 +22,7 @@ from assay.cli import (
     inspect_cmd,
     publisher_cmd,
     relay_cmd,
+    trust_cmd,
 )
 from assay.cli.client import Unreachable
 from assay.consumer.fd import SocketUnreachable
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     publisher_cmd.register(sub)
     relay_cmd.register(sub)
     consumer_cmd.register(sub)
+    trust_cmd.register(sub)
     return parser
 
 
