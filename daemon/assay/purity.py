@@ -20,6 +20,10 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.digests",
     "assay.registry.validate",
     "assay.registry.bodies",
+    "assay.registry.model",
+    "assay.registry.consumers",
+    "assay.consumer.protocol",
+    "assay.registry.amr_shape",
     "assay.formats.errors",
     "assay.formats.sniff",
     "assay.formats.zipend",
@@ -47,6 +51,9 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.budget",
     "assay.relay.order",
     "assay.relay.views",
+    "assay.trust.config",
+    "assay.trust.errors",
+    "assay.trust.metadata",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from assay.core import errors
+from assay.core import errors, problem
 from assay.formats import errors as _format_errors  # noqa: F401 - registers codes
 from assay.registry import errors as _registry_errors  # noqa: F401 - registers codes
 
@@ -30,48 +30,14 @@ class Unreachable(Exception):
     """The daemon could not be reached at all."""
 
 
-def _error_classes() -> dict[int, type[errors.AssayError]]:
-    return {
-        400: errors.BadRequest,
-        401: errors.InvalidCredential,
-        403: errors.ScopeDenied,
-        404: errors.NotFound,
-        409: errors.Conflict,
-        413: errors.PayloadTooLarge,
-        422: errors.RejectedInput,
-        503: errors.StorageError,
-    }
-
-
-def _classes_by_code() -> dict[str, type[errors.AssayError]]:
-    """Every error class that takes the plain (detail, code, reasons) constructor."""
-    found: dict[str, type[errors.AssayError]] = {}
-    pending: list[type[errors.AssayError]] = [errors.AssayError]
-    for _ in range(1000):  # bounded walk of a small class tree
-        if not pending:
-            break
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls.__init__ is errors.AssayError.__init__:
-            found.setdefault(cls.code, cls)
-    return found
-
-
 def raise_problem(status: int, body: bytes) -> None:
     try:
-        problem = json.loads(body)
+        parsed = json.loads(body)
     except ValueError:
-        problem = {"detail": body[:200].decode(errors="replace"), "code": "http.error"}
-    code = str(problem.get("code", "http.error"))
-    # The stable code names the exact family (a 403 may be a scope denial or an artifact
-    # that is not trusted); the status is the fallback for codes this client predates.
-    cls = _classes_by_code().get(code) or _error_classes().get(status, errors.AssayError)
-    err = cls(
-        str(problem.get("detail", "")),
-        code=str(problem.get("code", "http.error")),
-        reasons=list(problem.get("reasons", [])),
-    )
-    raise err
+        parsed = None
+    if not isinstance(parsed, dict):
+        parsed = {"detail": body[:200].decode(errors="replace"), "code": "http.error"}
+    raise problem.to_error(status, parsed)
 
 
 @dataclass

@@ -14,8 +14,18 @@ import sys
 from collections.abc import Sequence
 
 from assay import __version__
-from assay.cli import admin, artifacts, audit_cmd, inspect_cmd, publisher_cmd, relay_cmd
+from assay.cli import (
+    admin,
+    artifacts,
+    audit_cmd,
+    consumer_cmd,
+    inspect_cmd,
+    publisher_cmd,
+    relay_cmd,
+    trust_cmd,
+)
 from assay.cli.client import Unreachable
+from assay.consumer.fd import SocketUnreachable
 from assay.core.errors import (
     AssayError,
     AuthError,
@@ -64,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.register(sub)
     publisher_cmd.register(sub)
     relay_cmd.register(sub)
+    consumer_cmd.register(sub)
+    trust_cmd.register(sub)
     return parser
 
 
@@ -81,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for reason in err.reasons:
                 print(f"  - {reason}", file=sys.stderr)
         return exit_code_for(err)
-    except Unreachable as err:
+    except (Unreachable, SocketUnreachable) as err:
         print(f"assay: cannot reach the daemon: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:

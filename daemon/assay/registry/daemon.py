@@ -29,16 +29,22 @@ from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
-from assay.core.systemd import Notifier, watchdog_interval
+from assay.core.systemd import CONSUMER_FD_NAME, Notifier, watchdog_interval
+from assay.registry import consumer_socket
 from assay.registry import direct as direct_upload
 from assay.registry.app import create_app
-from assay.registry.config import LoadedConfig, load_config
+from assay.registry.config import LoadedConfig, RegistryConfig, load_config
+from assay.registry.consumer_gate import ConsumerGate
+from assay.registry.consumer_socket import Listener, group_ids, open_listener
+from assay.registry.consumers import rules
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
 from assay.registry.upload import UploadAdapter
+from assay.trust.publisher import TrustPublisher
+from assay.trust.setup import load_repository
 
 log = logging.getLogger("assay.daemon")
 
@@ -80,6 +86,11 @@ async def run(
         _events(kind, fields)
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
+    publisher: TrustPublisher | None = None
+    if cfg.trust is not None and cfg.trust.enabled:
+        repo = await trio.to_thread.run_sync(partial(load_repository, cfg.trust, base=loaded.base))
+        publisher = TrustPublisher(repo, lambda: registry.artifacts.values())
+
     registry = Registry(
         store=ObjectStore(loaded.path(cfg.registry.store_dir)),
         db=RegistryDB(loaded.path(cfg.registry.db_path)),
@@ -92,9 +103,16 @@ async def run(
         audit_head=lambda: audit.writer.head_seq,
         audit_uncertain=lambda: audit.log.poisoned is not None,
         audit_position=audit.head_position,
+        on_trusted_change=publisher.on_trusted_change if publisher else None,
     )
+    registry.rehash_max_bytes = cfg.consumer.rehash_max_bytes
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
+    # The consumer socket's principals (group names resolved now: an unknown one stops
+    # startup before anything listens), then the socket itself. If a later step of
+    # startup fails, the process exits and the next start replaces the dead socket.
+    peer_rules = rules(cfg.consumer, await trio.to_thread.run_sync(group_ids, cfg.consumer))
+    consumers = await trio.to_thread.run_sync(_consumer_listener, loaded)
 
     interval = watchdog_interval()
     probe = Probe(
@@ -112,6 +130,8 @@ async def run(
         audit_check["ok"] = bool(audit_check.get("ok")) and audit.writer.healthy
         audit_check["seq"] = audit.writer.head_seq
         checks["audit"] = audit_check
+        if publisher is not None:
+            checks["trust"] = publisher.readiness()
         return checks
 
     app = create_app(
@@ -121,6 +141,7 @@ async def run(
         max_json_body_bytes=cfg.server.max_json_body_bytes,
         readiness=readiness,
         receipt_hook=audit.receipt_headers,
+        audit_records=audit.records_after,
     )
     upload = UploadAdapter(
         RecordBeforeDisconnect(cast(ASGIApp, app)),
@@ -148,10 +169,21 @@ async def run(
         replay = await reconcile(registry, audit.records_after,
                                  progress=_replay_progress(notifier))  # fmt: skip
         nursery.start_soon(_mark_keeper, registry)
+        if publisher is not None:
+            # After replay: the first publish carries the set as replay left it.
+            await nursery.start(publisher.run)
         await nursery.start(probe.run)
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
+        consumers_done = trio.Event()
+        if consumers is not None:
+            gate = ConsumerGate(registry, authenticator=authenticator, audit=audit.writer,
+                                rules=peer_rules)  # fmt: skip
+            await nursery.start(_serve_consumers, consumers, gate, cfg, shutdown, consumers_done)
+            binds.append(f"consumer socket {consumers.path or 'fd ' + CONSUMER_FD_NAME}")
+        else:
+            consumers_done.set()
         nursery.start_soon(_signals, shutdown, notifier)
         if cfg.registry.sweep_interval_seconds > 0:
             nursery.start_soon(_sweeper, registry, cfg.registry.sweep_interval_seconds, notifier)
@@ -172,6 +204,10 @@ async def run(
         )
         task_status.started(binds)
         await shutdown.wait()
+        # Consumer handoffs in flight finish (and leave their records) before the audit
+        # log closes; each is bounded by its timeout and its handoff.
+        with trio.move_on_after(cfg.server.shutdown_timeout_seconds):
+            await consumers_done.wait()
         await serving.stop_after_drain(
             name="assay",
             notifier=notifier,
@@ -185,6 +221,35 @@ async def run(
         await registry.save_replay_mark()
         nursery.cancel_scope.cancel()
     registry.db.close()
+
+
+def _consumer_listener(loaded: LoadedConfig) -> Listener | None:
+    """The consumer socket: systemd's fd named ``consumer``, else ``consumer.socket``
+    (relative to the config's directory), else none. Blocking."""
+    section = loaded.config.consumer
+    path = loaded.path(section.socket) if section.socket else None
+    return open_listener(section, path)
+
+
+async def _serve_consumers(
+    listener: Listener,
+    gate: ConsumerGate,
+    cfg: RegistryConfig,
+    shutdown: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The consumer socket until shutdown; its file is removed when the daemon made it."""
+    try:
+        await consumer_socket.serve(
+            listener, gate, max_connections=cfg.consumer.max_connections,
+            request_seconds=cfg.consumer.request_timeout_seconds, shutdown=shutdown,
+            task_status=task_status,
+        )  # fmt: skip
+    finally:
+        listener.close()
+        done.set()
 
 
 def _on_disk_checks(loaded: LoadedConfig) -> dict[str, dict[str, Any]]:
