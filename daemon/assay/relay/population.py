@@ -21,16 +21,16 @@ it says where a row is, not who it is, and two unrelated tables of one size shar
 two overlapping extracts, the identifier sets differ, so the rows themselves are
 compared: over the columns both tables declare under one name, when those columns tell
 rows apart (at least ``DISTINCT_SHARE`` of each table's rows are distinct over them), the
-share of the smaller table's distinct rows found in the other, counted exactly. With a
-row number among the columns (a minimal extract: ``person_id``, ``municipality``,
-``sex``), rows line up by number and the share is counted beyond what chance agreement
-of the other columns gives two unrelated tables numbered alike. At ``OVERLAP_SHARE`` or
-more it is refused. It misses what shares no column name (every column renamed), an
-extract whose shared columns do not tell rows apart (only dimensions, no ids or
-fine-grained values), and overlaps under the threshold; overlapping whole cells can
-still be differenced there.
-It may refuse two unrelated tables whose shared columns coincide by chance on half
-their rows, which is the safe way to be wrong.
+share of the smaller table's distinct rows found in the other, counted exactly. When
+they do not, but a row number is among them (a minimal extract: ``person_id``,
+``municipality``, ``sex``), rows line up by number and the share is counted beyond what
+chance agreement of the other columns gives two unrelated tables numbered alike. At
+``OVERLAP_SHARE`` or more it is refused. It misses what shares no column name (every
+column renamed), an extract whose shared columns do not tell rows apart (only
+dimensions, no ids or fine-grained values) and that shares no row number or was
+renumbered, and overlaps under the threshold; overlapping whole cells can still be
+differenced there. It may refuse two unrelated tables whose shared columns coincide by
+chance on half their rows, which is the safe way to be wrong.
 
 Pure: values in, reasons out.
 """
