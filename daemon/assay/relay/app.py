@@ -297,7 +297,7 @@ def create_app(
     @app.get("/v1/datasets/<dataset>/entities/<entity>")
     @dataset_route("metadata")
     async def get_entity(dataset: str, entity: str) -> Response:
-        """An entity's public fields, filters, limits and current snapshot digest."""
+        """An entity's public fields, filters, limits and current snapshot (its tag)."""
         current_audit().action = "relay.entity"
         view = target().view
         assert view is not None
