@@ -30,7 +30,8 @@ column renamed), an extract whose shared columns do not tell rows apart (only
 dimensions, no ids or fine-grained values) and that shares no row number or was
 renumbered, and overlaps under the threshold; overlapping whole cells can still be
 differenced there. It may refuse two unrelated tables whose shared columns coincide by
-chance on half their rows, which is the safe way to be wrong.
+chance on half their rows, or two numbered alike and sorted by the same dimensions (lined
+up by number, sorted rows agree beyond chance), which is the safe way to be wrong.
 
 Pure: values in, reasons out.
 """
