@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from joserfc.jwk import RSAKey
 
 from assay.core.errors import TOKEN_CODES
+from tests.conftest import run_cli
 from tests.relay.conftest import RelayEnv, build_env
 from tests.relay.idp import AUDIENCE, IdP
 from tests.relay.test_e2e import running_relay
@@ -197,6 +198,9 @@ def test_kid_pointing_at_an_attackers_jwks_is_never_fetched(
             # Our provider's kid, their key: the provider's key does not verify it.
             token = attacker.sign(idp.claims(), header | {"kid": idp.signing.kid})
             assert call(url, token) == (401, "auth.token_signature_invalid")
+        # A kid that is itself their URL is an opaque name here, never an address.
+        token = attacker.sign(idp.claims(), {"kid": their_jwks, "jku": their_jwks})
+        assert call(url, token) == (401, "auth.kid_unknown")
         assert attacker.jwks_hits == 0 and attacker.discovery_hits == 0
 
 
@@ -422,3 +426,15 @@ def test_discovery_that_fails_stops_the_relay_at_startup(tmp_path: Path) -> None
     assert proc.returncode != 0
     assert "auth.oidc.discovery_url" in proc.stderr and "Traceback" not in proc.stderr
     assert issuer.startswith("http://127.0.0.1")
+
+
+def test_check_config_reads_the_discovery_document(relay: tuple[RelayEnv, str], idp: IdP) -> None:
+    env, _url = relay
+    before = idp.discovery_hits
+    out = run_cli("relay", "check-config", str(env.config_path), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["auth_mode"] == "oidc"
+    assert report["oidc_jwks_url"] == f"{idp.issuer}/jwks.json"
+    assert "oidc_discovery" in report["checked"]
+    assert idp.discovery_hits == before + 1
