@@ -410,3 +410,22 @@ def test_discovery_checks_the_issuer_and_the_jwks_uri() -> None:
     ):
         with pytest.raises(ConfigError, match=needle):
             discover(pol, serving(doc))
+
+
+async def test_a_fetch_that_hangs_is_cut_off_and_is_503(autojump_clock: Any) -> None:
+    """A provider (or a name lookup) that never answers: the trio-side bound fires."""
+    import threading
+
+    release = threading.Event()
+
+    def hanging(url: str, timeout: float) -> bytes:
+        release.wait(30)
+        return b'{"keys": []}'
+
+    pol = policy(fetch_timeout=1)
+    v = OidcVerifier(pol, "u", fetch=hanging)
+    try:
+        with pytest.raises(JwksUnavailable):
+            await v.authenticate(bearer("x.y.z"))
+    finally:
+        release.set()

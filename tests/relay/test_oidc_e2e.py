@@ -438,3 +438,33 @@ def test_check_config_reads_the_discovery_document(relay: tuple[RelayEnv, str], 
     assert report["oidc_jwks_url"] == f"{idp.issuer}/jwks.json"
     assert "oidc_discovery" in report["checked"]
     assert idp.discovery_hits == before + 1
+
+
+def test_readyz_details_need_a_verified_token(relay: tuple[RelayEnv, str], idp: IdP) -> None:
+    """The public probe verifies with the keys already held and never fetches."""
+    _env, url = relay
+    token = idp.token("reporting")
+    assert call(url, token) == (200, None)  # the keys are held from here on
+    hits = idp.jwks_hits
+    shown = httpx.get(url + "/readyz", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert shown.status_code == 200 and "checks" in shown.json()
+    forged = idp.sign(idp.claims(), {"kid": secrets.token_hex(8)})
+    hidden = httpx.get(url + "/readyz", headers={"Authorization": f"Bearer {forged}"}, timeout=10)
+    assert hidden.status_code == 200 and "checks" not in hidden.json()
+    assert idp.jwks_hits == hits
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
+def test_tokens_signed_with_es256_or_eddsa_by_the_idp_are_accepted(
+    tmp_path: Path, alg: str
+) -> None:
+    idp = IdP(alg=alg)
+    with idp.serving():
+        register_clients(idp)
+        with own_relay(tmp_path, idp) as url:
+            # authlib's token generator signs only joserfc's "recommended" algorithms, so
+            # the EdDSA token is signed by the provider's key directly.
+            token = idp.sign(idp.claims()) if alg == "EdDSA" else idp.token("reporting")
+            assert call(url, token, READ) == (200, None)
+            rs = IdP()  # an RS256 token of the same claims: not an algorithm allowed here
+            assert call(url, rs.sign(idp.claims())) == (401, "auth.algorithm_not_allowed")

@@ -75,8 +75,9 @@ def _same_target(url: str) -> None:
 
 
 def fetch_blocking(url: str, timeout: float) -> bytes:
-    """GET ``url``: 200 only, at most ``MAX_DOCUMENT_BYTES``, within ``timeout`` per read
-    and ``2 * timeout`` in all (a slow drip is cut off), no proxy, no redirect."""
+    """GET ``url``: 200 only, at most ``MAX_DOCUMENT_BYTES``, ``timeout`` per read, no
+    read started after ``2 * timeout`` (a slow drip is cut off), no proxy, no redirect.
+    The caller bounds the whole call in trio as well (a name lookup has no timeout)."""
     _same_target(url)
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}),
@@ -178,12 +179,14 @@ class OidcVerifier:
         self.fetches += 1
         started = self._monotonic()
         try:
-            raw = await trio.to_thread.run_sync(
-                partial(self._fetch, self.jwks_url, self.policy.fetch_timeout),
-                abandon_on_cancel=True,
-            )
+            # The thread bounds each read; this bounds what it cannot (a name lookup).
+            with trio.fail_after(3 * self.policy.fetch_timeout):
+                raw = await trio.to_thread.run_sync(
+                    partial(self._fetch, self.jwks_url, self.policy.fetch_timeout),
+                    abandon_on_cancel=True,
+                )
             keys = oidc_jwt.parse_jwks(raw)
-        except (OSError, ValueError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError, trio.TooSlowError) as exc:
             self._failed_at = self._monotonic()
             log.warning("OIDC JWKS fetch from %s failed: %s", self.jwks_url, _reason(exc))
             raise JwksUnavailable("the identity provider's keys cannot be fetched") from None
