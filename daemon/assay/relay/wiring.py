@@ -98,9 +98,11 @@ def assemble(
     clock: Callable[[], float] | None = None,
 ) -> Assembled:
     """Blocking (loads every table and the token file): run it in a worker thread."""
+    now = time.time if clock is None else clock
+    # First: a discovery that fails stops startup before any table or store is opened.
+    verifier = oidc_verifier(loaded, now)
     store = SnapshotStore(table_states(loaded))
     store.load_all_blocking()
-    now = time.time if clock is None else clock
     budgets = budget_store(loaded, now)
     relay = Relay(
         loaded.config,
@@ -110,7 +112,6 @@ def assemble(
         clock=now,
         budgets=budgets,
     )
-    verifier = oidc_verifier(loaded, now)
     authn, has_tokens = authenticator_for(loaded, secrets, verifier)
     if has_tokens:
         authn.load()
