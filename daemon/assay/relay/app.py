@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from quart import Response, g, request
@@ -28,17 +28,18 @@ from werkzeug.routing import Map, RoutingException
 from assay import __version__
 from assay.core import web
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest, ScopeDenied
+from assay.core.errors import AuthError, BadRequest, ScopeDenied
 from assay.core.openapi import build_openapi
 from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
-from assay.relay import access, planner
+from assay.relay import access, oidc, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
 from assay.relay.service import Relay, dumps
 from assay.relay.snapshot import Snapshot
 from assay.relay.views import Target, lookup_refused
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Authenticate = Callable[[Mapping[str, str]], Awaitable[Principal]]
 JOSE = "application/jose"
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz"})
 KINDS = ("metadata", "read", "aggregate", "authenticated")
@@ -144,8 +145,17 @@ def create_app(
     authenticator: Authenticator,
     audit: AuditSink,
     readiness: Callable[[], dict[str, Any]],
+    authenticate: Authenticate | None = None,
 ) -> QuartTrio:
+    """``authenticate`` (async) replaces ``authenticator`` on dataset routes when given:
+    the OIDC verifier, which may have to fetch the provider's keys first."""
     app = QuartTrio("assay.relay")
+
+    async def verify(headers: Mapping[str, str]) -> Principal:
+        if authenticate is not None:
+            return await authenticate(headers)
+        return authenticator.authenticate(headers)
+
     app.config["MAX_CONTENT_LENGTH"] = 1024  # every route is a GET
     app.config["BODY_TIMEOUT"] = 10
     server = relay.config.server
@@ -173,7 +183,13 @@ def create_app(
         kind = getattr(view, "relay_scope", None)
         if kind is None:
             return
-        principal = authenticator.authenticate({k.lower(): v for k, v in request.headers.items()})
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            principal = await verify(headers)
+        except AuthError as exc:
+            current_audit().extra.update(oidc.audit_fields(None, exc))
+            raise
+        current_audit().extra.update(oidc.audit_fields(principal, None))
         g.principal = principal
         if len(request.query_string) > server.max_query_bytes:
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")

@@ -17,6 +17,7 @@ from assay.core.errors import ConfigError
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
+from assay.relay.oidc_config import OidcConfig, scope_map_problems
 
 FieldType = Literal["string", "integer", "number", "boolean", "date", "timestamp"]
 Op = Literal["eq", "in", "gte", "lte", "between"]
@@ -232,11 +233,27 @@ class ApiKey(Strict):
 
 
 class RelayAuthConfig(Strict):
+    """One mode at a time: ``api_key`` (the default: core tokens and API keys) or
+    ``oidc`` (bearer JWTs from one OpenID Connect provider, and nothing else)."""
+
+    mode: Literal["api_key", "oidc"] = "api_key"
     token_file: SecretRef | None = None
     api_keys: list[ApiKey] = Field(default_factory=list, max_length=1024)
+    oidc: OidcConfig | None = None
 
     @model_validator(mode="after")
     def _some_credential(self) -> RelayAuthConfig:
+        if self.mode == "oidc":
+            if self.oidc is None:
+                raise ValueError("auth.mode oidc needs an auth.oidc section")
+            if self.token_file is not None or self.api_keys:
+                raise ValueError(
+                    "auth.mode oidc accepts only the provider's tokens: remove token_file "
+                    "and api_keys (one auth mode at a time)"
+                )
+            return self
+        if self.oidc is not None:
+            raise ValueError("auth.oidc is set but auth.mode is not oidc")
         if self.token_file is None and not self.api_keys:
             raise ValueError("configure token_file, api_keys or both")
         return self
@@ -433,6 +450,8 @@ def check_references(cfg: RelayConfig) -> list[str]:
                 problems.append(
                     f"auth.api_keys[{i}].scopes[{j}]: no dataset or entity uses {scope!r}"
                 )
+    if cfg.auth.oidc is not None:
+        problems += scope_map_problems(cfg.auth.oidc, scopes)
     return problems
 
 
