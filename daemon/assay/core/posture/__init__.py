@@ -5,23 +5,24 @@ Pure over values (listed in ``assay.purity``): ``model`` (profiles, severities),
 section of both daemons' configs), ``observations`` (what a probe saw, and the rules
 that turn it into hits) and ``evaluate`` (gates, evidence, waivers; ``report``).
 
-The I/O lives in two thin adapters, not imported here: ``assay.core.posture.probe``
-(looks at the host: modes, unit sandbox scores, key ages, the audit chain, secrets) and
-``assay.core.posture.targets`` (what to look at, from a loaded registry or relay config).
+The I/O lives in thin adapters, not imported here: ``assay.core.posture.probe`` (looks at
+the host: modes, unit sandbox scores, key ages, the audit chain, secrets),
+``assay.core.posture.assess`` (probe + evaluate; journal the result) and, for what to
+look at, ``assay.registry.posture`` / ``assay.relay.posture``.
 
-Entry points
-------------
-* ``report(evaluation) -> dict``: the JSON-able posture report (schema
-  ``assay.posture.v1``), what ``GET /admin/v1/posture`` serves and ``assay doctor
-  --json`` prints.
-* ``assay.core.posture.targets.registry_posture(loaded, now=...)`` /
-  ``relay_posture(loaded, now=...)`` -> ``Evaluation``: probe and evaluate one
-  deployment (blocking: call it through ``trio.to_thread``). The admin route serves
-  ``report(...)`` of the daemon's ``PostureGate.evaluation`` (taken at startup, see
-  ``assay.core.posture.gate``) or of a fresh ``*_posture(loaded)`` call.
-* ``assay.core.posture.gate.PostureGate``: what a daemon holds at startup;
+Entry points (for ``GET /admin/v1/posture`` and anything else that reports posture)
+--------------------------------------------------------------------------------------
+* ``assay.core.posture.report(evaluation) -> dict``: the JSON-able posture report (schema
+  ``assay.posture.v1``), exactly what ``assay doctor --json`` prints per daemon.
+* ``assay.registry.posture.registry_posture(cfg, base=..., source=...)`` and
+  ``assay.relay.posture.relay_posture(cfg, base=..., source=...)`` -> ``Evaluation``:
+  probe and evaluate one deployment now (blocking: call through ``trio.to_thread``;
+  ``thorough=True`` by default, i.e. it verifies the whole audit log).
+* ``assay.core.posture.gate.PostureGate``: what each daemon builds at startup
+  (``registry.daemon.run`` / ``relay.daemon.run``, local name ``posture``):
   ``enforce_startup()`` raises ``PostureRefused`` naming each startup_fail finding,
-  ``readiness()`` is the ``posture`` check of ``/readyz``.
+  ``readiness()`` is the ``posture`` check of ``/readyz``, ``report()`` is
+  ``report(gate.evaluation)``, the cheap answer for the admin route.
 """
 
 from __future__ import annotations

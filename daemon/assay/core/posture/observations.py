@@ -74,8 +74,10 @@ class AuditState:
     breaks: tuple[str, ...] = ()
     records: int = 0
     signing_configured: bool = True
-    checkpoint_size: int | None = None
+    #: The latest checkpoint's age; None = no checkpoint at all.
     checkpoint_age_seconds: float | None = None
+    #: Age of the oldest record no checkpoint covers; None = every record is covered.
+    uncovered_age_seconds: float | None = None
     checkpoint_interval_seconds: float = 60.0
 
 
@@ -148,17 +150,17 @@ def _audit_hits(a: AuditState) -> Iterator[Hit]:
         yield Hit("POS-AUDIT-CHAIN", "audit", f"{len(a.breaks)} break(s): {shown}{more}")
     if not a.signing_configured:
         yield Hit("POS-AUDIT-UNSIGNED", "audit", "audit.signing_key is not set")
-    if a.records == 0:
-        return
+    if not a.signing_configured or a.uncovered_age_seconds is None:
+        return  # unsigned logs have no checkpoints (POS-AUDIT-UNSIGNED says so)
     grace = CHECKPOINT_GRACE_INTERVALS * a.checkpoint_interval_seconds + 60.0
-    if a.checkpoint_size is None or a.checkpoint_age_seconds is None:
-        yield Hit("POS-CHECKPOINT-STALE", "audit", f"{a.records} records and no checkpoint")
-    elif a.checkpoint_size < a.records and a.checkpoint_age_seconds > grace:
+    if a.uncovered_age_seconds > grace:
+        since = ("no checkpoint" if a.checkpoint_age_seconds is None
+                 else f"last checkpoint {int(a.checkpoint_age_seconds)} s old")  # fmt: skip
         yield Hit(
             "POS-CHECKPOINT-STALE",
             "audit",
-            f"{a.records - a.checkpoint_size} records after a checkpoint "
-            f"{int(a.checkpoint_age_seconds)} s old (grace {int(grace)} s)",
+            f"a record has waited {int(a.uncovered_age_seconds)} s for a checkpoint "
+            f"(grace {int(grace)} s; {since})",
         )
 
 
