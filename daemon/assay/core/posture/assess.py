@@ -47,8 +47,9 @@ def posture(
     if not thorough and not _gated(("POS-UNIT-SANDBOX", "POS-UNIT-UNSCORED"), chosen,
                                    Severity.WARN):  # fmt: skip
         target = replace(target, unit_names=())
-    observations = observe(target, verify_audit=verify)
-    return evaluate(observations, deployment, now=now or dt.datetime.now(dt.UTC), profile=chosen)
+    when = dt.datetime.now(dt.UTC) if now is None else now
+    observations = observe(target, verify_audit=verify, now=when.timestamp())
+    return evaluate(observations, deployment, now=when, profile=chosen)
 
 
 def announce(gate: PostureGate) -> None:

@@ -196,13 +196,14 @@ def weakness(secret: bytes) -> str | None:
     """Why a secret of adequate length is still not random, or None.
 
     Two shapes a typed or copy-pasted secret takes and a random one almost never does:
-    a short pattern repeated (period of at most 8 bytes), or very few distinct symbols
+    a short pattern repeated (a period of at most 64 bytes, at least twice), or very few
+    distinct symbols
     (under 8; hex keys have 16, base64 ones up to 64).
     """
     n = len(secret)
     if n == 0:
         return "empty"
-    for period in range(1, min(8, n // 2) + 1):
+    for period in range(1, min(64, n // 2) + 1):
         if all(secret[i] == secret[i % period] for i in range(n)):
             return f"a {period}-byte pattern repeated"
     distinct = len(set(secret))

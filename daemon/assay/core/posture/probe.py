@@ -211,7 +211,9 @@ def _judge_fingerprint(data: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-def check_secret(spec: SecretSpec, base: Path, environ: dict[str, str]) -> SecretCheck | None:
+def check_secret(
+    spec: SecretSpec, base: Path, environ: dict[str, str], now: float
+) -> SecretCheck | None:
     """Read one secret and judge it against its claimed kind; None = cannot be reached
     from here (a systemd credential outside its service)."""
     ref = spec.ref
@@ -236,7 +238,7 @@ def check_secret(spec: SecretSpec, base: Path, environ: dict[str, str]) -> Secre
         except (OSError, AssayError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return SecretCheck(spec.role, source, invalid=f"unreadable: {why}", is_key=is_key)
-        age = max(0.0, time.time() - mtime)
+        age = max(0.0, now - mtime)
     invalid: str | None = None
     weak: str | None = None
     raw: str | None = None
@@ -369,10 +371,9 @@ def _record_age(line: bytes, now: float) -> float | None:
     return _checkpoint_age(ts, now) if isinstance(ts, str) else None
 
 
-def audit_state(target: Target, *, verify: bool) -> AuditState:
+def audit_state(target: Target, *, verify: bool, now: float) -> AuditState:
     cfg = target.audit
     directory = Path(cfg.dir) if Path(cfg.dir).is_absolute() else target.base / cfg.dir
-    now = time.time()
     latest = None
     with contextlib.suppress(OSError, AssayError):
         latest = audit_files.read_latest_checkpoint(directory)
@@ -437,8 +438,12 @@ def _hmac_key(target: Target) -> bytes | None:
 # -- all together --------------------------------------------------------------------------
 
 
-def observe(target: Target, *, verify_audit: bool) -> Observations:
-    """Everything the probe measures for ``target`` (blocking; reads the log if asked)."""
+def observe(target: Target, *, verify_audit: bool, now: float | None = None) -> Observations:
+    """Everything the probe measures for ``target`` (blocking; reads the log if asked).
+
+    ``now`` (seconds since the epoch) dates key ages and checkpoint waits; default: now.
+    """
+    now = time.time() if now is None else now
     paths = [path_mode(role, p, "config") for role, p in target.config_paths]
     paths += [path_mode(role, p, "state") for role, p in target.state_paths]
     checks: list[SecretCheck] = []
@@ -448,13 +453,13 @@ def observe(target: Target, *, verify_audit: bool) -> Observations:
                 file = resolve_path(spec.ref, base=target.base)
                 if file is not None:
                     paths.append(path_mode(spec.role, file, "secret"))
-        found = check_secret(spec, target.base, target.environ)
+        found = check_secret(spec, target.base, target.environ, now)
         if found is not None:
             checks.append(found)
     binds = tuple(b for b in (bind_of(x) for x in target.binds) if b is not None)
     units = tuple(unit_score(n, target.unit_files) for n in target.unit_names)
     return Observations(
         daemon=target.daemon, binds=binds, paths=tuple(paths), secrets=tuple(checks),
-        units=units, audit=audit_state(target, verify=verify_audit),
+        units=units, audit=audit_state(target, verify=verify_audit, now=now),
         fault_injection=target.fault_injection,
     )  # fmt: skip
