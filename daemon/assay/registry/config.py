@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field
 
 from assay.core.errors import ConfigError
+from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
@@ -65,6 +66,8 @@ class RegistryConfig(Strict):
     consumer: ConsumerSection = ConsumerSection()
     #: The TUF repository of the trusted set (``docs/trust.md``); absent = not published.
     trust: TrustSection | None = None
+    #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
+    deployment: DeploymentSection = DeploymentSection()
 
 
 @dataclass(frozen=True)

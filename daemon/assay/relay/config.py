@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from assay.core.errors import ConfigError
+from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
@@ -280,6 +281,8 @@ class RelayConfig(Strict):
     datasets: list[Dataset] = Field(min_length=1, max_length=256)
     row_budgets: RowBudgets | None = None
     logging: LoggingSection = LoggingSection()
+    #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
+    deployment: DeploymentSection = DeploymentSection()
 
     def row_budget(self, entity: Entity) -> RowBudget | None:
         """The entity's budget: its own, else the default, else none."""

@@ -24,8 +24,12 @@ from assay import __version__
 from assay.core import logsetup, refusals, serving
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
+from assay.core.errors import PostureRefused
+from assay.core.posture.assess import announce
+from assay.core.posture.gate import PostureGate
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
+from assay.relay.posture import relay_posture
 from assay.relay.settings import LoadedConfig, load_secrets
 from assay.relay.snapshot import SnapshotStore
 from assay.relay.wiring import assemble, tables_check
@@ -66,10 +70,23 @@ async def run(
         partial(open_audit, cfg.audit, base=loaded.base, on_checkpoint=_on_checkpoint)
     )
 
+    # The posture gate, once the secrets and the audit log have passed their own loaders
+    # (whose typed errors name a bad secret first): a startup_fail finding stops the
+    # relay before it loads a table or listens (docs/posture.md).
+    probe = partial(relay_posture, cfg, base=loaded.base, source=loaded.source, thorough=False)
+    posture = PostureGate(await trio.to_thread.run_sync(probe))
+    announce(posture)
+    try:
+        posture.enforce_startup()
+    except PostureRefused:
+        audit.log.close()  # its files, before the refusal leaves the process
+        raise
+
     def readiness(store: SnapshotStore) -> dict[str, Any]:
         return {
             "tables": tables_check(store),
             "audit": {"ok": audit.writer.healthy, "seq": audit.writer.head_seq},
+            "posture": posture.readiness(),
         }
 
     parts = await trio.to_thread.run_sync(
