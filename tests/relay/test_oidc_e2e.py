@@ -38,7 +38,16 @@ pytestmark = pytest.mark.e2e
 READ = "/v1/datasets/civil/entities/household/records/H0000001"
 META = "/v1/datasets/civil"
 PURPOSE = {"X-Purpose": "benefit-eligibility-check"}
-ALLOWED = ["statistician", "reporting", "arrays", "objects", "mapped", "meta-only", "late", "too-late"]
+ALLOWED = [
+    "statistician",
+    "reporting",
+    "arrays",
+    "objects",
+    "mapped",
+    "meta-only",
+    "late",
+    "too-late",
+]
 
 
 def oidc_section(idp: IdP, **overrides: Any) -> dict[str, Any]:
