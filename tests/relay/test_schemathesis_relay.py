@@ -38,7 +38,9 @@ CONFIG = """
 
 [[operations]]
 include-path-regex = "/(records|aggregates)"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "400", "401", "403", "404", "409", "429",
+]
 """
 
 
