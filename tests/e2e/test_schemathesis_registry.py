@@ -57,6 +57,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     "amr": ("--include-tag", "amr", "--exclude-checks", "missing_required_header"),
     "anonymous": ("--phases", "fuzzing"),
 }
+#: Each run's time cap in seconds (``schemathesis_run``).
+SECONDS = {"registry": 40, "amr": 35, "anonymous": 15}
 
 
 def failures(report: Path) -> list[str]:
@@ -82,6 +84,7 @@ def run(dep: Deployment, tmp: Path, token: str | None, part: str) -> None:
         config=CONFIG.format(cursor=cursor),
         report=report,
         extra=RUNS[part],
+        max_seconds=SECONDS[part],
     )
     found = failures(report) if report.exists() else []
     output = proc.stdout[-20000:] + proc.stderr[-5000:]

@@ -52,13 +52,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayEnv, s
         yield env, url
 
 
-def run(live: tuple[RelayEnv, str], tmp: Path, key: str | None, *extra: str) -> None:
+def run(live: tuple[RelayEnv, str], tmp: Path, key: str | None, seconds: int, *extra: str) -> None:
     env, url = live
     doc = httpx.get(f"{url}/openapi.json", headers=env.headers("case"), timeout=30).json()
     report = tmp / "junit.xml"
     token = env.keys[key] if key else None
     extra = (*extra, "-H", f"X-Purpose: {PURPOSE}")
-    proc = schemathesis_run.run(url, doc, token=token, config=CONFIG, report=report, extra=extra)
+    proc = schemathesis_run.run(url, doc, token=token, config=CONFIG, report=report,
+                                extra=extra, max_seconds=seconds)  # fmt: skip
     found = failures(report) if report.exists() else []
     output = proc.stdout[-20000:] + proc.stderr[-5000:]
     assert proc.returncode == 0 and not found, "\n".join(found) + output
@@ -67,10 +68,10 @@ def run(live: tuple[RelayEnv, str], tmp: Path, key: str | None, *extra: str) -> 
 def test_schemathesis_finds_nothing_with_every_scope(
     live: tuple[RelayEnv, str], tmp_path: Path
 ) -> None:
-    run(live, tmp_path, "case")
+    run(live, tmp_path, "case", 40)
 
 
 def test_schemathesis_finds_nothing_without_a_key(
     live: tuple[RelayEnv, str], tmp_path: Path
 ) -> None:
-    run(live, tmp_path, None, "--phases", "fuzzing")
+    run(live, tmp_path, None, 15, "--phases", "fuzzing")
