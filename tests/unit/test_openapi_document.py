@@ -41,6 +41,10 @@ SCOPES = ["artifacts:read", "artifacts:write", "artifacts:verify", "artifacts:pr
           "artifacts:revoke", "artifacts:delete", "audit:read"]  # fmt: skip
 
 
+#: Longer than the default 200, so a route that ignored the configured bound shows.
+NAME_CHARS = 300
+
+
 @dataclass
 class App:
     app: Any
@@ -69,7 +73,7 @@ async def served(tmp_path: Path) -> AsyncIterator[App]:
         body=PieceBody(SAMPLE.read_bytes(), [65536]), route="test", request_id="setup",
     )  # fmt: skip
     app = create_app(registry, authenticator=authn, audit=audit, max_json_body_bytes=65536,
-                     readiness=dict)  # fmt: skip
+                     readiness=dict, max_name_chars=NAME_CHARS)  # fmt: skip
     headers = {"Authorization": f"Bearer {raw}"}
     async with app.test_app() as test_app:
         client = test_app.test_client()
@@ -118,6 +122,18 @@ async def test_the_digest_path_parameter_carries_its_pattern(served: App) -> Non
                 if p["name"] == "digest":
                     assert p["schema"] == {"$ref": "#/components/schemas/DigestParam"}, path
     assert served.doc["components"]["schemas"]["DigestParam"]["pattern"] == DIGEST_PATTERN
+
+
+async def test_a_long_trusted_name_is_bounded_by_the_config_as_documented(served: App) -> None:
+    """Found by reading the document: ``/v1/trusted/{name}`` checked names against 200
+    characters whatever ``max_name_chars`` let uploads use, so a long name could be
+    uploaded and never resolved. The bound is the documented ``Name`` one now."""
+    assert served.doc["components"]["schemas"]["Name"]["maxLength"] == NAME_CHARS
+    long_name = "m/" + "a" * (NAME_CHARS - 2)
+    r = await served.client.get(f"/v1/trusted/{long_name}", headers=served.headers)
+    assert r.status_code == 404, await r.get_data(as_text=True)
+    r = await served.client.get(f"/v1/trusted/{long_name}a", headers=served.headers)
+    assert r.status_code == 400 and (await r.get_json())["code"] == "request.bad_name"
 
 
 def example(schema: dict[str, Any], digest: str) -> str:

@@ -266,8 +266,9 @@ def _size(body: Mapping[str, Any], *, required: bool) -> int | None:
     if value is None and not required:
         return None
     # An integral number is an integer whatever its spelling (``69888.0``), as JSON
-    # Schema says; a fraction, a bool or a negative is not.
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+    # Schema says; a fraction, a bool or a negative is not. Only below 2**53, where a
+    # float still tells an integer from a fraction (``9007199254740993.5`` is not one).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest("size_bytes must be a non-negative integer")
