@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from quart_trio import QuartTrio
 
-from assay.core import tokenfile
+from assay.core import tokenfile, web
 from assay.core.apidoc import api_of, body_fields
 from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
-from assay.core.openapi import operations, template
+from assay.core.openapi import build_openapi, operations, template
 from assay.core.tokens import Principal
+from assay.core.web import requires
 from assay.registry import amr_api, amr_shape
 from assay.registry.api import DIGEST_PATTERN, NAME_PATTERN
 from assay.registry.app import create_app
@@ -224,3 +226,30 @@ def test_the_documented_digest_pattern_is_what_parse_digest_accepts(value: str) 
 def test_the_documented_name_pattern_is_what_check_name_accepts(value: str) -> None:
     documented = re.fullmatch(NAME_PATTERN[1:-1], value) is not None and len(value) <= 200
     assert documented == _accepts(check_name, value)
+
+
+async def test_a_route_that_declares_no_api_is_never_served_nor_documented(
+    tmp_path: Path,
+) -> None:
+    """Fail closed, as for a route without a scope: its parameters would go unchecked."""
+    token_path = tmp_path / "tokens.json"
+    raw, _ = tokenfile.create(token_path, "reader", ["artifacts:read"])
+    authn = Authenticator(token_path)
+    authn.load()
+    app = QuartTrio("undeclared")
+    web.install(app, authenticator=authn, audit=FlakyAudit())
+
+    @app.get("/v1/forgotten")
+    @requires("artifacts:read")
+    async def forgotten() -> dict[str, Any]:
+        """A route someone added without a declaration."""
+        return {"served": True}
+
+    with pytest.raises(RuntimeError, match="no API declaration"):
+        build_openapi(app, title="t", version="0", path_params={})
+    async with app.test_app() as test_app:
+        r = await test_app.test_client().get(
+            "/v1/forgotten", headers={"Authorization": f"Bearer {raw}"}
+        )
+        assert r.status_code == 403
+        assert (await r.get_json())["code"] == "auth.route_undeclared"

@@ -309,6 +309,10 @@ def install(
         if not hasattr(view, "required_scope"):
             # Fail closed: a route that never declared its scope is never served.
             raise ScopeDenied("route has no declared scope", code="auth.route_unscoped")
+        if apidoc.api_of(view) is None:
+            # Nor one that never declared its API: its parameters would go unchecked and
+            # the OpenAPI document could not describe it (``assay.core.apidoc``).
+            raise ScopeDenied("route has no declared API", code="auth.route_undeclared")
         scope = getattr(view, "required_scope")  # noqa: B009 - checked just above
         if scope is None:
             # A route another hook authenticates (the relay's) checks its query after.
