@@ -102,3 +102,20 @@ def test_schemathesis_finds_nothing_without_a_token(dep: Deployment, tmp_path: P
     """Unauthenticated: the document (fetched with a token, the run sends none) must
     still hold for every refusal, and no scoped route may serve."""
     run(dep, tmp_path, None, "anonymous")
+
+
+def test_an_upload_to_a_path_the_router_folds_onto_the_upload_is_404_not_500(
+    dep: Deployment,
+) -> None:
+    """Found attacking the declared upload route: Quart matches ``//v1/artifacts`` to
+    ``POST /v1/artifacts`` but the streaming adapter takes only the exact path, so the
+    request reached the placeholder view and answered 500. Now: a recorded 4xx problem."""
+    for path in ("//v1/artifacts", "/v1//artifacts", "/v1/artifacts/", "/v1/./artifacts"):
+        before = len(dep.audit_records())
+        with dep.client() as c:
+            r = c.send(c.build_request("POST", dep.url + path, params={"name": "x/y"},
+                                       content=ST))  # fmt: skip
+        assert r.status_code < 500, (path, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert r.headers["content-type"] == "application/problem+json", path
+        assert len(dep.audit_records()) == before + 1, path

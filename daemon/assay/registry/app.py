@@ -24,7 +24,7 @@ from assay.core import web
 from assay.core.apidoc import attach
 from assay.core.asgi import ASGIApp
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest
+from assay.core.errors import BadRequest, NotFound
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
 from assay.registry import amr, amr_api, amr_shape, api, bodies
@@ -198,10 +198,11 @@ def create_app(
 
         Served by ``assay.registry.upload.UploadAdapter`` before Quart sees the request,
         so it streams with backpressure; declared here so the route table, its ``Allow``
-        and the OpenAPI document know it. A request that reaches this view was not taken
-        by the adapter, which is a wiring bug.
+        and the OpenAPI document know it. A request reaches this view only on a path the
+        router takes for this one but the adapter does not (``//v1/artifacts``): that is
+        not the upload route, and is answered as any other unknown path is.
         """
-        raise RuntimeError("POST /v1/artifacts reached Quart: the upload adapter is missing")
+        raise NotFound(f"uploads are POST {UPLOAD_PATH} exactly", code="request.not_found")
 
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
