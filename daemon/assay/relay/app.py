@@ -150,8 +150,8 @@ def create_app(
         g.principal = principal
         if len(request.query_string) > server.max_query_bytes:
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
-        web.check_query()
         if kind == "authenticated":
+            web.check_query()
             return
         names = request.view_args or {}
         # 1. Every name in the path, resolved for this credential: unknown and invisible
@@ -170,6 +170,9 @@ def create_app(
         audit_state.extra["scopes_used"] = ",".join(scopes)
         for scope in scopes:
             principal.require(scope)
+        # 3. Then the query: a name this credential may not know of is the same 404
+        #    whatever parameters came with it.
+        web.check_query()
 
     @app.after_request
     async def _budget_headers(response: Response) -> Response:
