@@ -66,6 +66,9 @@ async def test_options_lists_exactly_each_relay_routes_methods(running: Running)
         if rule.endpoint != "static":
             by_path.setdefault(template(rule.rule), set()).update(rule.methods or set())
     for path, methods in by_path.items():
-        r = await running.client.options(concrete(path), headers=running.env.headers("case"))
+        # A reader may not aggregate the population it reads (assay.relay.conflicts).
+        key = "stats" if "/aggregates" in path else "case"
+        r = await running.client.options(concrete(path), headers=running.env.headers(key))
+        assert "Allow" in r.headers, (path, r.status_code)
         allow = {m.strip() for m in r.headers["Allow"].split(",")}
         assert allow == methods, (path, allow)
