@@ -178,12 +178,13 @@ def create_app(
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
     async def list_artifacts() -> dict[str, Any]:
-        """List artifacts a page at a time, in registration order, by ?state= and ?name=.
+        """List artifacts a page at a time, in registration order, by ?state= and ?name=
+        and ?digest_prefix= (at least 4 hex digits: how the CLI resolves a short digest).
 
         ``?limit=`` (default 100, at most 1000) bounds the page; pass ``next_cursor``
         back as ``?cursor=`` for the next one (null on the last page).
         """
-        unknown = set(request.args) - {"state", "name", "limit", "cursor"}
+        unknown = set(request.args) - {"state", "name", "limit", "cursor", "digest_prefix"}
         if unknown:
             raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
         arts, next_cursor = registry.list(
@@ -191,6 +192,7 @@ def create_app(
             name=request.args.get("name"),
             limit=_page_limit(request.args.get("limit")),
             cursor=request.args.get("cursor"),
+            digest_prefix=request.args.get("digest_prefix"),
         )
         return {
             "artifacts": [a.public() for a in arts],
