@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.core.atomic import atomic_write
-from assay.core.errors import BadRequest, Conflict, SecretError
+from assay.core.errors import BadRequest, Conflict, NotFound, SecretError
 from assay.core.tokens import TokenRecord, check_id, check_scopes, fingerprint, generate_token
 
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def revoke(path: Path, token_id: str) -> TokenRecord:
         records = load(path)
         found = [r for r in records if r.id == token_id]
         if not found:
-            raise Conflict(f"no token with id {token_id!r}", code="token.not_found")
+            raise NotFound(f"no token with id {token_id!r}", code="token.not_found")
         updated = [
             TokenRecord(r.id, r.fingerprint, r.scopes, r.created, True, r.note)
             if r.id == token_id
