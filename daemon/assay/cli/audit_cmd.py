@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from assay.cli.errors import InputUnreadable
 from assay.cli.options import json_option
 from assay.cli.output import emit_json
+from assay.cli.paths import input_dir, show
 from assay.core.errors import AssayError, ConfigError
 
 if TYPE_CHECKING:
@@ -284,8 +285,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     key = _hmac_key(args.key_file)
     assert key is not None
     signing = load_private_key(args.signing_key) if args.signing_key else None
-    if not files.is_log_dir(args.dir):
-        raise AuditInputError(f"{args.dir} is not an audit log directory")
+    if not files.is_log_dir(input_dir(args.dir, what="DIR")):
+        raise AuditInputError(f"{show(args.dir)} is not an audit log directory")
     record = AuditLog.recover(args.dir, key, log_id=args.log_id, signing_key=signing)
     if args.json:
         emit_json({"recovered": record is not None, "record": record})
@@ -302,8 +303,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from assay.core.audit import files
     from assay.core.audit.reader import prove
 
-    if not files.is_log_dir(args.dir):
-        raise AuditInputError(f"{args.dir} is not an audit log directory")
+    if not files.is_log_dir(input_dir(args.dir, what="--dir")):
+        raise AuditInputError(f"{show(args.dir)} is not an audit log directory")
     proof = prove(args.dir, args.seq)
     if args.json:
         emit_json(proof.to_dict())
@@ -354,8 +355,8 @@ def _receipt_in_log(directory: Path, seq: int, record_hash: str) -> bool:
     from assay.core.audit import files
     from assay.core.errors import ChainBroken
 
-    if not files.is_log_dir(directory):
-        raise AuditInputError(f"{directory} is not an audit log directory")
+    if not files.is_log_dir(input_dir(directory, what="--log")):
+        raise AuditInputError(f"{show(directory)} is not an audit log directory")
     needle = f'"seq":{seq},'.encode()
     with files.snapshot(directory) as snap:
         found = [line for _p, fd, size in snap for _e, line in files.lines(fd, 0, size)

@@ -17,7 +17,6 @@ from typing import Any
 from assay.cli.options import bind_arg, json_option
 from assay.cli.output import emit_json, iso_time
 from assay.cli.paths import output_file, read_input, write_output
-from assay.core.errors import ConfigError
 
 #: A compact JWS answer is read up to this size; a larger one is refused when parsed.
 MAX_JWS = 8 * 1024 * 1024
@@ -188,12 +187,8 @@ def cmd_generate_signing_key(args: argparse.Namespace) -> int:
 
     from assay.relay import jws
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists; refusing to overwrite a signing key")
-    pub = out.with_name(out.name + ".pub") if out.name else out
-    output_file(out, what="--out")
-    output_file(pub, what="--out")
+    out = output_file(Path(args.out), what="--out", new=True)
+    pub = output_file(out.with_name(out.name + ".pub") if out.name else out, what="--out")
     key = Ed25519PrivateKey.generate()
     write_output(out, jws.private_pem(key), mode=0o600, what="--out")
     write_output(pub, jws.public_pem(key), mode=0o644, what="--out")

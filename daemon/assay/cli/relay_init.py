@@ -195,12 +195,26 @@ def default_bind() -> str:
 
 
 def _empty_or_missing(directory: Path) -> None:
-    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
-        raise ConfigError(f"{directory} exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()):
+    """Refuse anything but a new or empty directory (a deployment is never merged)."""
+    import stat
+
+    from assay.cli.errors import OutputUnwritable
+    from assay.cli.paths import show
+
+    try:
+        mode: int | None = os.lstat(directory).st_mode
+        entries = next(os.scandir(directory), None) if stat.S_ISDIR(mode or 0) else None
+    except (FileNotFoundError, NotADirectoryError):
+        mode, entries = None, None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)[:200]
+        raise OutputUnwritable(f"cannot write into DIR {show(directory)}: {reason}") from None
+    if mode is not None and not stat.S_ISDIR(mode):
+        raise OutputUnwritable(f"cannot write into DIR {show(directory)}: not a directory")
+    if entries is not None:
         raise ConfigError(
-            f"{directory} is not empty; `assay relay init` makes a new example in a new "
-            "or empty directory"
+            f"{show(directory)} is not empty; `assay relay init` makes a new example in a "
+            "new or empty directory"
         )
 
 
