@@ -67,7 +67,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("list", help="list artifacts, every page, as they arrive")
-    p.add_argument("--state", choices=STATES, help="only artifacts in this state")
+    p.add_argument(
+        "--state",
+        choices=STATES,
+        metavar="STATE",
+        help="only artifacts in this state: quarantined, trusted, revoked or deleted",
+    )
     p.add_argument("--name", metavar="NAME", help="only artifacts with exactly this name")
     daemon_options(p)
     p.set_defaults(func=cmd_list)

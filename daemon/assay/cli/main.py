@@ -55,6 +55,7 @@ __all__ = [
 
 DEBUG_ENV = "ASSAY_DEBUG"
 
+SUMMARY = "a local trust registry for AI model artifacts, a read relay, and their audit log"
 DESCRIPTION = (
     "assay keeps a local trust registry for AI model artifacts (safetensors and GGUF, "
     "judged by content; quarantined until a policy-gated promotion), runs a relay that "

@@ -1,0 +1,160 @@
+"""The help, the man pages, the completion and README's table all follow the parser.
+
+Everything here is derived from ``build_parser()``, so a command added later is held to
+the same rules: a sentence of help for it and for each of its options, a man page that
+renders cleanly and names every option, completion that offers its subcommands, options
+and choices, and a row in README's CLI table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assay.cli.docs import options, walk
+from assay.cli.main import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES = list(walk(build_parser()))
+LEAVES = [n for n in NODES if not n.children]
+
+
+def test_every_command_and_option_has_a_sentence_of_help() -> None:
+    missing = []
+    for node in NODES:
+        if node.path and len(node.help.split()) < 3:
+            missing.append(f"{node.command}: command help {node.help!r}")
+        for action in options(node.parser):
+            text = action.help or ""
+            if text == argparse.SUPPRESS or len(text.split()) < 3:
+                missing.append(f"{node.command} {action.option_strings or action.dest}: {text!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_a_repeatable_option_says_it_repeats_and_is_not_shown_as_a_list() -> None:
+    for node in NODES:
+        for action in options(node.parser):
+            if isinstance(action, argparse._AppendAction):
+                assert "repeat" in (action.help or ""), (node.command, action.option_strings)
+                assert "..." not in str(action.metavar), (node.command, action.option_strings)
+
+
+def test_top_level_help_is_written_for_people_not_the_module_docstring() -> None:
+    text = build_parser().format_help()
+    assert "``" not in text and "translated here" not in text
+    for needle in ("ASSAY_URL", "ASSAY_TOKEN", "exit codes", "man assay"):
+        assert needle in text
+
+
+def test_token_file_help_says_where_the_token_comes_from() -> None:
+    helps = {a.help for n in NODES for a in options(n.parser) if "--token-file" in a.option_strings}
+    assert helps, "no command has --token-file"
+    for text in helps:
+        assert text and "default $ASSAY_TOKEN" not in text and "$ASSAY_TOKEN_FILE" in text
+
+
+def _readme_cli_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The CLI\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(assay [^`]*)` \|", section, re.MULTILINE)
+
+
+def test_readme_cli_table_lists_every_command_and_no_other() -> None:
+    rows = _readme_cli_rows()
+    leaves = {" ".join(n.path) for n in LEAVES}
+    listed = set()
+    for row in rows:
+        words = row.split()[1:]
+        # The command is the longest run of leading words that names a leaf.
+        names = [" ".join(words[:k]) for k in range(len(words), 0, -1)]
+        found = next((n for n in names if n in leaves), None)
+        assert found is not None, f"README lists a command the parser has not: {row}"
+        listed.add(found)
+    assert leaves <= listed, f"README's CLI table misses: {sorted(leaves - listed)}"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """What the Debian package runs, run the same way."""
+    out = tmp_path_factory.mktemp("docs")
+    man, comp = out / "man", out / "completion"
+    subprocess.run(
+        [sys.executable, "-m", "assay.cli.docs", "--man", str(man), "--completion", str(comp)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return man, comp
+
+
+def test_one_man_page_per_command(generated: tuple[Path, Path]) -> None:
+    man, _ = generated
+    assert {p.name for p in man.iterdir()} == {f"{n.page}.1" for n in NODES}
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_every_man_page_renders_without_warnings_and_names_every_option(
+    generated: tuple[Path, Path],
+) -> None:
+    man, _ = generated
+    for node in NODES:
+        page = man / f"{node.page}.1"
+        proc = subprocess.run(
+            ["groff", "-man", "-Tutf8", "-ww", "-P-c", "-P-b", "-P-u", str(page)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0 and not proc.stderr, (page, proc.stderr)
+        text = proc.stdout.replace("\u2010", "-").replace("\u2212", "-")
+        assert node.page in text
+        for action in options(node.parser):
+            for flag in action.option_strings:
+                assert flag in text, (node.page, flag)
+            if not action.option_strings:
+                assert str(action.metavar or action.dest) in text, (node.page, action.dest)
+        for child in node.children:
+            assert f"{node.page}-{child}(1)" in text, (node.page, child)
+
+
+def _complete(script: Path, words: list[str]) -> list[str]:
+    """What the completion offers for ``words`` (the last one being completed)."""
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    program = (
+        f"source '{script}'; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _assay; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    proc = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_completion_offers_every_subcommand_option_and_choice(generated: tuple[Path, Path]) -> None:
+    _, comp = generated
+    script = comp / "assay"
+    for node in NODES:
+        words = ["assay", *node.path]
+        if node.children:
+            assert _complete(script, [*words, ""]) == list(node.children), node.command
+        flags = {s for a in options(node.parser) for s in a.option_strings if s.startswith("--")}
+        assert set(_complete(script, [*words, "--"])) == flags, node.command
+        for action in options(node.parser):
+            if action.choices and action.option_strings:
+                offered = _complete(script, [*words, action.option_strings[-1], ""])
+                assert offered == [str(c) for c in action.choices], (node.command, action.dest)
+    # A prefix narrows; a top-level flag before the command does not get in the way.
+    assert _complete(script, ["assay", "--debug", "relay", "ser"]) == ["serve"]
