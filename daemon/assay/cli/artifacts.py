@@ -9,7 +9,6 @@ nothing. Digests may be given as unique prefixes (``assay.cli.digests``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -176,6 +175,8 @@ def _open_input(path: Path) -> int:
 
 
 def _sha256_fd(fd: int) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     offset = 0
     while chunk := os.pread(fd, 1024 * 1024, offset):

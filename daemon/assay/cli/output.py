@@ -10,12 +10,13 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 
 def iso_time(epoch: Any) -> str:
     """``2025-01-01T00:00:00Z`` for epoch seconds; anything else as it is."""
+    from datetime import UTC, datetime
+
     if isinstance(epoch, bool) or not isinstance(epoch, int | float):
         return str(epoch)
     try:
