@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start-up time of the ``assay`` command, against an empty interpreter in the same run.
 
-    .venv/bin/python benchmarks/bench_cli.py [--runs 30] [--importtime]
+    .venv/bin/python benchmarks/bench_cli.py [--runs 30] [--importtime] [--source DIR]
 
 Each command is run ``--runs`` times as a fresh process, the way a person or a script
 runs it, through the console-script entry point (``from assay.cli.main import main``);
@@ -21,7 +21,8 @@ with and without ``site``), as ratios and as milliseconds above ``python -c pass
 
 The goal (issue 11, point 7) is a command that talks to the daemon starting in under
 0.15 s: the stub rows are that start. ``--importtime`` also prints the slowest imports
-of ``assay list`` (``python -X importtime``). Figures, not assertions.
+of ``assay list`` (``python -X importtime``); ``--source DIR`` measures another checkout's
+``daemon/`` (say, the commit before a change) with this script. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def free_port() -> int:
         return port
 
 
+SOURCE = ROOT
+
+
 def env_for(url: str = "", token: str = "") -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+    env = {**os.environ, "PYTHONPATH": str(SOURCE / "daemon")}
     if url:
         env |= {"ASSAY_URL": url, "ASSAY_TOKEN": token}
     return env
@@ -168,7 +172,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per command (default 30)")
     parser.add_argument("--importtime", action="store_true", help="also list slow imports")
+    parser.add_argument("--source", type=Path, default=ROOT, help="the checkout to measure")
     args = parser.parse_args()
+    global SOURCE
+    SOURCE = args.source.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         daemon = Daemon(Path(tmp))
         stub = Stub(daemon)

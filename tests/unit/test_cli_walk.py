@@ -3,8 +3,9 @@
 The commands are discovered from ``build_parser()`` (nested subcommands too), so a
 command someone adds is walked without this file changing. For each one, its slots
 (positionals and required options) get plausible values, then one slot at a time gets
-each bad value: a missing path, a directory where a file goes, an output under a
-missing directory or a file, an empty, a huge and a unicode string; then the whole
+each bad value: a missing path, a directory where a file goes, a FIFO with no writer
+(which must not block), an output under a missing directory or a file, an empty, a
+huge and a unicode string; then the whole
 command gets an unknown flag, no arguments, ``--url notaurl``, a closed ``--url`` port
 and a missing ``--token-file``, each with and without ``--json``.
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,8 @@ class Values:
         self.file.write_text("not what any command expects\n")
         self.dir = root / "a-dir"
         self.dir.mkdir()
+        self.fifo = root / "a-fifo"  # no writer: an open() that blocks on it hangs
+        os.mkfifo(self.fifo)
 
     def plausible(self, slot: Slot) -> str:
         dest = slot.dest
@@ -111,6 +115,7 @@ class Values:
         return {
             "missing": str(self.root / "no" / "such" / "thing"),
             "directory": str(self.dir),
+            "fifo": str(self.fifo),
             "under-a-file": str(self.file / "child"),
             "empty": "",
             "huge": "h" * 100_000,
@@ -127,6 +132,18 @@ def argv_for(path: tuple[str, ...], values: dict[Slot, str]) -> list[str]:
         else:
             argv.append(f"{slot.flag}={value}")  # '=' so a leading '-' stays a value
     return argv
+
+
+#: Seconds any one run may take before it counts as hung.
+HANG_SECONDS = 20
+
+
+class Hung(Exception):
+    """Raised by the alarm in a run that blocked."""
+
+
+def _hung(signum: int, frame: Any) -> None:
+    raise Hung("the command blocked")
 
 
 @dataclass
@@ -149,11 +166,17 @@ class Walker:
         cwd.mkdir()
         old = Path.cwd()
         os.chdir(cwd)
+        # A command that blocks (on the FIFO, say) is interrupted: the exception the
+        # alarm raises comes out of main() as an untyped error, and check() fails it.
+        previous = signal.signal(signal.SIGALRM, _hung)
+        signal.alarm(HANG_SECONDS)
         try:
             code = main(argv)
         except SystemExit as exc:  # only --help / --version may exit this way
             code = exc.code if isinstance(exc.code, int) else 2
         finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
             os.chdir(old)
         captured = self.capsys.readouterr()
         return Run(argv, code, captured.out, captured.err)

@@ -165,7 +165,7 @@ def _print_artifact(art: dict[str, Any]) -> None:
 def _open_input(path: Path) -> int:
     """An fd on the regular file ``path``; ``cli.input_unreadable`` for anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as exc:
         raise InputUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -116,20 +116,24 @@ def check_url(value: str) -> str:
 
 
 def read_token_file(path: str) -> str:
-    """The bearer token in ``path``: its first line, surrounding blanks removed."""
+    """The bearer token in ``path``, surrounding blanks removed. A pipe is fine
+    (``--token-file <(pass show assay)``); a directory is not."""
+    from assay.cli.paths import show
+
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_TOKEN_FILE + 1)
-    except OSError as exc:
-        raise InputUnreadable(f"--token-file {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)[:200]
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: {reason}") from None
     if len(data) > MAX_TOKEN_FILE:
-        raise InputUnreadable(f"--token-file {path}: larger than a token file may be")
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: larger than a token")
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise InputUnreadable(f"--token-file {path}: not UTF-8 text") from None
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: not UTF-8 text") from None
     if not token or "\n" in token:
-        raise InputUnreadable(f"--token-file {path}: expected one token on one line")
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: not one token on one line")
     return token
 
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from assay.formats.inspect import inspect_file
 
     try:
-        fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as exc:
         raise InputUnreadable(f"cannot read {args.file}: {exc.strerror or exc}") from None
     try:

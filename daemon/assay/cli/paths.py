@@ -52,7 +52,7 @@ def read_input(path: Path, *, max_bytes: int, what: str = "") -> bytes:
     """The bytes of the regular file ``path`` (at most ``max_bytes``)."""
     label = _label(path, what)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         raise InputUnreadable(f"cannot read {label}: {_reason(exc)}") from None
     try:

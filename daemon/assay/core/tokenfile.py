@@ -74,11 +74,13 @@ def _serialise(records: list[TokenRecord]) -> bytes:
 def load(path: Path) -> list[TokenRecord]:
     """Read the token file; refuse symlinks, oversize files and group/world access."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SecretError(f"token file {path} unreadable: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"token file {path} is not a regular file")
         if info.st_mode & 0o077:
             raise SecretError(
                 f"token file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600"
