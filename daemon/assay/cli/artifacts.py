@@ -392,7 +392,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(f"health: {health['status']}  ready: {ready.get('ready')}")
     for name, check in ready.get("checks", {}).items():
-        print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")
+        print(f"  {name:<9} {'ok' if check.get('ok') else 'FAIL'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in status["counts"].items()))
     sweep = status.get("last_sweep")
     if sweep:
