@@ -198,6 +198,7 @@ def check(run: Run) -> None:
             codes.append(doc["error"]["code"])
     elif run.code not in (0, 1):
         assert len(codes) == 1, where  # one error line
+        assert all(c.isprintable() for c in run.err.replace("\n", "")), where  # no escapes
     assert not UNTYPED & set(codes), where
 
 

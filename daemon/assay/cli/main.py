@@ -159,15 +159,21 @@ def translate(exc: BaseException) -> AssayError | None:
     )
 
 
+def printable(text: str) -> str:
+    """``text`` for a terminal: control and format characters (an escape sequence in a
+    detail the daemon sent, a bidi override in a path) are shown escaped, not obeyed."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def report(err: AssayError, *, as_json: bool) -> int:
     code = exit_code_for(err)
     if as_json:
         print(json.dumps({"error": err.problem(), "exit_code": code}, sort_keys=True))
         sys.stdout.flush()
     else:
-        print(f"assay: error [{err.code}]: {err.detail}", file=sys.stderr)
+        print(f"assay: error [{printable(err.code)}]: {printable(err.detail)}", file=sys.stderr)
         for reason in err.reasons:
-            print(f"  - {reason}", file=sys.stderr)
+            print(f"  - {printable(str(reason))}", file=sys.stderr)
     return code
 
 
