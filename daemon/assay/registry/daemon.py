@@ -22,8 +22,8 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup, serving
-from assay.core.asgi import ASGIApp, HeaderCap
+from assay.core import logsetup, refusals, serving
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
@@ -123,7 +123,7 @@ async def run(
         receipt_hook=audit.receipt_headers,
     )
     upload = UploadAdapter(
-        cast(ASGIApp, app),
+        RecordBeforeDisconnect(cast(ASGIApp, app)),
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,
@@ -134,14 +134,14 @@ async def run(
     asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
-    direct_upload.install(
-        hc,
-        direct_upload.DirectUpload(
-            asgi,
-            first_byte_timeout=cfg.server.keep_alive_timeout_seconds,
-            read_timeout=cfg.registry.upload_stall_timeout_seconds,
-        ),
-    )
+    refusals.install(hc, audit.writer)
+    if cfg.registry.direct_upload:
+        direct_upload.install(
+            hc,
+            direct_upload.DirectUpload(
+                asgi, read_timeout=cfg.registry.upload_stall_timeout_seconds
+            ),
+        )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
