@@ -20,6 +20,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.registry.digests",
     "assay.registry.validate",
     "assay.registry.bodies",
+    "assay.registry.amr_shape",
     "assay.formats.errors",
     "assay.formats.sniff",
     "assay.formats.zipend",

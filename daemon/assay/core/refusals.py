@@ -34,9 +34,11 @@ import re
 import secrets
 import sys
 from http import HTTPStatus
+from typing import Any
 
 import h11
 import hypercorn.protocol as hypercorn_protocol
+import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.protocol.h11 import H11Protocol
 
@@ -102,6 +104,13 @@ class AuditedH11Protocol(H11Protocol):
         # a bad chunk): the app's edge writes that request's one record, and its answer
         # cannot be sent any more, so this problem goes out without a second record.
         reached_app = self.stream is not None
+        if reached_app and _after_close(error):
+            # Bytes after a complete request that closes the connection (HTTP/1.0, or
+            # ``Connection: close``): RFC 9112 9.6 has the server ignore them, so the
+            # app's own answer goes out and only then does hypercorn close.
+            with trio.move_on_after(AFTER_CLOSE_ANSWER_SECONDS):
+                await self._answered().wait()
+            return
         status, body, request_id = await refusals.answer(status_code, error, record=not reached_app)
         headers = [
             (b"content-type", problem.PROBLEM_TYPE.encode()),
@@ -116,8 +125,30 @@ class AuditedH11Protocol(H11Protocol):
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 
+    async def _send_h11_event(self, event: Any) -> None:
+        await super()._send_h11_event(event)
+        if isinstance(event, h11.EndOfMessage):
+            self._answered().set()
+
+    def _answered(self) -> trio.Event:
+        """Set once this connection's current answer is sent whole."""
+        answered: trio.Event | None = getattr(self, "_assay_answered", None)
+        if answered is None:
+            answered = self._assay_answered = trio.Event()
+        return answered
+
     async def _check_protocol(self, event: h11.Request) -> None:
         """HTTP/1.1 only: neither ``Upgrade: h2c`` nor ``PRI * HTTP/2.0`` switches."""
+
+
+#: How long bytes after a closing request may wait for the app's answer (a stuck
+#: handler is a bug; SIGTERM still ends it).
+AFTER_CLOSE_ANSWER_SECONDS = 600.0
+
+
+def _after_close(error: BaseException | None) -> bool:
+    """h11 refused data that came after a request that closes the connection."""
+    return "expecting EOF" in str(error)
 
 
 def install(hc: HyperConfig, audit: AuditSink) -> None:

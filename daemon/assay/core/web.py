@@ -40,6 +40,12 @@ class AuditSink(Protocol):
     async def append(self, fields: dict[str, Any]) -> Mapping[str, Any]: ...
 
 
+#: ``(path, status, problem) -> (status, problem)``: how an app answers a problem on
+#: a path whose API is not ours (e.g. a compatibility API that answers 403 for a bad
+#: token where assay answers 401). Applied in the one translation, ``_problem``.
+ProblemShape = Callable[[str, int, dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
 def requires(scope: str) -> Callable[[F], F]:
     """Declare the scope a route needs. Checked before the handler runs."""
 
@@ -246,11 +252,13 @@ def install(
     param_names: Callable[[], list[str]] | None = None,
     receipt_hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]] | None = None,
     route: Callable[[], str] | None = None,
+    problem_shape: ProblemShape | None = None,
 ) -> None:
     """Wire the auth/scope/problem/audit/header discipline into ``app``.
 
     ``route`` names the request in its audit record (default ``route_template``); the
-    relay passes one that never records a raw unmatched path.
+    relay passes one that never records a raw unmatched path. ``problem_shape`` reshapes
+    every problem answer before it is sent and recorded.
     """
 
     def params() -> list[str]:
@@ -296,6 +304,8 @@ def install(
     def _problem(
         status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> Response:
+        if problem_shape is not None:
+            status, body = problem_shape(request.path, status, body)
         g.error_code = body.get("code")
         resp = Response(problem.encode(body), status=status, content_type=problem.PROBLEM_TYPE)
         if status == 401:

@@ -26,7 +26,7 @@ from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
-from assay.registry import bodies
+from assay.registry import amr, amr_shape, bodies
 from assay.registry.digests import parse_digest
 from assay.registry.download import OpenObject, ReleaseAtEnd, own
 from assay.registry.service import Registry
@@ -136,6 +136,7 @@ def create_app(
     max_json_body_bytes: int,
     readiness: Callable[[], dict[str, Any]],
     receipt_hook: ReceiptHook | None = None,
+    audit_records: amr.AuditRecords | None = None,
 ) -> QuartTrio:
     app = QuartTrio("assay.registry")
     # Whatever a request's handler owns (a download's open file) is closed when its ASGI
@@ -144,7 +145,8 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = True
-    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook)
+    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook,
+                problem_shape=amr_shape.problem_shape)  # fmt: skip
     started = time.monotonic()
     history_reads = HistoryReads(registry.db.history)
 
@@ -360,6 +362,7 @@ def create_app(
         current_audit().action = "artifact.resolve"
         return {"name": name, "digest": art.digest, "size": art.size, "format": art.format}
 
+    amr.install(app, registry, audit_records=audit_records)
     return app
 
 

@@ -224,6 +224,12 @@ class RegistryBase:
                 )
             raise
 
+    def settled_through(self) -> int:
+        """The seq up to which every mutation record is settled: applied, voided, or never
+        written. A reader of lifecycle records up to it knows each one's fate (the
+        database carries its change or never will), so it can page past them safely."""
+        return self._in_flight.safe_mark(self._audit_head())
+
     def _lock(self, digest: str) -> trio.Lock:
         return self._locks.setdefault(digest, trio.Lock())
 

@@ -121,6 +121,7 @@ async def run(
         max_json_body_bytes=cfg.server.max_json_body_bytes,
         readiness=readiness,
         receipt_hook=audit.receipt_headers,
+        audit_records=audit.records_after,
     )
     upload = UploadAdapter(
         RecordBeforeDisconnect(cast(ASGIApp, app)),

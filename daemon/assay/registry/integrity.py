@@ -92,13 +92,15 @@ class IntegrityOps(RegistryBase):
         request_id: str | None = None,
         status: int | None = None,
         record_request: RecordRequest | None = None,
+        failure: tuple[int, str] | None = None,
     ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
         Returns the result and the request's record when this call wrote it: the record
-        of the integrity change (with ``status``), or else the one ``record_request``
-        writes. Either way it is durable before anything changes: if it cannot be
-        written, the check changes nothing.
+        of the integrity change (with ``status``, or with ``failure``'s status and code
+        when the caller answers a failed check otherwise), or else the one
+        ``record_request`` writes. Either way it is durable before anything changes: if
+        it cannot be written, the check changes nothing.
         """
         async with self._lock(parse_digest(digest)):
             art = self.get(digest)
@@ -111,9 +113,10 @@ class IntegrityOps(RegistryBase):
             # Step VER-2 (record a change): failed <-> ok is a state change with a record,
             # durable before the database changes; for a request it is its one record.
             if (art.integrity == "ok") != ok:
+                answer, code = failure if failure is not None and not ok else (status, None)
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
-                    status=status,
+                    status=answer, error_code=code,
                 )  # fmt: skip
                 return result, record
             # Step VER-3 (no change): the request's record first, then only the time of
