@@ -2,13 +2,16 @@
 
 Everything here is derived from ``build_parser()``, so a command added later is held to
 the same rules: a sentence of help for it and for each of its options, a man page that
-renders cleanly and names every option, completion that offers its subcommands, options
-and choices, and a row in README's CLI table.
+renders cleanly and names every option, completion (bash and zsh) that offers its
+subcommands, options and choices, and a row in README's CLI table. The output depends
+on the source only (``SOURCE_DATE_EPOCH``), so the Debian package built from it is
+reproducible.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from assay.cli import docs
 from assay.cli.docs import options, walk
 from assay.cli.main import build_parser
 
@@ -81,23 +85,53 @@ def test_readme_cli_table_lists_every_command_and_no_other() -> None:
     assert leaves <= listed, f"README's CLI table misses: {sorted(leaves - listed)}"
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def _generate(out: Path, *, seed: int = 0) -> tuple[Path, Path]:
     """What the Debian package runs, run the same way."""
-    out = tmp_path_factory.mktemp("docs")
     man, comp = out / "man", out / "completion"
     subprocess.run(
         [sys.executable, "-m", "assay.cli.docs", "--man", str(man), "--completion", str(comp)],
         check=True,
         capture_output=True,
         timeout=120,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PYTHONHASHSEED": str(seed)},
     )
     return man, comp
 
 
-def test_one_man_page_per_command(generated: tuple[Path, Path]) -> None:
-    man, _ = generated
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _generate(tmp_path_factory.mktemp("docs"))
+
+
+def test_one_man_page_per_command_and_both_completions(generated: tuple[Path, Path]) -> None:
+    man, comp = generated
     assert {p.name for p in man.iterdir()} == {f"{n.page}.1" for n in NODES}
+    assert {p.name for p in comp.iterdir()} == {"assay", "_assay"}
+    assert (man / "assay.1").read_text().startswith('.TH ASSAY 1 "2023-11-14" "assay ')
+
+
+def test_the_output_depends_on_the_source_only(
+    generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Another hash seed (no set or dict order may leak into the output), same bytes."""
+    again = _generate(tmp_path, seed=7)
+    for first, second in zip(generated, again, strict=True):
+        assert {p.name: p.read_bytes() for p in first.iterdir()} == {
+            p.name: p.read_bytes() for p in second.iterdir()
+        }
+
+
+def test_the_python_interface_writes_the_same_files(tmp_path: Path) -> None:
+    """``manpages`` and ``completions``, as packaging/build-deb.sh may call them."""
+    pages = docs.manpages(tmp_path / "man")
+    assert sorted(p.name for p in pages) == sorted(f"{n.page}.1" for n in NODES)
+    assert sorted(p.name for p in docs.completions(tmp_path / "comp")) == ["_assay", "assay"]
+
+
+def test_the_module_refuses_to_do_nothing() -> None:
+    with pytest.raises(SystemExit) as exc:
+        docs.main([])
+    assert exc.value.code == 2
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
@@ -160,3 +194,56 @@ def test_completion_offers_every_subcommand_option_and_choice(generated: tuple[P
                 assert offered == [str(c) for c in action.choices], (node.command, action.dest)
     # A prefix narrows; a top-level flag before the command does not get in the way.
     assert _complete(script, ["assay", "--debug", "relay", "ser"]) == ["serve"]
+
+
+ZSH_STUBS = """
+compadd() { local seen=0 a; for a in "$@"; do
+    if (( seen )); then print -r -- "$a"; elif [[ $a == -- ]]; then seen=1; fi; done }
+_files() { print -r -- "<files $*>"; }
+"""
+
+
+def _zsh_complete(script: Path, words: list[str]) -> list[str]:
+    """What the zsh function offers (``compadd`` and ``_files`` replaced by printers:
+    zsh itself then filters by the prefix typed, so all candidates are listed)."""
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    program = f"{ZSH_STUBS}\nwords=({quoted}); CURRENT={len(words)}; source '{script}'"
+    proc = subprocess.run(
+        ["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_offers_what_bash_offers(
+    generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, comp = generated
+    script = comp / "_assay"
+    for node in NODES:
+        words = ["assay", *node.path]
+        if node.children:
+            assert _zsh_complete(script, [*words, ""]) == list(node.children), node.command
+        flags = {s for a in options(node.parser) for s in a.option_strings}
+        assert set(_zsh_complete(script, [*words, "-"])) == flags, node.command
+        for action in options(node.parser):
+            if action.choices and action.option_strings:
+                offered = _zsh_complete(script, [*words, action.option_strings[-1], ""])
+                assert offered == [str(c) for c in action.choices], (node.command, action.dest)
+    assert _zsh_complete(script, ["assay", "fetch", "-o", ""]) == ["<files >"]
+    assert _zsh_complete(script, ["assay", "keys", "generate", "--out", ""]) == ["<files -/>"]
+    # compinit finds it on $fpath and binds it to the command.
+    program = (
+        f"fpath=('{comp}' $fpath); autoload -Uz compinit; "
+        f"compinit -u -d '{tmp_path}/zcompdump'; print -r -- ${{_comps[assay]}}"
+    )
+    proc = subprocess.run(
+        ["zsh", "-f", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert proc.stdout.strip() == "_assay", proc.stdout + proc.stderr

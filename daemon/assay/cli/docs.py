@@ -1,13 +1,16 @@
-"""Man pages and bash completion, generated from the command line's own parser.
+"""Man pages and shell completion, generated from the command line's own parser.
 
     python -m assay.cli.docs --man DIR --completion DIR
 
 writes ``DIR/assay.1`` and one page per command (``assay-add.1``, ``assay-relay.1``,
-``assay-relay-serve.1``, ...) and the bash completion file ``DIR/assay`` (for
-``/usr/share/bash-completion/completions/``). The Debian package builds and installs
-them; ``tests/unit/test_cli_docs.py`` renders every page with groff and drives the
-completion through bash, so both stay in step with the parser: one parser decides what
-the commands are, the help, the pages and the completion all come from it.
+``assay-relay-serve.1``, ...), the bash completion file ``DIR/assay`` (for
+``/usr/share/bash-completion/completions/``) and the zsh one, ``DIR/_assay`` (for
+``/usr/share/zsh/vendor-completions/``). ``manpages(DIR)`` and ``completions(DIR)`` do
+the same from Python. Set ``SOURCE_DATE_EPOCH`` for a reproducible date. The Debian
+package builds and installs them; ``tests/unit/test_cli_docs.py`` renders every page
+with groff and drives the completion through bash and zsh, so they stay in step with
+the parser: one parser decides what the commands are, and the help, the pages and the
+completion all come from it.
 
 Why not argparse-manpage or shtab: both are small, but neither is a dependency of assay,
 and this needs only argparse's own structures; a build then needs nothing extra.
@@ -216,8 +219,11 @@ def _value_kind(action: argparse.Action) -> str:
     return "none"
 
 
-def completion(parser: argparse.ArgumentParser) -> str:
-    """A bash completion script: subcommands, options, choices and file names."""
+def _tables(
+    parser: argparse.ArgumentParser,
+) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
+    """What completion needs, per command path: subcommands, options, what each option's
+    value is (choices, a file, a directory, anything) and what the positionals are."""
     subs: dict[str, str] = {}
     opts: dict[str, str] = {}
     values: dict[str, str] = {}
@@ -233,6 +239,12 @@ def completion(parser: argparse.ArgumentParser) -> str:
                     values[f"{key} {flag}".strip()] = _value_kind(a)
         kinds = [_value_kind(a) for a in options(node.parser) if not a.option_strings]
         positional[key] = "file" if "file" in kinds else ("dir" if "dir" in kinds else "none")
+    return subs, opts, values, positional
+
+
+def completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script: subcommands, options, choices and file names."""
+    subs, opts, values, positional = _tables(parser)
     return f"""\
 # bash completion for assay {__version__}, generated from its parser by
 # `python -m assay.cli.docs --completion DIR`. Do not edit.
@@ -282,11 +294,88 @@ complete -o filenames -F _assay assay
 """
 
 
-def write_completion(directory: Path, parser: argparse.ArgumentParser) -> Path:
+def _zsh_assoc(name: str, table: dict[str, str]) -> str:
+    pairs = "\n".join(
+        f"  {shlex.quote(k or '_')} {shlex.quote(v)}" for k, v in sorted(table.items())
+    )
+    return f"{name}=(\n{pairs}\n)"
+
+
+def zsh_completion(parser: argparse.ArgumentParser) -> str:
+    """A zsh completion function (``_assay``, for a directory on ``$fpath``), with the
+    same tables and rules as the bash one: no bashcompinit needed."""
+    tables = _tables(parser)
+    names = ("_assay_subs", "_assay_opts", "_assay_values", "_assay_positional")
+    data = "\n".join(_zsh_assoc(n, t) for n, t in zip(names, tables, strict=True))
+    return f"""\
+#compdef assay
+# zsh completion for assay {__version__}, generated from its parser by
+# `python -m assay.cli.docs --completion DIR`. Do not edit.
+typeset -gA {" ".join(names)}
+{data}
+
+_assay() {{
+    local cur=${{words[CURRENT]}} prev=${{words[CURRENT-1]}} cmdpath="" word kind i
+    local -a subs
+    for (( i = 2; i < CURRENT; i++ )); do
+        word=${{words[i]}}
+        [[ $word == -* ]] && continue
+        subs=( ${{(s: :)_assay_subs[${{cmdpath:-_}}]}} )
+        (( ${{subs[(Ie)$word]}} )) && cmdpath=${{cmdpath:+$cmdpath }}$word
+    done
+    if [[ $prev == -* ]]; then
+        kind=${{_assay_values[${{cmdpath:+$cmdpath }}$prev]}}
+        case $kind in
+            choices:*) compadd -- ${{(s: :)${{kind#choices:}}}}; return ;;
+            file) _files; return ;;
+            dir) _files -/; return ;;
+            none) return ;;
+        esac
+    fi
+    if [[ $cur == -* ]]; then
+        compadd -- ${{(s: :)_assay_opts[${{cmdpath:-_}}]}}
+        return
+    fi
+    subs=( ${{(s: :)_assay_subs[${{cmdpath:-_}}]}} )
+    if (( $#subs )); then
+        compadd -- $subs
+    else
+        case ${{_assay_positional[${{cmdpath:-_}}]}} in
+            file) _files ;;
+            dir) _files -/ ;;
+        esac
+    fi
+}}
+
+_assay "$@"
+"""
+
+
+def write_completion(directory: Path, parser: argparse.ArgumentParser) -> list[Path]:
+    """``DIR/assay`` (bash, for /usr/share/bash-completion/completions) and ``DIR/_assay``
+    (zsh, for /usr/share/zsh/vendor-completions)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "assay"
-    path.write_text(completion(parser))
-    return path
+    bash, zsh = directory / "assay", directory / "_assay"
+    bash.write_text(completion(parser))
+    zsh.write_text(zsh_completion(parser))
+    return [bash, zsh]
+
+
+# The interface packaging/build-deb.sh relies on.
+
+
+def manpages(out_dir: Path) -> list[Path]:
+    """Write ``assay.1`` and a page per command into ``out_dir``; the pages written."""
+    from assay.cli.main import build_parser
+
+    return write_man(out_dir, build_parser())
+
+
+def completions(out_dir: Path) -> list[Path]:
+    """Write the bash and zsh completion into ``out_dir``; the files written."""
+    from assay.cli.main import build_parser
+
+    return write_completion(out_dir, build_parser())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for page in write_man(args.man, parser):
             print(page)
     if args.completion is not None:
-        print(write_completion(args.completion, parser))
+        for path in write_completion(args.completion, parser):
+            print(path)
     return 0
 
 
