@@ -48,6 +48,9 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.budget",
     "assay.relay.order",
     "assay.relay.views",
+    "assay.trust.config",
+    "assay.trust.errors",
+    "assay.trust.metadata",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

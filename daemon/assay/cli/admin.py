@@ -46,6 +46,14 @@ registry:
   policies_dir: policies
   policy: default
   sweep_interval_seconds: 3600
+# The trusted set as a TUF repository (docs/trust.md): consumers pin trust/root/1.root.json.
+trust:
+  publish_dir: run/trust
+  state_dir: state/trust
+  root_dir: trust/root
+  online_key: {{file: secrets/tuf-online.key}}
+  timestamp_expiry_seconds: 3600
+  refresh_interval_seconds: 900
 """
 
 
@@ -146,6 +154,8 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
     from assay.core.trusted_files import check_parent
+    from assay.trust.bootstrap import init_trust
+    from assay.trust.keys import ONLINE_KEY_NAME, ROOT_KEY_NAME
 
     config = directory / "config.yaml"
     if config.exists():
@@ -162,6 +172,9 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
         secrets_dir / "audit-hmac.key", (secrets.token_hex(32) + "\n").encode(), mode=0o600
     )
     generate_signing_key(secrets_dir / "audit-signing.key", secrets_dir / "audit-signing.pub")
+    trust = init_trust(
+        secrets_dir / ROOT_KEY_NAME, secrets_dir / ONLINE_KEY_NAME, directory / "trust" / "root"
+    )
     policies = shipped_dir("policies")
     if policies is None:
         raise ConfigError("no policies directory found to copy (set ASSAY_POLICIES_DIR)")
@@ -178,8 +191,14 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     token_path = secrets_dir / "tokens.json"
     raw, _record = tokenfile.create(token_path, "admin", ADMIN_SCOPES, note="created by assay init")
     _audit_offline(config, "token.create", "admin", {"scopes": ",".join(ADMIN_SCOPES)})
-    return {"dir": str(directory), "config": str(config), "admin_token": raw, "samples": copied,
-            "bind": bind}  # fmt: skip
+    return {
+        "dir": str(directory),
+        "config": str(config),
+        "admin_token": raw,
+        "samples": copied,
+        "trust_root": trust["root"],
+        "bind": bind,
+    }
 
 
 def _copy_policies(source: Path, target: Path) -> None:
@@ -207,6 +226,7 @@ def _print_init(out: dict[str, Any]) -> None:
     print(f"created deployment in {out['dir']} (config {out['config']})")
     print("admin token (shown once; store it now):")
     print(f"  {out['admin_token']}")
+    print(f"TUF root for consumers to pin: {out['trust_root']}")
     print("try:")
     print(f"  export ASSAY_TOKEN={out['admin_token']}")
     bind = out.get("bind", DEFAULT_BIND)

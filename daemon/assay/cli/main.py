@@ -22,7 +22,15 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from assay import __version__
-from assay.cli import admin, artifacts, audit_cmd, inspect_cmd, publisher_cmd, relay_cmd
+from assay.cli import (
+    admin,
+    artifacts,
+    audit_cmd,
+    inspect_cmd,
+    publisher_cmd,
+    relay_cmd,
+    trust_cmd,
+)
 from assay.cli.errors import (
     EXIT_AUTH,
     EXIT_CONFLICT,
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.register(sub)
     publisher_cmd.register(sub)
     relay_cmd.register(sub)
+    trust_cmd.register(sub)
     return parser
 
 

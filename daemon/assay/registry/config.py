@@ -19,6 +19,7 @@ from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, val
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
 from assay.registry.policy import Policy
+from assay.trust.config import TrustSection
 
 GiB = 1024**3
 
@@ -60,6 +61,8 @@ class RegistryConfig(Strict):
     registry: RegistrySection = RegistrySection()
     logging: LoggingSection = LoggingSection()
     watchdog: WatchdogSection = WatchdogSection()
+    #: The TUF repository of the trusted set (``docs/trust.md``); absent = not published.
+    trust: TrustSection | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
 from assay.registry.upload import UploadAdapter
+from assay.trust.publisher import TrustPublisher
+from assay.trust.setup import load_repository
 
 log = logging.getLogger("assay.daemon")
 
@@ -80,6 +82,11 @@ async def run(
         _events(kind, fields)
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
+    publisher: TrustPublisher | None = None
+    if cfg.trust is not None and cfg.trust.enabled:
+        repo = await trio.to_thread.run_sync(partial(load_repository, cfg.trust, base=loaded.base))
+        publisher = TrustPublisher(repo, lambda: registry.artifacts.values())
+
     registry = Registry(
         store=ObjectStore(loaded.path(cfg.registry.store_dir)),
         db=RegistryDB(loaded.path(cfg.registry.db_path)),
@@ -92,6 +99,7 @@ async def run(
         audit_head=lambda: audit.writer.head_seq,
         audit_uncertain=lambda: audit.log.poisoned is not None,
         audit_position=audit.head_position,
+        on_trusted_change=publisher.on_trusted_change if publisher else None,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
@@ -112,6 +120,8 @@ async def run(
         audit_check["ok"] = bool(audit_check.get("ok")) and audit.writer.healthy
         audit_check["seq"] = audit.writer.head_seq
         checks["audit"] = audit_check
+        if publisher is not None:
+            checks["trust"] = publisher.readiness()
         return checks
 
     app = create_app(
@@ -149,6 +159,9 @@ async def run(
         replay = await reconcile(registry, audit.records_after,
                                  progress=_replay_progress(notifier))  # fmt: skip
         nursery.start_soon(_mark_keeper, registry)
+        if publisher is not None:
+            # After replay: the first publish carries the set as replay left it.
+            await nursery.start(publisher.run)
         await nursery.start(probe.run)
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()

@@ -81,6 +81,8 @@ class IntegrityOps(RegistryBase):
         self._events(kind, fields | {"principal": principal.id if principal else ""})
         if failed:
             log.error("integrity failure: %s hashes to %s", art.digest, actual)
+        if art.state == State.TRUSTED:
+            await self._trusted_changed(art.digest, record)
         return updated, record
 
     async def verify(

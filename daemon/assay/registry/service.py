@@ -98,6 +98,8 @@ class Registry(IngestOps, IntegrityOps):
                     "seq": record["seq"],
                 },
             )
+            if art.state == State.TRUSTED:
+                await self._trusted_changed(digest, record)
             return Outcome(updated, record)
 
     async def _promote(
@@ -208,6 +210,7 @@ class Registry(IngestOps, IntegrityOps):
                 "seq": record["seq"],
             },
         )
+        await self._trusted_changed(art.digest, record)
         return Outcome(updated, record, decision=decision)
 
     def _rehash_and_inspect(self, digest: str) -> tuple[str, int, str | None]:
