@@ -89,10 +89,15 @@ $UNSHARE sh -eu -c '
 echo "==> staging files"
 D="$STAGE"
 install -d -m 0755 "$D/lib/systemd/system" "$D/etc/assay/policies" "$D/usr/share/assay/policies" \
-    "$D/usr/share/doc/assay" "$D/usr/sbin" "$D/usr/bin" "$D/srv/assay/datasets"
-for u in assay.socket assay.service assay-relay.socket assay-relay.service; do
+    "$D/usr/share/doc/assay" "$D/usr/sbin" "$D/usr/bin" "$D/srv/assay/datasets" \
+    "$D/usr/lib/sysusers.d" "$D/usr/share/assay/systemd"
+for u in assay.socket assay.service assay-consumer.socket assay-relay.socket assay-relay.service; do
     install -m 0644 "$ROOT/units/$u" "$D/lib/systemd/system/$u"
 done
+# The static group assay-consumer.socket is owned by (postinst runs systemd-sysusers), and
+# the drop-in a consumer service copies into its own YOUR.service.d/.
+install -m 0644 "$ROOT/packaging/sysusers.d/assay.conf" "$D/usr/lib/sysusers.d/assay.conf"
+install -m 0644 "$ROOT/units/consumer.conf" "$D/usr/share/assay/systemd/consumer.conf"
 install -m 0644 "$ROOT/packaging/config.yaml" "$D/etc/assay/config.yaml"
 for p in "$ROOT"/policies/*.yaml; do
     install -m 0644 "$p" "$D/etc/assay/policies/"

@@ -72,7 +72,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
         pytest.skip("no system unit directory with sysinit.target to verify against")
     (root / "lib" / "systemd").mkdir(parents=True)
     shutil.copytree(system_dir, root / "lib" / "systemd" / "system", symlinks=True)
-    names = [*SERVICES, *SOCKETS]
+    names = [*SERVICES, *SOCKETS, CONSUMER_SOCKET]
     for name in names:
         for key, values in directives(name).items():
             if not key.startswith("Exec"):
@@ -94,6 +94,27 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
+
+
+CONSUMER_SOCKET = "assay-consumer.socket"
+
+
+def test_the_consumer_socket_is_a_group_gated_seqpacket_passed_to_the_registry_by_name() -> None:
+    """Only root and assay-consumers may connect (0660); one message each way; the
+    registry finds it among its fds by name; the group is a static sysusers.d one."""
+    d = directives(CONSUMER_SOCKET)
+    assert d["ListenSequentialPacket"] == ["/run/assay-consumer.sock"]
+    assert (d["SocketUser"], d["SocketGroup"], d["SocketMode"]) == (
+        ["root"], ["assay-consumers"], ["0660"])  # fmt: skip
+    assert d["FileDescriptorName"] == ["consumer"] and d["Service"] == ["assay.service"]
+    assert d.get("Accept", ["no"]) == ["no"]
+    assert directives("assay.service")["Sockets"] == ["assay.socket assay-consumer.socket"]
+    sysusers = (ROOT / "packaging" / "sysusers.d" / "assay.conf").read_text().splitlines()
+    assert [line.split()[:2] for line in sysusers if line and line[0] != "#"] == [
+        ["g", "assay-consumers"]]  # fmt: skip
+    dropin = (UNITS / "consumer.conf").read_text()
+    assert "SupplementaryGroups=assay-consumers" in dropin
+    assert "After=assay-consumer.socket" in dropin
 
 
 @pytest.mark.parametrize(("unit", "listen"), sorted(SOCKETS.items()))
@@ -119,7 +140,6 @@ REQUIRED = {
     "ProtectHome": "yes",
     "PrivateTmp": "yes",
     "PrivateDevices": "yes",
-    "PrivateUsers": "yes",
     "NoNewPrivileges": "yes",
     "RestrictNamespaces": "yes",
     "ProtectKernelTunables": "yes",
@@ -133,11 +153,19 @@ REQUIRED = {
 STATE = {"assay.service": "assay", "assay-relay.service": "assay-relay"}
 
 
+#: The registry runs without a private user namespace: in one, SO_PEERCRED reports every
+#: consumer peer as nobody, and the consumer socket maps peers to principals by uid and
+#: groups (units/assay.service says so). The relay has no such socket and keeps it.
+PRIVATE_USERS = {"assay.service": None, "assay-relay.service": "yes"}
+
+
 @pytest.mark.parametrize("unit", SERVICES)
 def test_service_carries_the_required_settings(unit: str) -> None:
     d = directives(unit)
     for key, value in REQUIRED.items():
         assert d.get(key) == [value], f"{unit}: {key}={d.get(key)} (want {value!r})"
+    want = PRIVATE_USERS[unit]
+    assert d.get("PrivateUsers") == ([want] if want else None), unit
     assert d["StateDirectory"] == d["LogsDirectory"] == [STATE[unit]]
     assert d["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert d["WatchdogSec"], "WatchdogSec= missing"

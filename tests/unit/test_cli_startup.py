@@ -66,12 +66,16 @@ def _imports(*argv: str) -> dict[str, object]:
         (["status", "--json"], 7),
         (["show", "sha256:" + "0" * 64], 7),
         (["list", "--state", "bogus"], 2),
+        # The consumer socket, not HTTP: unreachable is exit 7 all the same.
+        (["open", "demo/tiny", "--socket", "/nonexistent/assay-consumer.sock"], 7),
+        (["exec", "--model", "1M=demo/tiny", "--", "true"], 2),
     ],
 )
 def test_commands_that_ask_the_daemon_import_nothing_heavy(argv: list[str], code: int) -> None:
     report = _imports(*argv)
     assert report["code"] == code and report["heavy"] == [], report
-    assert report["http"] is (argv[0] not in ("--version", "--help") and code == 7)
+    over_http = argv[0] in ("list", "status", "show")
+    assert report["http"] is (over_http and code == 7)
 
 
 def test_the_states_the_cli_offers_are_the_registrys() -> None:

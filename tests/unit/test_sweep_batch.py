@@ -24,13 +24,13 @@ N = 2 * TOUCH_BATCH + 7
 class CountingDB(RegistryDB):
     calls: Counter[str]
 
-    def touch_verified(self, art: Artifact, ts: str) -> Artifact:
+    def touch_verified(self, art: Artifact, ts: str, fingerprint: Any = None) -> Artifact:
         self.calls["touch_verified"] += 1
-        return super().touch_verified(art, ts)
+        return super().touch_verified(art, ts, fingerprint)
 
-    def touch_verified_many(self, digests: list[str], ts: str) -> None:
+    def touch_verified_many(self, digests: list[str], ts: str, fingerprints: Any = None) -> None:
         self.calls["touch_verified_many"] += 1
-        super().touch_verified_many(digests, ts)
+        super().touch_verified_many(digests, ts, fingerprints)
 
 
 async def test_sweep_touches_unchanged_artifacts_in_batches(tmp_path: Path) -> None:

@@ -46,6 +46,16 @@ registry:
   policies_dir: policies
   policy: default
   sweep_interval_seconds: 3600
+# Local runtimes ask this socket for a trusted artifact and receive a read-only fd on it
+# (`assay exec`, `assay open`, `assay.consumer.open_trusted`). The user who ran init is
+# known by uid, with no token; others need a bearer token or a principal here, and must
+# be able to reach the socket (this directory is 0700).
+consumer:
+  socket: state/consumer.sock
+  principals:
+    - id: local
+      uids: [{uid}]
+      scopes: [artifacts:read]
 # The trusted set as a TUF repository (docs/trust.md): consumers pin trust/root/1.root.json.
 trust:
   publish_dir: run/trust
@@ -187,7 +197,8 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
             if f.suffix in {".safetensors", ".gguf"}:
                 shutil.copy2(f, directory / "samples" / f.name)
                 copied.append(str(directory / "samples" / f.name))
-    atomic_write(config, CONFIG_TEMPLATE.format(bind=bind).encode(), mode=0o600)
+    text = CONFIG_TEMPLATE.format(bind=bind, uid=os.getuid())
+    atomic_write(config, text.encode(), mode=0o600)
     token_path = secrets_dir / "tokens.json"
     raw, _record = tokenfile.create(token_path, "admin", ADMIN_SCOPES, note="created by assay init")
     _audit_offline(config, "token.create", "admin", {"scopes": ",".join(ADMIN_SCOPES)})

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from assay.cli.errors import InputUnreadable, Unreachable, UsageError
-from assay.core import errors
+from assay.core import errors, problem
 from assay.formats import errors as _format_errors  # noqa: F401 - registers codes
 from assay.registry import errors as _registry_errors  # noqa: F401 - registers codes
 
@@ -31,67 +31,19 @@ TOKEN_FILE_ENV = "ASSAY_TOKEN_FILE"
 CHUNK = 1024 * 1024
 #: A token file holds one token; anything larger is not one.
 MAX_TOKEN_FILE = 64 * 1024
-#: Problem members that the error object carries itself.
-_OWN_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "reasons", "instance"})
 
 __all__ = ["Client", "Unreachable", "check_url", "raise_problem"]
-
-
-def _error_classes() -> dict[int, type[errors.AssayError]]:
-    return {
-        400: errors.BadRequest,
-        401: errors.InvalidCredential,
-        403: errors.ScopeDenied,
-        404: errors.NotFound,
-        409: errors.Conflict,
-        413: errors.PayloadTooLarge,
-        422: errors.RejectedInput,
-        503: errors.StorageError,
-        507: errors.StorageFull,
-    }
-
-
-def _classes_by_code() -> dict[str, type[errors.AssayError]]:
-    """Every error class assay defines, by its family's stable code."""
-    found: dict[str, type[errors.AssayError]] = {}
-    pending: list[type[errors.AssayError]] = [errors.AssayError]
-    for _ in range(1000):  # bounded walk of a small class tree
-        if not pending:
-            break
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        found.setdefault(cls.code, cls)
-    return found
 
 
 def raise_problem(status: int, body: bytes) -> None:
     """Raise the typed error a problem body names, with all of its members kept."""
     try:
-        problem = json.loads(body)
+        parsed = json.loads(body)
     except ValueError:
-        problem = None
-    if not isinstance(problem, dict):
-        problem = {"detail": body[:200].decode(errors="replace"), "code": "http.error"}
-    code = str(problem.get("code", "http.error"))
-    # The stable code names the exact family (a 403 may be a scope denial or an artifact
-    # that is not trusted); the status is the fallback for codes this client predates.
-    cls = _classes_by_code().get(code) or _error_classes().get(status, errors.AssayError)
-    reasons = problem.get("reasons")
-    extra = {k: v for k, v in problem.items() if k not in _OWN_MEMBERS}
-    # Built without the class's own constructor (``FormatRefused`` takes a reason): the
-    # daemon already decided every member, and the client must not re-derive any.
-    err = cls.__new__(cls)
-    errors.AssayError.__init__(
-        err,
-        str(problem.get("detail", "")),
-        code=code,
-        reasons=[str(r) for r in reasons] if isinstance(reasons, list) else None,
-        **extra,
-    )
-    err.status = status  # type: ignore[misc] # the daemon's status, not the family's hint
-    if "reason" in extra:
-        err.reason = extra["reason"]  # type: ignore[attr-defined]
-    raise err
+        parsed = None
+    if not isinstance(parsed, dict):
+        parsed = {"detail": body[:200].decode(errors="replace"), "code": "http.error"}
+    raise problem.to_error(status, parsed)
 
 
 def check_url(value: str) -> str:

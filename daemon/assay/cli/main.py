@@ -26,6 +26,7 @@ from assay.cli import (
     admin,
     artifacts,
     audit_cmd,
+    consumer_cmd,
     inspect_cmd,
     publisher_cmd,
     relay_cmd,
@@ -76,6 +77,8 @@ environment:
   ASSAY_TOKEN_FILE  a file holding the bearer token, when --token-file is not given
   ASSAY_TOKEN       the bearer token itself, when neither names a file
   ASSAY_DEBUG=1     print the traceback of an unexpected error (as --debug does)
+  ASSAY_CONSUMER_SOCKET  the consumer socket of `open` and `exec` (default
+                    /run/assay-consumer.sock)
 
 exit codes:
   0 success              1 check failed or input refused   2 usage, config or path error
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.register(sub)
     publisher_cmd.register(sub)
     relay_cmd.register(sub)
+    consumer_cmd.register(sub)
     trust_cmd.register(sub)
     return parser
 
@@ -143,6 +147,23 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _socket_unreachable(leaves: list[BaseException]) -> AssayError | None:
+    """``cli.unreachable`` for the consumer socket's ``SocketUnreachable`` (a plain
+    exception: ``open_trusted`` is a library API). Looked up in ``sys.modules``, not
+    imported: if ``assay.consumer.fd`` was never loaded, nothing raised its exception,
+    and the error path of every other command stays free of it."""
+    fd = sys.modules.get("assay.consumer.fd")
+    socket_unreachable = getattr(fd, "SocketUnreachable", None)
+    if socket_unreachable is None:
+        return None
+    for leaf in leaves:
+        if isinstance(leaf, socket_unreachable):
+            from assay.cli.errors import Unreachable
+
+            return Unreachable(f"cannot reach the daemon's consumer socket: {leaf}")
+    return None
+
+
 def translate(exc: BaseException) -> AssayError | None:
     """The typed error to report for ``exc``; None for an interrupt (Ctrl-C).
 
@@ -158,6 +179,9 @@ def translate(exc: BaseException) -> AssayError | None:
     for leaf in leaves:
         if isinstance(leaf, AssayError):
             return leaf
+    unreachable = _socket_unreachable(leaves)
+    if unreachable is not None:
+        return unreachable
     first = leaves[0] if leaves else exc
     if isinstance(first, OSError):
         where = f" {first.filename}" if first.filename else ""

@@ -11,6 +11,9 @@ import socket
 import sdnotify
 
 SD_LISTEN_FDS_START = 3
+#: ``FileDescriptorName=`` of the registry's consumer socket (``assay-consumer.socket``):
+#: not HTTP, so ``listen_fds`` leaves it out and the consumer server takes it by name.
+CONSUMER_FD_NAME = "consumer"
 
 
 class Notifier:
@@ -47,12 +50,27 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2_000_000
 
 
-def listen_fds() -> list[int]:
-    """File descriptors passed by socket activation (``LISTEN_FDS``), for this pid only."""
+def _passed() -> list[tuple[int, str]]:
+    """(fd, name) of every fd passed by socket activation, for this pid only. Names come
+    from ``LISTEN_FDNAMES`` (``FileDescriptorName=``); "" where systemd gave none."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
     count = int(os.environ.get("LISTEN_FDS", "0"))
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    if len(names) != count:
+        names = [""] * count
+    return [(SD_LISTEN_FDS_START + i, names[i]) for i in range(count)]
+
+
+def listen_fds() -> list[int]:
+    """The HTTP fds passed by socket activation: all but the consumer socket's, in the
+    order systemd passed them."""
+    return [fd for fd, name in _passed() if name != CONSUMER_FD_NAME]
+
+
+def listen_fds_named(name: str) -> list[int]:
+    """The passed fds whose ``FileDescriptorName=`` is ``name``."""
+    return [fd for fd, fd_name in _passed() if fd_name == name]
 
 
 def is_socket(fd: int) -> bool:

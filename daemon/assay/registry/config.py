@@ -18,6 +18,7 @@ from assay.core.errors import ConfigError
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
+from assay.registry.consumers import ConsumerSection
 from assay.registry.policy import Policy
 from assay.trust.config import TrustSection
 
@@ -61,6 +62,7 @@ class RegistryConfig(Strict):
     registry: RegistrySection = RegistrySection()
     logging: LoggingSection = LoggingSection()
     watchdog: WatchdogSection = WatchdogSection()
+    consumer: ConsumerSection = ConsumerSection()
     #: The TUF repository of the trusted set (``docs/trust.md``); absent = not published.
     trust: TrustSection | None = None
 

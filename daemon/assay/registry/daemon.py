@@ -29,10 +29,14 @@ from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
-from assay.core.systemd import Notifier, watchdog_interval
+from assay.core.systemd import CONSUMER_FD_NAME, Notifier, watchdog_interval
+from assay.registry import consumer_socket
 from assay.registry import direct as direct_upload
 from assay.registry.app import create_app
-from assay.registry.config import LoadedConfig, load_config
+from assay.registry.config import LoadedConfig, RegistryConfig, load_config
+from assay.registry.consumer_gate import ConsumerGate
+from assay.registry.consumer_socket import Listener, group_ids, open_listener
+from assay.registry.consumers import rules
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
 from assay.registry.reconcile import reconcile
@@ -101,8 +105,14 @@ async def run(
         audit_position=audit.head_position,
         on_trusted_change=publisher.on_trusted_change if publisher else None,
     )
+    registry.rehash_max_bytes = cfg.consumer.rehash_max_bytes
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
+    # The consumer socket's principals (group names resolved now: an unknown one stops
+    # startup before anything listens), then the socket itself. If a later step of
+    # startup fails, the process exits and the next start replaces the dead socket.
+    peer_rules = rules(cfg.consumer, await trio.to_thread.run_sync(group_ids, cfg.consumer))
+    consumers = await trio.to_thread.run_sync(_consumer_listener, loaded)
 
     interval = watchdog_interval()
     probe = Probe(
@@ -166,6 +176,14 @@ async def run(
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
+        consumers_done = trio.Event()
+        if consumers is not None:
+            gate = ConsumerGate(registry, authenticator=authenticator, audit=audit.writer,
+                                rules=peer_rules)  # fmt: skip
+            await nursery.start(_serve_consumers, consumers, gate, cfg, shutdown, consumers_done)
+            binds.append(f"consumer socket {consumers.path or 'fd ' + CONSUMER_FD_NAME}")
+        else:
+            consumers_done.set()
         nursery.start_soon(_signals, shutdown, notifier)
         if cfg.registry.sweep_interval_seconds > 0:
             nursery.start_soon(_sweeper, registry, cfg.registry.sweep_interval_seconds, notifier)
@@ -186,6 +204,10 @@ async def run(
         )
         task_status.started(binds)
         await shutdown.wait()
+        # Consumer handoffs in flight finish (and leave their records) before the audit
+        # log closes; each is bounded by its timeout and its handoff.
+        with trio.move_on_after(cfg.server.shutdown_timeout_seconds):
+            await consumers_done.wait()
         await serving.stop_after_drain(
             name="assay",
             notifier=notifier,
@@ -199,6 +221,35 @@ async def run(
         await registry.save_replay_mark()
         nursery.cancel_scope.cancel()
     registry.db.close()
+
+
+def _consumer_listener(loaded: LoadedConfig) -> Listener | None:
+    """The consumer socket: systemd's fd named ``consumer``, else ``consumer.socket``
+    (relative to the config's directory), else none. Blocking."""
+    section = loaded.config.consumer
+    path = loaded.path(section.socket) if section.socket else None
+    return open_listener(section, path)
+
+
+async def _serve_consumers(
+    listener: Listener,
+    gate: ConsumerGate,
+    cfg: RegistryConfig,
+    shutdown: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The consumer socket until shutdown; its file is removed when the daemon made it."""
+    try:
+        await consumer_socket.serve(
+            listener, gate, max_connections=cfg.consumer.max_connections,
+            request_seconds=cfg.consumer.request_timeout_seconds, shutdown=shutdown,
+            task_status=task_status,
+        )  # fmt: skip
+    finally:
+        listener.close()
+        done.set()
 
 
 def _on_disk_checks(loaded: LoadedConfig) -> dict[str, dict[str, Any]]:

@@ -14,14 +14,14 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from assay.core.errors import StorageError, StorageFull
-from assay.registry.model import Artifact
+from assay.registry.model import Artifact, Fingerprint
 
 log = logging.getLogger("assay.db")
 
@@ -70,6 +70,33 @@ CREATE TABLE IF NOT EXISTS signatures (
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+#: The stat fingerprint of the file the last full hash vouched for (``Fingerprint``),
+#: added to databases made before it existed. NULL: none recorded.
+FINGERPRINT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("obj_dev", "INTEGER"),
+    ("obj_ino", "INTEGER"),
+    ("obj_size", "INTEGER"),
+    ("obj_mtime_ns", "INTEGER"),
+    ("obj_ctime_ns", "INTEGER"),
+    ("obj_verified_at", "TEXT"),
+)
+_SET_FINGERPRINT = ", ".join(f"{name} = ?" for name, _ in FINGERPRINT_COLUMNS)
+
+
+def _fingerprint_values(fp: Fingerprint | None) -> tuple[Any, ...]:
+    if fp is None:
+        return (None,) * len(FINGERPRINT_COLUMNS)
+    return (fp.dev, fp.ino, fp.size, fp.mtime_ns, fp.ctime_ns, fp.verified_at)
+
+
+def _fingerprint(r: sqlite3.Row) -> Fingerprint | None:
+    if r["obj_ino"] is None or r["obj_ctime_ns"] is None:
+        return None
+    return Fingerprint(
+        dev=r["obj_dev"], ino=r["obj_ino"], size=r["obj_size"], mtime_ns=r["obj_mtime_ns"],
+        ctime_ns=r["obj_ctime_ns"], verified_at=r["obj_verified_at"] or "",
+    )  # fmt: skip
+
 
 def _row(r: sqlite3.Row, approvers: frozenset[str]) -> Artifact:
     return Artifact(
@@ -87,6 +114,7 @@ def _row(r: sqlite3.Row, approvers: frozenset[str]) -> Artifact:
         state_changed_at=r["state_changed_at"],
         last_verified_at=r["last_verified_at"],
         approvers=approvers,
+        fingerprint=_fingerprint(r),
     )
 
 
@@ -106,6 +134,10 @@ class RegistryDB:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(artifacts)")}
+            for name, kind in FINGERPRINT_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE artifacts ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise StorageError(f"database {self.path} unusable: {exc}") from None
         self.path.chmod(0o600)
@@ -274,8 +306,9 @@ class RegistryDB:
                 return
             c.execute(
                 "INSERT INTO artifacts(digest, name, size, format, format_details, metadata,"
-                " state, integrity, created_at, updated_at, uploaded_by, state_changed_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " state, integrity, created_at, updated_at, uploaded_by, state_changed_at,"
+                " obj_dev, obj_ino, obj_size, obj_mtime_ns, obj_ctime_ns, obj_verified_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     art.digest,
                     art.name,
@@ -289,6 +322,7 @@ class RegistryDB:
                     art.updated_at,
                     art.uploaded_by,
                     art.state_changed_at,
+                    *_fingerprint_values(art.fingerprint),
                 ),
             )
             self._history(
@@ -347,44 +381,78 @@ class RegistryDB:
         seq: int | None,
         signatures: tuple[tuple[str, str], ...],
         reasons: list[str],
+        fingerprint: Fingerprint | None = None,
     ) -> Artifact:
         """The promoter's approval and the transition to trusted, in one transaction: a
-        crash between two would leave the approval without the change its record names."""
+        crash between two would leave the approval without the change its record names.
+        ``fingerprint``: the file step PRO-1 hashed, recorded with the change."""
         with self.batch():
             approved = self.add_approval(art, principal, ts, None, signatures)
+            if fingerprint is not None:
+                approved = self.set_fingerprint(approved, fingerprint)
             return self.set_state(approved, "trusted", action="promote", principal=principal,
                                   reasons=reasons, ts=ts, seq=seq)  # fmt: skip
+
+    def set_fingerprint(self, art: Artifact, fingerprint: Fingerprint | None) -> Artifact:
+        """Record which file a full hash just vouched for (None forgets it)."""
+        with self.transaction() as c:
+            c.execute(
+                f"UPDATE artifacts SET {_SET_FINGERPRINT} WHERE digest = ?",  # noqa: S608
+                (*_fingerprint_values(fingerprint), art.digest),
+            )
+        return replace(art, fingerprint=fingerprint)
 
     def ping(self) -> None:
         """A trivial transaction: the database file is open, readable and not locked up."""
         with self.transaction() as c:
             c.execute("SELECT 1").fetchone()
 
-    def touch_verified_many(self, digests: list[str], ts: str) -> None:
-        """Checks that found nothing changed, in one transaction (a sweep's thousands).
-        A row whose integrity failed meanwhile keeps the time of that failure."""
+    def touch_verified_many(
+        self, digests: list[str], ts: str, fingerprints: Mapping[str, Fingerprint] | None = None
+    ) -> None:
+        """Checks that found nothing changed, in one transaction (a sweep's thousands),
+        with the fingerprint of the file each one hashed (a digest absent from
+        ``fingerprints`` keeps none: its file changed while it was hashed). A row whose
+        integrity failed meanwhile keeps the time of that failure and no fingerprint."""
+        fps = fingerprints or {}
         with self.transaction() as c:
             c.executemany(
-                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ? AND integrity = 'ok'",
-                [(ts, d) for d in digests],
+                f"UPDATE artifacts SET last_verified_at = ?, {_SET_FINGERPRINT}"  # noqa: S608
+                " WHERE digest = ? AND integrity = 'ok'",
+                [(ts, *_fingerprint_values(fps.get(d)), d) for d in digests],
             )
 
-    def touch_verified(self, art: Artifact, ts: str) -> Artifact:
-        """A check that found nothing changed: only ``last_verified_at`` moves."""
+    def touch_verified(
+        self, art: Artifact, ts: str, fingerprint: Fingerprint | None = None
+    ) -> Artifact:
+        """A check that found nothing changed: ``last_verified_at`` moves, and the
+        fingerprint becomes that of the file just hashed."""
         with self.transaction() as c:
             c.execute(
-                "UPDATE artifacts SET last_verified_at = ? WHERE digest = ?", (ts, art.digest)
+                f"UPDATE artifacts SET last_verified_at = ?, {_SET_FINGERPRINT}"  # noqa: S608
+                " WHERE digest = ?",
+                (ts, *_fingerprint_values(fingerprint), art.digest),
             )
-        return replace(art, last_verified_at=ts)
+        return replace(art, last_verified_at=ts, fingerprint=fingerprint)
 
     def set_integrity(
-        self, art: Artifact, integrity: str, ts: str, seq: int | None, principal: str | None
+        self,
+        art: Artifact,
+        integrity: str,
+        ts: str,
+        seq: int | None,
+        principal: str | None,
+        fingerprint: Fingerprint | None = None,
     ) -> Artifact:
+        """A change of integrity; a failure forgets the fingerprint, a restoration
+        records the one of the file its hash vouched for."""
+        if integrity != "ok":
+            fingerprint = None
         with self.transaction() as c:
             c.execute(
-                "UPDATE artifacts SET integrity = ?, last_verified_at = ?, updated_at = ?"
-                " WHERE digest = ?",
-                (integrity, ts, ts, art.digest),
+                "UPDATE artifacts SET integrity = ?, last_verified_at = ?, updated_at = ?,"  # noqa: S608
+                f" {_SET_FINGERPRINT} WHERE digest = ?",
+                (integrity, ts, ts, *_fingerprint_values(fingerprint), art.digest),
             )
             if integrity != art.integrity:
                 self._history(
@@ -398,4 +466,5 @@ class RegistryDB:
                     [],
                     seq,
                 )
-        return replace(art, integrity=integrity, last_verified_at=ts, updated_at=ts)
+        return replace(art, integrity=integrity, last_verified_at=ts, updated_at=ts,
+                       fingerprint=fingerprint)  # fmt: skip

@@ -17,7 +17,7 @@ from assay.core.tokens import Principal
 from assay.formats.inspect import Inspection, inspect_file
 from assay.registry.base import Outcome, RegistryBase, now, record_fields
 from assay.registry.body import BodySource, fill
-from assay.registry.model import Artifact
+from assay.registry.model import Artifact, Fingerprint, StatLike
 from assay.registry.states import INITIAL_STATE
 from assay.registry.store import Ingest
 
@@ -76,10 +76,12 @@ class IngestOps(RegistryBase):
             except BaseException:
                 await trio.to_thread.run_sync(ingest.abort)
                 raise
-            # Step ING-7 (register): record first, then the row.
+            # Step ING-7 (register): record first, then the row, with the fingerprint of
+            # the file the upload's hash vouches for.
             return await self._register(
-                principal, digest, name, metadata, inspection, newly_stored, route, request_id
-            )
+                principal, digest, name, metadata, inspection, newly_stored, route, request_id,
+                ingest.committed_stat,
+            )  # fmt: skip
 
     async def _register(
         self,
@@ -91,6 +93,7 @@ class IngestOps(RegistryBase):
         newly_stored: bool,
         route: str,
         request_id: str,
+        committed: StatLike | None = None,
     ) -> Outcome:
         ts = now()
         art = Artifact(
@@ -106,6 +109,7 @@ class IngestOps(RegistryBase):
             updated_at=ts,
             uploaded_by=principal.id,
             state_changed_at=ts,
+            fingerprint=Fingerprint.of(committed, ts) if committed is not None else None,
         )
         fields = record_fields(principal, "artifact.ingest", route, request_id, digest, None,
                                art.state, 201, extra=_ingest_extra(art))  # fmt: skip

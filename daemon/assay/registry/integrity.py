@@ -6,6 +6,7 @@ Split from ``service.py`` by concern; the ordering rule is in ``base.py``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.digests import parse_digest
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
-from assay.registry.model import Artifact
+from assay.registry.model import Artifact, Fingerprint, StatLike
 from assay.registry.states import State
 from assay.registry.store import UnusableObject, describe
 
@@ -42,11 +43,16 @@ class IntegrityOps(RegistryBase):
         *,
         status: int | None = None,
         error_code: str | None = None,
+        hashed: StatLike | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Artifact, dict[str, Any]]:
         """Record, then apply, a change of ``art``'s integrity ("failed" or back to "ok").
 
         Like every state change: the record is durable before the database changes, and
         the change carries the record's seq, so startup replay can finish it after a crash.
+        ``hashed``: for a restoration, the file the hash vouched for (its fingerprint is
+        kept); a failure forgets the fingerprint. ``extra``: more fields for the record
+        (a consumer handoff's peer).
         """
         failed = integrity == "failed"
         async with self._mutation(
@@ -62,18 +68,20 @@ class IntegrityOps(RegistryBase):
                 reasons=[describe(actual)],
                 decision="deny" if failed else "allow",
                 error_code=error_code,
-                extra={"integrity": integrity},
+                extra={**(extra or {}), "integrity": integrity},
             )
         ) as mutation:
             record = dict(mutation.record)
+            ts = now()
             updated: Artifact = await self._commit(
                 mutation,
                 self.db.set_integrity,
                 art,
                 integrity,
-                now(),
+                ts,
                 record["seq"],
                 principal.id if principal else None,
+                Fingerprint.of(hashed, ts) if hashed is not None and not failed else None,
             )
             self.artifacts[art.digest] = updated
         kind = "integrity_failed" if failed else "integrity_restored"
@@ -108,8 +116,11 @@ class IntegrityOps(RegistryBase):
             art = self.get(digest)
             if art.state == State.DELETED:
                 return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
-            # Step VER-1 (re-hash): the stored bytes, read from disk now. Reads only.
-            actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
+            # Step VER-1 (re-hash): the stored bytes, read from disk now, and which file
+            # they were read from (``hash_stable``). Reads only.
+            actual, _size, hashed = await trio.to_thread.run_sync(
+                self.store.hash_object, art.digest
+            )
             ok = actual == art.digest
             result = {"digest": art.digest, "ok": ok, "actual": actual}
             # Step VER-2 (record a change): failed <-> ok is a state change with a record,
@@ -118,13 +129,13 @@ class IntegrityOps(RegistryBase):
                 answer, code = failure if failure is not None and not ok else (status, None)
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
-                    status=answer, error_code=code,
+                    status=answer, error_code=code, hashed=hashed,
                 )  # fmt: skip
                 return result, record
             # Step VER-3 (no change): the request's record first, then only the time of
-            # the last check moves.
+            # the last check and the fingerprint of the file just hashed move.
             written = await record_request(result) if record_request is not None else None
-            await self._touch_verified([art.digest])
+            await self._touch_verified([(art.digest, hashed if ok else None)])
             return result, written
 
     async def sweep(
@@ -147,38 +158,41 @@ class IntegrityOps(RegistryBase):
         """
         started = now()
         digests = sorted(self.artifacts)
-        found: list[tuple[Artifact, str]] = []
+        found: list[tuple[Artifact, str, os.stat_result | None]] = []
         # Step SWP-1 (re-hash): every stored artifact, under its lock; nothing changes.
         for i, digest in enumerate(digests):
             async with self._lock(digest):
                 art = self.artifacts.get(digest)
                 if art is not None and art.state != State.DELETED:
-                    actual, _size = await trio.to_thread.run_sync(self.store.rehash, digest)
-                    found.append((art, actual))
+                    actual, _size, hashed = await trio.to_thread.run_sync(
+                        self.store.hash_object, digest
+                    )
+                    found.append((art, actual, hashed))
             if progress is not None:
                 progress(i + 1, len(digests))
-        failed = [art.digest for art, actual in found if actual != art.digest]
+        failed = [art.digest for art, actual, _hashed in found if actual != art.digest]
         summary: dict[str, Any] = {"started": started, "checked": len(found), "failed": failed}
         # Step SWP-2 (the request's record): if it cannot be written, nothing is applied.
         if record_request is not None:
             await record_request(summary)
         # Step SWP-3 (apply): per artifact, under its lock, unless a newer check or change
         # moved its integrity meanwhile (that one saw fresher bytes).
-        unchanged: list[str] = []
+        unchanged: list[tuple[str, os.stat_result | None]] = []
         errors: list[dict[str, str]] = []
-        for seen, actual in found:
+        for seen, actual, hashed in found:
             async with self._lock(seen.digest):
                 art = self.artifacts.get(seen.digest)
                 if art is None or art.state == State.DELETED or art.integrity != seen.integrity:
                     continue
                 ok = actual == art.digest
                 if (art.integrity == "ok") == ok:
-                    unchanged.append(art.digest)
+                    unchanged.append((art.digest, hashed if ok else None))
                 else:
                     try:
                         await self._integrity_changed(
-                            art, "ok" if ok else "failed", actual, principal, route, request_id
-                        )
+                            art, "ok" if ok else "failed", actual, principal, route, request_id,
+                            hashed=hashed,
+                        )  # fmt: skip
                     except AssayError as exc:
                         # One artifact's change could not be made (e.g. its record could
                         # not be written): reported, and the sweep goes on to the next.
@@ -194,17 +208,20 @@ class IntegrityOps(RegistryBase):
         self._events("sweep", {"checked": len(found), "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
 
-    async def _touch_verified(self, digests: list[str]) -> None:
-        """Move ``last_verified_at`` of checks that changed nothing, in one transaction.
+    async def _touch_verified(self, checked: list[tuple[str, os.stat_result | None]]) -> None:
+        """Move ``last_verified_at`` of checks that changed nothing, in one transaction,
+        with the fingerprint of the file each one hashed (None: it changed while read).
 
         A failure is logged, not raised: the checks did happen (their request's record
         may already say so), only their time is not kept.
         """
-        if not digests:
+        if not checked:
             return
         ts = now()
+        digests = [digest for digest, _hashed in checked]
+        fingerprints = {d: Fingerprint.of(h, ts) for d, h in checked if h is not None}
         try:
-            await self._db(self.db.touch_verified_many, digests, ts)
+            await self._db(self.db.touch_verified_many, digests, ts, fingerprints)
         except StorageError as exc:
             log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
                 "could not store the time of %d checks: %s", len(digests), exc.detail
@@ -212,7 +229,10 @@ class IntegrityOps(RegistryBase):
             return
         for digest in digests:
             if digest in self.artifacts and self.artifacts[digest].integrity == "ok":
-                self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
+                self.artifacts[digest] = replace(
+                    self.artifacts[digest], last_verified_at=ts,
+                    fingerprint=fingerprints.get(digest),
+                )  # fmt: skip
 
     async def mark_corrupt_while_serving(
         self, digest: str, actual: str, *, request_id: str | None = None

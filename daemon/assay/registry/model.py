@@ -8,7 +8,58 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+
+class StatLike(Protocol):
+    """What ``os.stat_result`` offers that a fingerprint compares (pure: no ``os``)."""
+
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Which file a full hash vouched for, as ``fstat`` saw it then: ``(dev, inode, size,
+    mtime_ns, ctime_ns)``, and when (``verified_at``, not compared).
+
+    Why these five: a write changes mtime and ctime, a rename or a copy over the name
+    changes the inode, ``utime`` can set mtime back but sets ctime to now, and no call
+    from user space sets ctime back. So a file whose fingerprint still matches has not
+    been changed since the hash, short of root or the daemon's own user resetting the
+    clock or the disk (THREAT_MODEL.md, residual risks).
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    verified_at: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, st: StatLike, verified_at: str) -> Fingerprint:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, verified_at)
+
+    def matches(self, st: StatLike) -> bool:
+        """Step FP-1: every field equal, or the file may have changed since its hash."""
+        return self.dev == st.st_dev and not self.file_changed(st)
+
+    def file_changed(self, st: StatLike) -> bool:
+        """Step FP-2: the inode, size, mtime or ctime differ: the file itself changed or
+        was replaced. Only the device number differing is a remount (some file systems
+        number their devices anew at each mount), not a change of the file."""
+        return (self.ino, self.size, self.mtime_ns, self.ctime_ns) != (
+            st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -27,6 +78,8 @@ class Artifact:
     state_changed_at: str
     last_verified_at: str | None = None
     approvers: frozenset[str] = field(default_factory=frozenset)
+    #: The file the last full hash vouched for (None: never recorded, e.g. replayed).
+    fingerprint: Fingerprint | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON shape clients see."""

@@ -25,11 +25,11 @@ from assay.registry import policy as policy_mod
 from assay.registry.base import Outcome, now, record_fields
 from assay.registry.digests import parse_digest
 from assay.registry.errors import PolicyRefused, StoredBytesCorrupt
+from assay.registry.handoff import HandoffOps
 from assay.registry.ingest import IngestOps
-from assay.registry.integrity import IntegrityOps
-from assay.registry.model import Artifact
+from assay.registry.model import Artifact, Fingerprint
 from assay.registry.states import Action, State, next_state
-from assay.registry.store import UnusableObject, describe, hash_fd
+from assay.registry.store import UnusableObject, describe, hash_stable
 
 #: The scope an approver's token must still hold for its approval to count.
 PROMOTE_SCOPE = "artifacts:promote"
@@ -37,8 +37,9 @@ PROMOTE_SCOPE = "artifacts:promote"
 __all__ = ["Outcome", "Registry", "now"]
 
 
-class Registry(IngestOps, IntegrityOps):
-    """Every registry operation; the groups live in ``ingest.py`` and ``integrity.py``."""
+class Registry(IngestOps, HandoffOps):
+    """Every registry operation; the groups live in ``ingest.py``, ``integrity.py`` and
+    ``handoff.py``."""
 
     async def transition(
         self,
@@ -113,7 +114,9 @@ class Registry(IngestOps, IntegrityOps):
     ) -> Outcome:
         # Steps PRO-1 and PRO-2 read one checked fd (``open_object``), so the bytes that
         # are hashed are the bytes that are inspected.
-        actual, size, fmt = await trio.to_thread.run_sync(self._rehash_and_inspect, art.digest)
+        actual, size, fmt, hashed = await trio.to_thread.run_sync(
+            self._rehash_and_inspect, art.digest
+        )
         if actual != art.digest or fmt is None:
             raise await self._corrupt_on_promote(art, actual, principal, route, request_id)
         # Signatures sent with this request count now but are stored only with the
@@ -196,9 +199,11 @@ class Registry(IngestOps, IntegrityOps):
             )
         ) as mutation:
             record = mutation.record
+            ts = now()
             updated = await self._commit(
-                mutation, self.db.promote, art, principal.id, now(), record["seq"],
+                mutation, self.db.promote, art, principal.id, ts, record["seq"],
                 signatures, list(decision.passed),
+                Fingerprint.of(hashed, ts) if hashed is not None else None,
             )  # fmt: skip
             self.artifacts[art.digest] = updated
         self._events(
@@ -213,23 +218,27 @@ class Registry(IngestOps, IntegrityOps):
         await self._trusted_changed(art.digest, record)
         return Outcome(updated, record, decision=decision)
 
-    def _rehash_and_inspect(self, digest: str) -> tuple[str, int, str | None]:
-        """(actual, size, format); format is None unless the bytes hash to ``digest``."""
+    def _rehash_and_inspect(
+        self, digest: str
+    ) -> tuple[str, int, str | None, os.stat_result | None]:
+        """(actual, size, format, stat); format is None unless the bytes hash to ``digest``;
+        stat is the file the hash vouches for (None if it changed while hashed)."""
         try:
             fd = self.store.open_object(digest)
         except UnusableObject as exc:
-            return exc.problem, 0, None
+            return exc.problem, 0, None, None
         try:
-            # Step PRO-1 (re-hash): the stored bytes still hash to the digest.
-            actual, size = hash_fd(fd)
+            # Step PRO-1 (re-hash): the stored bytes still hash to the digest; the file
+            # hashed is fingerprinted for consumer handoffs (``hash_stable``).
+            actual, size, hashed = hash_stable(fd)
             if actual != digest:
-                return actual, size, None
+                return actual, size, None, None
             # Step PRO-2 (re-inspect): the format is judged again from content.
             try:
                 inspection = inspect_file(lambda off, length: os.pread(fd, length, off), size)
             except FormatRefused as exc:
-                return actual, size, f"refused:{exc.reason}"
-            return actual, size, inspection.format
+                return actual, size, f"refused:{exc.reason}", None
+            return actual, size, inspection.format, hashed
         finally:
             os.close(fd)
 

@@ -54,6 +54,8 @@ class Ingest:
         self._rfd: int | None = None
         self._stage: mmap.mmap | None = None
         self._fill = 0
+        #: ``fstat`` of the committed file, taken after its mode and name are final.
+        self.committed_stat: os.stat_result | None = None
         self.tmp_path = store.tmp_dir / f"ingest-{secrets.token_hex(12)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._direct = hasattr(os, "O_DIRECT")
@@ -178,8 +180,10 @@ class Ingest:
         placed = False
         try:
             self._flush_tail()
+            # Objects are read-only to everyone (consumers reopen a handed-out fd through
+            # /proc/self/fd/N, which checks the mode) and writable by no one but root.
+            os.fchmod(fd, OBJECT_MODE)
             os.fsync(fd)  # a delayed allocation can still fail here, ENOSPC included
-            self._close()
             final.parent.mkdir(parents=True, exist_ok=True)
             # The caller holds the digest's lock and found no row for it, so whatever is
             # at the path is an orphan (a crash between rename and record) or was
@@ -188,6 +192,10 @@ class Ingest:
             os.replace(self.tmp_path, final)
             placed = True
             fsync_dir(final.parent)
+            # The inode just hashed, with its final mode and name (a rename moves ctime):
+            # the fingerprint a consumer handoff compares against (``Fingerprint``).
+            self.committed_stat = os.fstat(fd)
+            self._close()
         except BaseException as exc:
             self.abort()
             if placed:  # the rename may not be durable: nothing claims these bytes yet
@@ -246,7 +254,15 @@ PROBLEMS: dict[str, str] = {
     "linked": "the stored file has more than one name (hard links): its bytes can change "
     "through a name the store does not own",
     "unreadable": "the stored bytes cannot be read",
+    "changed": "the stored file changed since its last full hash (its inode, size, mtime or "
+    "ctime differ) and is too large to re-hash on open; verify it to restore it",
+    "changing": "the stored file changed while it was being hashed",
 }
+
+#: Every object file: read-only to all, writable by nobody but root.
+OBJECT_MODE = 0o444
+#: The store's directories: only the daemon's user may enter or change them.
+DIR_MODE = 0o700
 
 
 def describe(actual: str) -> str:
@@ -276,6 +292,33 @@ def hash_fd(fd: int) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
+def hash_stable(fd: int) -> tuple[str, int, os.stat_result | None]:
+    """Hash ``fd`` from its start and say which file the hash vouches for.
+
+    (digest, size, stat): ``stat`` is the fd's ``fstat`` if it was the same before and
+    after the hash (``Fingerprint`` fields), else None: the file changed while it was
+    read, so the hash may mix old and new bytes and vouches for no file. The offset is
+    put back at 0, so the fd can be handed on and read from its start.
+    """
+    try:
+        before = os.fstat(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        return "unreadable", 0, None
+    actual, size = hash_fd(fd)
+    try:
+        after = os.fstat(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        return "unreadable", 0, None
+    same = _stat_key(before) == _stat_key(after) and size == after.st_size
+    return actual, size, after if same else None
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _kind(mode: int) -> str | None:
     """The problem name for a file type that is not a regular file."""
     if stat.S_ISREG(mode):
@@ -298,9 +341,20 @@ class ObjectStore:
         self.tmp_dir = root / "tmp"
 
     def open(self) -> None:
-        """Create the layout and sweep temp files left by a crash (never committed)."""
-        for d in (self.root, self.objects, self.tmp_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the layout and sweep temp files left by a crash (never committed).
+
+        Every directory is made (or put back to) 0700 and every object file 0444, so a
+        store made before objects were read-only, or loosened by hand, is tightened at
+        the next start: nobody but the daemon's user can reach or change the bytes.
+        """
+        for d in (self.root, self.root / "objects", self.objects, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            try:
+                if stat.S_IMODE(d.lstat().st_mode) != DIR_MODE:
+                    d.chmod(DIR_MODE)
+            except OSError as exc:
+                raise storage_error(exc, f"setting the mode of {d}") from None
+        self._tighten_objects()
         for leftover in self.tmp_dir.glob("ingest-*"):
             if leftover.is_symlink() or not leftover.is_dir():
                 leftover.unlink(missing_ok=True)
@@ -310,6 +364,27 @@ class ObjectStore:
             probe.unlink()
         except OSError as exc:
             raise StorageError(f"store {self.root} is not writable: {exc}") from None
+
+    def _tighten_objects(self) -> None:
+        """Make every object file 0444 (changing only those that are not: a chmod moves
+        ctime, so their next consumer handoff re-hashes them). Anything that is not one
+        regular file is left for the integrity checks to report."""
+        for entry in os.scandir(self.objects):
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) == OBJECT_MODE:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.fchmod(fd, OBJECT_MODE)
+            except OSError as exc:
+                log.error("could not make %s read-only: %s", entry.path, exc.strerror)  # noqa: TRY400
+            finally:
+                os.close(fd)
 
     def begin(self, max_bytes: int) -> Ingest:
         return Ingest(self, max_bytes)
@@ -389,12 +464,18 @@ class ObjectStore:
     def rehash(self, digest: str) -> tuple[str, int]:
         """Hash the stored bytes from disk: (digest, size), or (problem, 0) for an object
         path that holds no usable bytes (a key of ``PROBLEMS``)."""
+        actual, size, _stat = self.hash_object(digest)
+        return actual, size
+
+    def hash_object(self, digest: str) -> tuple[str, int, os.stat_result | None]:
+        """``rehash`` plus the ``fstat`` of the file the hash vouches for (``hash_stable``;
+        None if it changed while read or holds no usable bytes)."""
         try:
             fd = self.open_object(digest)
         except UnusableObject as exc:
-            return exc.problem, 0
+            return exc.problem, 0, None
         try:
-            return hash_fd(fd)
+            return hash_stable(fd)
         finally:
             os.close(fd)
 

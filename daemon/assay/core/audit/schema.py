@@ -43,6 +43,7 @@ class AuthMode(StrEnum):
     API_KEY = "api_key"  # relay API key
     NONE = "none"  # unauthenticated request (refused or public route)
     LOCAL = "local"  # offline CLI action by whoever can write the files
+    PEER = "peer"  # Unix socket peer credentials (SO_PEERCRED), mapped by config
 
 
 class Decision(StrEnum):
