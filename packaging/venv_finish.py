@@ -156,16 +156,22 @@ def prune(venv: Path, manifest: Path) -> None:
 
 
 def check_records(sp: Path) -> None:
-    """Every file a RECORD lists exists and, where it has a hash, matches it."""
+    """Every file a RECORD lists exists and, where it has a hash, matches it; and every
+    file under site-packages is listed by some RECORD (nothing no distribution owns)."""
     problems: list[str] = []
+    owned: set[Path] = set()
     for name, dist_info in dist_infos(sp).items():
         for row in read_record(dist_info):
             entry, expected = row[0], row[1] if len(row) > 1 else ""
             target = resolve(sp, entry)
+            owned.add(target)
             if not target.is_file():
                 problems.append(f"{name}: {entry} is missing")
             elif expected and record_hash(target) != expected:
                 problems.append(f"{name}: {entry} does not match its RECORD hash")
+    for path in sorted(sp.rglob("*")):
+        if (path.is_file() or path.is_symlink()) and path not in owned:
+            problems.append(f"{path.relative_to(sp)} belongs to no distribution")
     if problems:
         raise SystemExit("venv_finish: RECORD check failed:\n  " + "\n  ".join(problems[:50]))
 

@@ -27,6 +27,33 @@ LOGSETUP_IDS = {
 }
 
 
+# Run by the venv's own interpreter: per distribution, its RECORD's SHA-256 and the files
+# RECORD lists that are missing or differ from their hash; and every file under
+# site-packages that no RECORD lists.
+RECORD_CHECK = r"""
+import base64, hashlib, importlib.metadata as m, json, pathlib, sys
+dists, owned = {}, set()
+for d in m.distributions():
+    record = next(d.locate_file(f) for f in d.files if str(f).endswith(".dist-info/RECORD"))
+    bad = []
+    for f in d.files:
+        path = pathlib.Path(d.locate_file(f))
+        owned.add(path.resolve())
+        if not path.exists():
+            bad.append(str(f))
+        elif f.hash:
+            got = base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest())
+            if got.rstrip(b"=").decode() != f.hash.value:
+                bad.append(str(f))
+    name = d.metadata["Name"].lower().replace("_", "-")
+    dists[name] = [hashlib.sha256(pathlib.Path(record).read_bytes()).hexdigest(), bad]
+(site,) = [p for p in sys.path if p.endswith("site-packages")]
+files = [p for p in pathlib.Path(site).rglob("*") if p.is_file()]
+unowned = [str(p) for p in files if p.resolve() not in owned]
+print(json.dumps({"dists": dists, "unowned": unowned}))
+"""
+
+
 def the_deb(system: BootedSystem) -> Path:
     """The .deb this session installed (built into scratch/dist, or ASSAY_TEST_DEB's copy)."""
     debs = sorted(system.scratch.glob("assay_*.deb")) + sorted(
@@ -188,24 +215,10 @@ def test_sbom_components_have_hashes_that_match_what_is_installed(system: Booted
         props = {p["name"]: p["value"] for p in c["properties"]}
         assert props["assay:wheel"].endswith(".whl"), props
         expected[c["name"].lower().replace("_", "-")] = props["assay:record-sha256"]
-    check = (
-        "import base64, hashlib, importlib.metadata as m, json, sys\n"
-        "out = {}\n"
-        "for d in m.distributions():\n"
-        "    rec = next(d.locate_file(f) for f in d.files\n"
-        "               if str(f).endswith('.dist-info/RECORD'))\n"
-        "    bad = []\n"
-        "    for f in d.files:\n"
-        "        p = d.locate_file(f)\n"
-        "        if not p.exists(): bad.append(str(f)); continue\n"
-        "        if f.hash:\n"
-        "            got = base64.urlsafe_b64encode(hashlib.sha256(p.read_bytes()).digest())\n"
-        "            if got.rstrip(b'=').decode() != f.hash.value: bad.append(str(f))\n"
-        "    name = d.metadata['Name'].lower().replace('_', '-')\n"
-        "    out[name] = [hashlib.sha256(rec.read_bytes()).hexdigest(), bad]\n"
-        "print(json.dumps(out))\n"
-    )
-    installed = json.loads(system.run("/opt/assay/bin/python3", "-I", "-c", check).stdout)
+    found = json.loads(system.run("/opt/assay/bin/python3", "-I", "-c", RECORD_CHECK).stdout)
+    # Every file under site-packages is some distribution's: nothing unvouched-for.
+    assert found["unowned"] == [], found["unowned"][:10]
+    installed = found["dists"]
     assert set(installed) == set(expected)
     for name, (record_sha256, bad) in installed.items():
         assert bad == [], (name, bad[:10])

@@ -203,6 +203,15 @@ def test_a_file_that_differs_from_its_record_fails_the_check(venv: Path, attack:
         vf.check_records(sp_of(venv))
 
 
+@pytest.mark.parametrize("planted", ["pyarrow/evil.py", "sitecustomize.py", "x.pth"])
+def test_a_file_no_distribution_owns_fails_the_check(venv: Path, planted: str) -> None:
+    """A module dropped into site-packages (a .pth or sitecustomize runs at every start)
+    is in no RECORD, so nothing would vouch for it: the build refuses it."""
+    (sp_of(venv) / planted).write_text("import os\n")
+    with pytest.raises(SystemExit, match="belongs to no distribution"):
+        vf.check_records(sp_of(venv))
+
+
 def test_record_hashes_agree_with_what_pip_wrote_for_real_distributions() -> None:
     """Differential: our RECORD hash format against pip's, on this environment's own
     installed wheels (pyyaml: compiled extension; trio: pure Python)."""
