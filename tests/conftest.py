@@ -142,7 +142,10 @@ class Deployment:
     def audit_records(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         for f in sorted(self.audit_dir.glob("audit*.jsonl")):
-            records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            # Lines end at "\n" only: a record may hold U+2028 or U+0085 unescaped (valid
+            # JSON), where str.splitlines would cut it.
+            lines = f.read_text(encoding="utf-8").split("\n")
+            records += [json.loads(line) for line in lines if line.strip()]
         return sorted(records, key=lambda r: r["seq"])
 
     def objects(self) -> list[Path]:

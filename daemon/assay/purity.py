@@ -13,12 +13,14 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.problem",
     "assay.core.schema",
     "assay.core.strict_yaml",
+    "assay.core.connlimits",
     "assay.registry.errors",
     "assay.registry.states",
     "assay.registry.policy",
     "assay.registry.digests",
     "assay.registry.validate",
     "assay.registry.bodies",
+    "assay.registry.amr_shape",
     "assay.formats.errors",
     "assay.formats.sniff",
     "assay.formats.zipend",
@@ -27,6 +29,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.formats.gguf",
     "assay.formats.inspect",
     "assay.core.audit.schema",
+    "assay.core.audit.bounds",
     "assay.core.audit.chain",
     "assay.core.audit.verify",
     "assay.core.audit.merkle",
@@ -45,6 +48,9 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.budget",
     "assay.relay.order",
     "assay.relay.views",
+    "assay.trust.config",
+    "assay.trust.errors",
+    "assay.trust.metadata",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

@@ -32,6 +32,18 @@ MUTATING = {
 #: Non-GET routes that re-check bytes rather than move state: their outcome is evidence
 #: (they can mark an artifact failed), so they carry a receipt for their record too.
 CHECKS = {("POST", "/v1/artifacts/{digest}/verify"), ("POST", "/v1/sweep")}
+#: The AMR-compatible non-GET routes: their bodies are AMR's own schema's, so they carry
+#: no receipt (docs/amr-compat.md); assay's own routes do the same things with one.
+AMR_NON_GET = {
+    ("POST", "/v1/model/acquire"),
+    ("POST", "/v1/model/quarantine"),
+    ("POST", "/v1/model/promote"),
+    ("POST", "/v1/model/revoke"),
+    ("DELETE", "/v1/model/delete"),
+    ("POST", "/v1/model/verify"),
+    ("POST", "/v1/models/verify-all"),
+    ("POST", "/v1/model/verify-manifest"),
+}
 
 
 def artifact(i: int) -> bytes:
@@ -44,18 +56,31 @@ class Fixture:
     to_promote: str
     to_revoke: str
     to_delete: str
+    amr_quarantined: str  # the AMR routes' own: acquired, quarantined
+    amr_promote: str
+    amr_revoke: str
+    amr_delete: str
+
+
+AMR_NAMES = ("m/amr-quarantined", "m/amr-promote", "m/amr-revoke", "m/amr-delete")
 
 
 def prepare(dep: Deployment) -> Fixture:
     with dep.client() as c:
         digests = []
-        for i, name in enumerate(("m/trusted", "m/promote", "m/revoke", "m/delete")):
+        names = ("m/trusted", "m/promote", "m/revoke", "m/delete", *AMR_NAMES)
+        for i, name in enumerate(names):
             r = upload(c, artifact(i), name=name)
             assert r.status_code == 201, r.text
             digests.append(r.json()["artifact"]["digest"])
         for d in (digests[0], digests[2]):
             assert c.post(f"/v1/artifacts/{d}/promote").status_code == 200
     return Fixture(*digests)
+
+
+def amr_body(digest: str, name: str) -> dict[str, object]:
+    return {"name": name, "filename": name.rsplit("/", 1)[-1] + ".safetensors",
+            "sha256": digest.removeprefix("sha256:")}  # fmt: skip
 
 
 Call = Callable[[httpx.Client, dict[str, str]], httpx.Response]
@@ -109,6 +134,58 @@ def calls(f: Fixture) -> dict[tuple[str, str], tuple[Call, int]]:
             200,
         ),
         ("POST", "/v1/sweep"): (lambda c, h: c.post("/v1/sweep", headers=h), 200),
+        # The AMR-compatible routes (AMR's statuses: 201 for acquire and promote).
+        ("GET", "/health"): (lambda c, h: c.get("/health", headers=h), 200),
+        ("GET", "/v1/models"): (lambda c, h: c.get("/v1/models", headers=h), 200),
+        ("GET", "/v1/model"): (lambda c, h: c.get("/v1/model?name=m/trusted", headers=h), 200),
+        ("GET", "/v1/model/path"): (
+            lambda c, h: c.get("/v1/model/path?name=m/trusted", headers=h),
+            200,
+        ),
+        ("GET", "/v1/stats"): (lambda c, h: c.get("/v1/stats", headers=h), 200),
+        ("GET", "/v1/integrity/status"): (
+            lambda c, h: c.get("/v1/integrity/status", headers=h),
+            200,
+        ),
+        ("GET", "/v1/audit"): (lambda c, h: c.get("/v1/audit", headers=h), 200),
+        ("POST", "/v1/model/verify"): (
+            lambda c, h: c.post("/v1/model/verify?name=m/trusted", content=b"{}", headers=h),
+            200,
+        ),
+        ("POST", "/v1/models/verify-all"): (
+            lambda c, h: c.post("/v1/models/verify-all", content=b"{}", headers=h),
+            200,
+        ),
+        ("POST", "/v1/model/verify-manifest"): (
+            lambda c, h: c.post("/v1/model/verify-manifest?name=m/trusted", headers=h),
+            200,
+        ),
+        ("POST", "/v1/model/acquire"): (
+            lambda c, h: c.post(
+                "/v1/model/acquire",
+                json=amr_body(f.amr_quarantined, AMR_NAMES[0]) | {"size_bytes": 0},
+                headers=h,
+            ),
+            201,
+        ),
+        ("POST", "/v1/model/quarantine"): (
+            lambda c, h: c.post(f"/v1/model/quarantine?name={AMR_NAMES[0]}", headers=h),
+            200,
+        ),
+        ("POST", "/v1/model/promote"): (
+            lambda c, h: c.post(
+                "/v1/model/promote", json=amr_body(f.amr_promote, AMR_NAMES[1]), headers=h
+            ),
+            201,
+        ),
+        ("POST", "/v1/model/revoke"): (
+            lambda c, h: c.post(f"/v1/model/revoke?name={AMR_NAMES[2]}", headers=h),
+            200,
+        ),
+        ("DELETE", "/v1/model/delete"): (
+            lambda c, h: c.delete(f"/v1/model/delete?name={AMR_NAMES[3]}", headers=h),
+            200,
+        ),
     }
 
 
@@ -182,9 +259,10 @@ def test_every_route_writes_exactly_one_record_per_request(
         assert o.record["status"] == o.response.status_code, o.route
         assert o.record["decision"] == "allow", o.route
         assert o.record["principal"] in ("admin", None), o.route
-    # The health checks are public; everything else was done as the admin token.
+    # Liveness (assay's and AMR's) is public and never looks at a credential; everything
+    # else, readiness included (its details need artifacts:read), was done as the admin.
     public = {o.route for o in seen if o.record["principal"] is None}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz")}
+    assert public == {("GET", "/healthz"), ("GET", "/health")}  # /health: AMR's liveness
 
 
 def test_lifecycle_records_name_their_transition(
@@ -216,7 +294,7 @@ def test_every_mutating_or_checking_2xx_carries_a_receipt_the_public_key_verifie
 ) -> None:
     dep, seen = observed
     non_get = {o.route for o in seen if o.route[0] != "GET"}
-    assert non_get == MUTATING | CHECKS, "classify the new route: MUTATING or CHECKS"
+    assert non_get == MUTATING | CHECKS | AMR_NON_GET, "classify the new route"
     receipted = [o for o in seen if o.route in MUTATING | CHECKS]
     assert len(receipted) == len(MUTATING | CHECKS)
     for o in receipted:
@@ -231,8 +309,10 @@ def test_every_mutating_or_checking_2xx_carries_a_receipt_the_public_key_verifie
         assert receipt["record_hash"] == o.record["record_hash"], o.route
         assert receipt["action"] == o.record["action"], o.route
         assert receipt["target"] == o.record["target"], o.route
-    # Reads carry none.
+    # Reads carry none, nor do the AMR-compatible routes.
     assert all("assay-receipt" not in o.response.headers for o in seen if o.route[0] == "GET")
+    assert all("assay-receipt" not in o.response.headers for o in seen
+               if o.route in AMR_NON_GET)  # fmt: skip
 
 
 def test_receipt_is_found_in_the_daemon_log(observed: tuple[Deployment, list[Observed]]) -> None:

@@ -7,6 +7,7 @@ by hand so each framing case is exactly what a hostile or unusual client would s
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.client
 import json
@@ -229,3 +230,60 @@ def test_upload_in_flight_at_sigterm_finishes_and_is_recorded(
     assert len(created) == 1
     assert run_cli("audit", "verify", str(deployment.audit_dir), "--key-file",
                    str(deployment.dir / "secrets" / "audit-hmac.key")).returncode == 0  # fmt: skip
+
+
+GG = (SAMPLES / "sample.gguf").read_bytes()
+
+
+def smuggle_pair(dep: Deployment, eol: bytes, length: int) -> bytes:
+    """An upload head with lines ending in ``eol``, ST as its body, then a pipelined
+    upload of GG. A reader that misses where the head ends reads GG as the body."""
+    first = eol.join(
+        [
+            b"POST /v1/artifacts?name=a%2Ffirst&meta=source%3Dt&meta=license%3Dmit HTTP/1.1",
+            f"Host: 127.0.0.1:{dep.port}".encode(),
+            f"Authorization: Bearer {dep.admin_token}".encode(),
+            f"Content-Length: {length}".encode(),
+        ]
+    )
+    second = (
+        "POST /v1/artifacts?name=a%2Fsmuggled&meta=source%3Dt&meta=license%3Dmit HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {dep.admin_token}\r\n"
+        f"Content-Length: {len(GG)}\r\n\r\n"
+    ).encode()
+    return first + eol + eol + ST + second + GG
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("length", [len(ST), len(GG)], ids=["exact", "covers-smuggled"])
+def test_lf_only_head_cannot_smuggle_the_next_request(
+    deployment: Deployment, eol: bytes, length: int
+) -> None:
+    with connect(deployment) as sock:
+        sock.sendall(smuggle_pair(deployment, eol, length))
+        status, _headers, body = response(sock)
+    if length == len(ST):  # the body is exactly ST: stored as itself
+        assert status == 201, body
+        assert json.loads(body)["artifact"]["digest"] == "sha256:" + hashlib.sha256(ST).hexdigest()
+        assert [p.name for p in deployment.objects()] == [hashlib.sha256(ST).hexdigest()]
+    else:  # the body is ST plus the start of the next head: not a model file
+        assert status == 422, body
+        assert deployment.objects() == []
+    # Either way the pipelined upload was neither read as the body nor served.
+    assert not any(r.get("status") == 201 and "smuggled" in json.dumps(r)
+                   for r in records(deployment))  # fmt: skip
+    gg = hashlib.sha256(GG).hexdigest()
+    assert gg not in [p.name for p in deployment.objects()]
+
+
+def test_direct_path_answers_carry_a_date_header(deployment: Deployment) -> None:
+    answers = []
+    for token in (None, "z" * 43):  # a 201 and an early 401
+        with connect(deployment) as sock:
+            sock.sendall(head(deployment, len(ST), token=token) + ST)
+            answers.append(response(sock))
+    assert [status for status, _h, _b in answers] == [201, 401]
+    for _status, headers, _body in answers:
+        assert headers["connection"] == "close"  # the direct path answered both
+        parsed = email.utils.parsedate_to_datetime(headers["date"])
+        assert parsed.tzinfo is not None

@@ -362,9 +362,9 @@ def test_readiness_names_store_database_audit_config_and_policy(deployment: Depl
         checks: dict[str, dict[str, object]] = r.json()["checks"]
         return checks
 
-    with deployment.client(None) as c:
+    with deployment.client() as c:  # the details need artifacts:read
         checks = ready(c, 200)
-        assert set(checks) == {"store", "database", "audit", "config", "policy"}
+        assert set(checks) == {"store", "database", "audit", "config", "policy", "trust"}
         assert checks["policy"]["name"] == "default"
         original = deployment.config.read_text()
         deployment.config.write_text(original + "registry_typo: 1\n")

@@ -241,7 +241,10 @@ def test_full_lifecycle_through_the_cli(system: BootedSystem, lifecycle: dict[st
     shown = json.loads(system.cli("status", "--json").stdout)
     assert shown["status"]["version"] and shown["status"]["uptime_seconds"] >= 0
     assert shown["status"]["counts"]["revoked"] >= 1
-    assert set(shown["readyz"]["checks"]) == {"store", "database", "audit", "config", "policy"}
+    checks = shown["readyz"]["checks"]
+    assert set(checks) == {"store", "database", "audit", "config", "policy", "trust"}
+    # The packaged deployment publishes its trusted set into /run/assay-trust (0755).
+    assert checks["trust"]["ok"], checks["trust"]
     # STATUS= follows each change, not only startup and sweeps.
     text = status_of(system)["StatusText"]
     assert f"{shown['status']['counts']['revoked']} revoked" in text, text

@@ -51,6 +51,14 @@ registry:
   policies_dir: policies
   policy: default
   sweep_interval_seconds: 3600
+# The trusted set as a TUF repository (docs/trust.md): consumers pin trust/root/1.root.json.
+trust:
+  publish_dir: run/trust
+  state_dir: state/trust
+  root_dir: trust/root
+  online_key: {{file: secrets/tuf-online.key}}
+  timestamp_expiry_seconds: 3600
+  refresh_interval_seconds: 900
 """
 
 
@@ -113,6 +121,8 @@ def register(sub: Any) -> None:
 def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, Any]:
     """Create config, secrets (0600), policies, samples and an admin token."""
     from assay.core.audit.keys import generate_signing_key
+    from assay.trust.bootstrap import init_trust
+    from assay.trust.keys import ONLINE_KEY_NAME, ROOT_KEY_NAME
 
     config = directory / "config.yaml"
     if config.exists():
@@ -129,6 +139,9 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
         secrets_dir / "audit-hmac.key", (secrets.token_hex(32) + "\n").encode(), mode=0o600
     )
     generate_signing_key(secrets_dir / "audit-signing.key", secrets_dir / "audit-signing.pub")
+    trust = init_trust(
+        secrets_dir / ROOT_KEY_NAME, secrets_dir / ONLINE_KEY_NAME, directory / "trust" / "root"
+    )
     policies = shipped_dir("policies")
     if policies is None:
         raise ConfigError("no policies directory found to copy (set ASSAY_POLICIES_DIR)")
@@ -145,7 +158,13 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
     token_path = secrets_dir / "tokens.json"
     raw, _record = tokenfile.create(token_path, "admin", ADMIN_SCOPES, note="created by assay init")
     _audit_offline(config, "token.create", "admin", {"scopes": ",".join(ADMIN_SCOPES)})
-    return {"dir": str(directory), "config": str(config), "admin_token": raw, "samples": copied}
+    return {
+        "dir": str(directory),
+        "config": str(config),
+        "admin_token": raw,
+        "samples": copied,
+        "trust_root": trust["root"],
+    }
 
 
 def _copy_policies(source: Path, target: Path) -> None:
@@ -171,6 +190,7 @@ def _print_init(out: dict[str, Any]) -> None:
     print(f"created deployment in {out['dir']} (config {out['config']})")
     print("admin token (shown once; store it now):")
     print(f"  {out['admin_token']}")
+    print(f"TUF root for consumers to pin: {out['trust_root']}")
     print("try:")
     print(f"  export ASSAY_TOKEN={out['admin_token']}")
     for sample in out["samples"]:

@@ -282,7 +282,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"assay {status['version']}  up {status['uptime_seconds']:.0f}s  policy {status['policy']}"
     )
     print(f"health: {health['status']}  ready: {ready.get('ready')}")
-    for name, check in ready.get("checks", {}).items():
+    # The checks in full come with a token holding artifacts:read (also in /v1/status,
+    # which answers while /readyz says 503); without it only the names of failing ones.
+    checks = (
+        ready.get("checks")
+        or status.get("ready")
+        or {name: {"ok": False} for name in ready.get("failing", [])}
+    )
+    for name, check in checks.items():
         print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in status["counts"].items()))
     replay = status.get("replay")

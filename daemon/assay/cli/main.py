@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from assay import __version__
-from assay.cli import admin, artifacts, audit_cmd, inspect_cmd, publisher_cmd, relay_cmd
+from assay.cli import admin, artifacts, audit_cmd, inspect_cmd, publisher_cmd, relay_cmd, trust_cmd
 from assay.cli.client import Unreachable
 from assay.core.errors import (
     AssayError,
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.register(sub)
     publisher_cmd.register(sub)
     relay_cmd.register(sub)
+    trust_cmd.register(sub)
     return parser
 
 

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import trio
+
 from assay.core import problem
 from assay.core.errors import AssayError
 from assay.core.web import AuditSink, RequestAudit, base_fields
@@ -91,3 +93,39 @@ class HeaderCap:
         except AssayError as audit_err:
             status, body = problem.from_error(audit_err, instance=path, request_id=request_id)
         await respond(send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, {})
+
+
+class RecordBeforeDisconnect:
+    """Hold a client's hang-up back from the app until its response has started.
+
+    Why: Quart cancels a request's handler as soon as ``receive()`` says
+    ``http.disconnect``, and its record is written in ``after_request``, after the
+    handler. A client that sends a request and resets the connection at once got no
+    record at all (a sweep or a verify was cut off half done). The response starts only
+    after ``after_request`` has written the record, so until then the hang-up waits:
+    the handler runs to its end (bounded by the app's own body and response timeouts),
+    the record is written, hypercorn drops the answer nobody reads, and only then does
+    the app see the disconnect (which still stops a streaming body at once).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = trio.Event()
+
+        async def send_marking(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        async def receive_held() -> MutableMapping[str, Any]:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                await started.wait()
+            return message
+
+        await self.app(scope, receive_held, send_marking)

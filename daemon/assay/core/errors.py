@@ -210,3 +210,17 @@ class SecretError(StorageError):
     code = "config.secret_invalid"
     status = 500
     title = "Secret unusable"
+
+
+# --- Capacity: the daemon cannot take this connection now ---------------------------------
+
+
+class ServerBusy(AssayError):
+    """Every connection slot (``server.max_connections``) holds a request in progress.
+
+    Answered before any byte of the request is read, so no principal or route is known.
+    """
+
+    code = "server.busy"
+    status = 503
+    title = "Server busy"

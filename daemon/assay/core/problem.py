@@ -23,6 +23,7 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
     415: ("request.unsupported_media_type", "Unsupported media type"),
     431: ("request.headers_too_large", "Request header fields too large"),
     500: ("internal.error", "Internal error"),
+    501: ("request.not_implemented", "Not implemented"),
 }
 
 

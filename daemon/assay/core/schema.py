@@ -90,7 +90,19 @@ class ServerConfig(Strict):
     allow_non_loopback: bool = False
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
     max_json_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Connections served at once, TCP and Unix socket together. At the cap a new one
+    #: displaces the connection idle longest (no request in progress); when every one
+    #: is in a request, the new one gets a fast 503 ``server.busy`` and is closed.
+    max_connections: int = Field(default=256, ge=1, le=65536)
+    #: Idle close: a connection with no request in progress and no byte of the next one
+    #: is closed after this (before its first request too).
     keep_alive_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    #: From the first byte of a request head to its end; more bytes do not extend it.
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: Within a request, the longest the daemon waits on the client with no byte moving
+    #: (for request-body bytes, or for the client to take response bytes). A transfer
+    #: that keeps moving is never cut, however long; server-side work is not a wait.
+    request_timeout_seconds: float = Field(default=60.0, gt=0, le=86_400)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     unix_socket: str | None = None
 

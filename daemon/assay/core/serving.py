@@ -1,12 +1,14 @@
 """The hypercorn settings both daemons share, from the core's ``ServerConfig``.
 
-One place, so the registry and the relay cannot drift on limits, timeouts or headers.
+One place, so the registry and the relay cannot drift on limits, timeouts or headers:
+both get the same connection guard (``assay.core.connections``) with the same limits.
 Socket activation wins over the configured bind: systemd owns the socket.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,15 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from assay.core import logsetup
+from assay.core import hypercorn_guard, logsetup
 from assay.core.audit.writer import AuditWriter
+from assay.core.connlimits import Limits, descriptors_wanted, fit_to_descriptors
 from assay.core.schema import ServerConfig
 from assay.core.systemd import Notifier, listen_fds
 
 H11_BACKSTOP_BYTES = 1024 * 1024
+
+log = logging.getLogger("assay.serving")
 
 
 def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -> HyperConfig:
@@ -33,14 +38,60 @@ def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -
     # ``assay.core.asgi.HeaderCap``; h11's bound on *incomplete* data is only a memory
     # backstop above it, because when it fires hypercorn answers a bare, unaudited 400.
     hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
-    hc.keep_alive_timeout = server.keep_alive_timeout_seconds
+    # The connection guard (``assay.core.hypercorn_guard``) enforces the keep-alive, header
+    # read and request timeouts and the connection cap. hypercorn's own idle timer runs from a
+    # connection's start to its first complete head, so it is set past the guard's
+    # keep-alive plus header read time, never cutting a head the guard still allows.
+    hc.keep_alive_timeout = server.keep_alive_timeout_seconds + server.header_read_timeout_seconds
     hc.graceful_timeout = server.shutdown_timeout_seconds
     hc.include_server_header = False
     hc.include_date_header = True
     hc.accesslog = None
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
+    hypercorn_guard.install(hc, fitted_limits(connection_limits(server)))
     return hc
+
+
+def fitted_limits(limits: Limits) -> Limits:
+    """The limits, with ``max_connections`` within this process's descriptor limit.
+
+    The soft limit is raised toward the hard one first; if that is still short, the cap
+    is lowered and the operator told, because a cap above the descriptor limit never
+    binds (``connlimits.fit_to_descriptors``).
+    """
+    fitted = fit_to_descriptors(limits, descriptor_limit(descriptors_wanted(limits)))
+    if fitted != limits:
+        log.warning(
+            "server.max_connections %d needs %d file descriptors, RLIMIT_NOFILE allows %d: "
+            "serving at most %d connections",
+            limits.max_connections, descriptors_wanted(limits),
+            descriptor_limit(0), fitted.max_connections,
+        )  # fmt: skip
+    return fitted
+
+
+def descriptor_limit(wanted: int) -> int:
+    """RLIMIT_NOFILE's soft limit, raised to ``wanted`` first where the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and soft < wanted:
+        target = wanted if hard == unlimited else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    return 1 << 30 if soft == unlimited else soft
+
+
+def connection_limits(server: ServerConfig) -> Limits:
+    return Limits(
+        max_connections=server.max_connections,
+        keep_alive=server.keep_alive_timeout_seconds,
+        header_read=server.header_read_timeout_seconds,
+        request=server.request_timeout_seconds,
+    )
 
 
 async def serve(

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from quart import Quart, Response, g, request
+from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from assay.core import problem
+from assay.core.audit.bounds import bound
 from assay.core.authn import Authenticator
-from assay.core.errors import AssayError, AuditWriteFailed, ScopeDenied
+from assay.core.errors import AssayError, AuditWriteFailed, AuthError, ScopeDenied
 from assay.core.tokens import Principal
 
 log = logging.getLogger("assay.http")
@@ -30,12 +31,19 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 PURPOSE_HEADER = "x-purpose"
 MAX_PURPOSE_CHARS = 200
+MAX_REQUEST_ID_CHARS = 64
 
 
 class AuditSink(Protocol):
     """What the web edge needs from the audit log: a durable append."""
 
     async def append(self, fields: dict[str, Any]) -> Mapping[str, Any]: ...
+
+
+#: ``(path, status, problem) -> (status, problem)``: how an app answers a problem on
+#: a path whose API is not ours (e.g. a compatibility API that answers 403 for a bad
+#: token where assay answers 401). Applied in the one translation, ``_problem``.
+ProblemShape = Callable[[str, int, dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
 def requires(scope: str) -> Callable[[F], F]:
@@ -88,8 +96,17 @@ def route_template() -> str:
 
 
 def purpose() -> str | None:
-    value = request.headers.get(PURPOSE_HEADER)
+    return purpose_of(request.headers.get(PURPOSE_HEADER))
+
+
+def purpose_of(value: str | None) -> str | None:
+    """What a record keeps of an ``X-Purpose`` header (the relay refuses longer ones)."""
     return value[:MAX_PURPOSE_CHARS] if value else None
+
+
+def request_id_of(value: str | None) -> str:
+    """The client's ``X-Request-Id`` (its first 64 characters), else a fresh one."""
+    return (value or "")[:MAX_REQUEST_ID_CHARS] or secrets.token_hex(8)
 
 
 def base_fields(
@@ -97,35 +114,53 @@ def base_fields(
     audit: RequestAudit,
     status: int,
     error_code: str | None,
-    route: str,
+    route: str | None,
     request_id: str,
     params: list[str],
     purpose_value: str | None,
 ) -> dict[str, Any]:
-    """The shared record shape; also used by non-Quart adapters (the upload path)."""
+    """The shared record shape; also used by non-Quart adapters (the upload path).
+
+    Built through ``bounds.bound``: whatever the attacker put in the path, the query or
+    the headers, the record is one the log accepts (shortened and marked, never refused).
+    """
     decision = audit.decision or ("allow" if status < 400 else "deny" if status < 500 else "error")
-    return {
-        "request_id": request_id,
-        "principal": principal.id if principal else None,
-        "auth_mode": principal.auth_mode if principal else "none",
-        "action": audit.action,
-        "route": route,
-        "target": audit.target,
-        "from_state": audit.from_state,
-        "to_state": audit.to_state,
-        "decision": decision,
-        "reasons": list(audit.reasons),
-        "status": status,
-        "error_code": error_code,
-        "params": params,
-        "purpose": purpose_value,
-        "extra": dict(audit.extra),
-    }
+    return bound(
+        {
+            "request_id": request_id,
+            "principal": principal.id if principal else None,
+            "auth_mode": principal.auth_mode if principal else "none",
+            "action": audit.action,
+            "route": route,
+            "target": audit.target,
+            "from_state": audit.from_state,
+            "to_state": audit.to_state,
+            "decision": decision,
+            "reasons": list(audit.reasons),
+            "status": status,
+            "error_code": error_code,
+            "params": params,
+            "purpose": purpose_value,
+            "extra": audit.extra,
+        }
+    )
 
 
-def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> None:
+#: Which checks (and which of their details) a caller may see; None: only the summary.
+Details = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def add_health_routes(
+    app: Quart, readiness: Callable[[], dict[str, Any]], details: Details
+) -> None:
     """``/healthz`` (liveness) and ``/readyz`` (named readiness checks): the only public
-    routes, the same in every component so systemd and operators probe them alike."""
+    routes, the same in every component so systemd and operators probe them alike.
+
+    Public, so ``/readyz`` tells anyone only ``{"ready", "failing"}``: whether the daemon
+    is ready and the names of the checks that fail. The details (paths, free bytes, the
+    audit head, table digests) move as the daemon works and describe its host, so they
+    are added as ``checks`` only for a caller whose credential ``details`` accepts.
+    """
 
     @app.get("/healthz")
     @public
@@ -138,9 +173,75 @@ def add_health_routes(app: Quart, readiness: Callable[[], dict[str, Any]]) -> No
     async def readyz() -> Response:
         """Readiness: every named check (store, audit, config, tables...) passes."""
         checks = readiness()
-        ok = all(c.get("ok") for c in checks.values())
-        body = json.dumps({"ready": ok, "checks": checks}, sort_keys=True)
-        return Response(body, status=200 if ok else 503, content_type="application/json")
+        failing = sorted(name for name, c in checks.items() if not c.get("ok"))
+        out: dict[str, Any] = {"ready": not failing, "failing": failing}
+        shown = details(checks)
+        if shown is not None:
+            out["checks"] = shown
+        current_audit().extra["details"] = shown is not None
+        body = json.dumps(out, sort_keys=True)
+        return Response(body, status=503 if failing else 200, content_type="application/json")
+
+
+def optional_principal(authenticator: Authenticator) -> Principal | None:
+    """The caller, if it presented a credential that authenticates; else None, no error.
+
+    For the public health routes: a probe with a stale or missing credential is still
+    answered (the summary), never refused; a good one is recorded as the principal.
+    """
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        principal = authenticator.authenticate(headers)
+    except AuthError:
+        return None
+    g.principal = principal
+    return principal
+
+
+def scoped_details(authenticator: Authenticator, scope: str) -> Details:
+    """Every check in full, for a caller holding ``scope``."""
+
+    def details(checks: dict[str, Any]) -> dict[str, Any] | None:
+        principal = optional_principal(authenticator)
+        return checks if principal is not None and scope in principal.scopes else None
+
+    return details
+
+
+@dataclass(frozen=True)
+class _Edge:
+    """What ``record_request`` needs from ``install``: the sink and the params reader."""
+
+    audit: AuditSink
+    params: Callable[[], list[str]]
+    route: Callable[[], str]
+
+
+_EDGE = "assay.edge"
+
+
+def _request_fields(status: int, error_code: str | None = None) -> dict[str, Any]:
+    edge: _Edge = current_app.extensions[_EDGE]
+    return base_fields(
+        g.get("principal"),
+        g.get("audit") or RequestAudit(),
+        status,
+        error_code,
+        edge.route(),
+        g.get("request_id", ""),
+        edge.params(),
+        g.purpose if "purpose" in g else purpose(),
+    )
+
+
+async def record_request(status: int) -> Mapping[str, Any]:
+    """Write this request's one record *now*, as ``status``, before the handler's side
+    effects (verify, sweep): if it cannot be written (``AuditWriteFailed``, a 503), the
+    handler stops and nothing changed. The edge then writes no second record."""
+    edge: _Edge = current_app.extensions[_EDGE]
+    record = await edge.audit.append(_request_fields(status))
+    current_audit().written = record
+    return record
 
 
 def install(
@@ -151,17 +252,21 @@ def install(
     param_names: Callable[[], list[str]] | None = None,
     receipt_hook: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]] | None = None,
     route: Callable[[], str] | None = None,
+    problem_shape: ProblemShape | None = None,
 ) -> None:
     """Wire the auth/scope/problem/audit/header discipline into ``app``.
 
     ``route`` names the request in its audit record (default ``route_template``); the
-    relay passes one that never records a raw unmatched path.
+    relay passes one that never records a raw unmatched path. ``problem_shape`` reshapes
+    every problem answer before it is sent and recorded.
     """
 
     def params() -> list[str]:
         if param_names is not None:
             return param_names()
         return sorted({f"{k}:eq" for k in request.args})
+
+    app.extensions[_EDGE] = _Edge(audit, params, route or route_template)
 
     @app.before_request
     async def _authenticate() -> None:
@@ -177,9 +282,8 @@ def install(
             lowered[lk] = v
             if lk not in first:
                 first[lk] = v
-        g.request_id = first.get("x-request-id", "")[:64] or secrets.token_hex(8)
-        purpose_value = first.get(PURPOSE_HEADER)
-        g.purpose = purpose_value[:MAX_PURPOSE_CHARS] if purpose_value else None
+        g.request_id = request_id_of(first.get("x-request-id"))
+        g.purpose = purpose_of(first.get(PURPOSE_HEADER))
         g.started = time.monotonic()
         g.audit = RequestAudit()
         g.principal = None
@@ -200,6 +304,8 @@ def install(
     def _problem(
         status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> Response:
+        if problem_shape is not None:
+            status, body = problem_shape(request.path, status, body)
         g.error_code = body.get("code")
         resp = Response(problem.encode(body), status=status, content_type=problem.PROBLEM_TYPE)
         if status == 401:
@@ -252,16 +358,7 @@ def install(
             audit_state = RequestAudit()
         if audit_state.written is not None:
             return response
-        fields = base_fields(
-            g.get("principal"),
-            audit_state,
-            response.status_code,
-            g.get("error_code"),
-            route() if route is not None else route_template(),
-            g.get("request_id", ""),
-            params(),
-            g.purpose if "purpose" in g else purpose(),
-        )
+        fields = _request_fields(response.status_code, g.get("error_code"))
         try:
             record = await audit.append(fields)
         except AuditWriteFailed as exc:

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Response, g, request
@@ -21,18 +21,22 @@ from quart_trio import QuartTrio
 
 from assay import __version__
 from assay.core import web
+from assay.core.asgi import ASGIApp
 from assay.core.authn import Authenticator
 from assay.core.errors import BadRequest
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
-from assay.registry import bodies
+from assay.registry import amr, amr_shape, bodies
 from assay.registry.digests import parse_digest
+from assay.registry.download import OpenObject, ReleaseAtEnd, own
 from assay.registry.service import Registry
 from assay.registry.states import Action
+from assay.registry.store import describe
 from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
 from assay.registry.validate import check_name
 
 SERVE_CHUNK = 1024 * 1024
+READINESS_SCOPE = "artifacts:read"
 
 #: Hook that turns a mutation's audit record into response headers (receipts).
 ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
@@ -132,12 +136,17 @@ def create_app(
     max_json_body_bytes: int,
     readiness: Callable[[], dict[str, Any]],
     receipt_hook: ReceiptHook | None = None,
+    audit_records: amr.AuditRecords | None = None,
 ) -> QuartTrio:
     app = QuartTrio("assay.registry")
+    # Whatever a request's handler owns (a download's open file) is closed when its ASGI
+    # call returns, however the request ended (``assay.registry.download``).
+    app.asgi_app = cast(Any, ReleaseAtEnd(cast(ASGIApp, app.asgi_app)))  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = max_json_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = True
-    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook)
+    web.install(app, authenticator=authenticator, audit=audit, receipt_hook=receipt_hook,
+                problem_shape=amr_shape.problem_shape)  # fmt: skip
     started = time.monotonic()
     history_reads = HistoryReads(registry.db.history)
 
@@ -149,7 +158,8 @@ def create_app(
             resp.headers[k] = v
         return resp
 
-    web.add_health_routes(app, readiness)
+    #: Readiness details describe the host (paths, free bytes, the audit head): readers only.
+    web.add_health_routes(app, readiness, web.scoped_details(authenticator, READINESS_SCOPE))
 
     @app.get("/v1/status")
     @requires("artifacts:read")
@@ -268,33 +278,49 @@ def create_app(
     @requires("artifacts:verify")
     async def verify(digest: str) -> Response:
         """Re-hash one artifact's stored bytes now."""
-        current_audit().target = parse_digest(digest)
-        current_audit().action = "artifact.verify"
-        current_audit().receipt = True  # evidence of the check, signed like a mutation
+        audit_state = current_audit()
+        audit_state.target = parse_digest(digest)
+        audit_state.action = "artifact.verify"
+        audit_state.receipt = True  # evidence of the check, signed like a mutation
+
+        async def record_request(result: dict[str, Any]) -> Mapping[str, Any]:
+            audit_state.reasons = [] if result["ok"] else [describe(result["actual"])]
+            return await web.record_request(200)
+
         result, record = await registry.verify(
             digest,
             principal=current_principal(),
             route=web.route_template(),
             request_id=_rid(),
             status=200,
+            record_request=record_request,
         )
         if record is not None:
-            # The integrity changed: that change's record is this request's record.
+            # Durable before anything changed: the integrity change's record, or the
+            # request's own. Either is this request's one record, signed into a receipt.
             return mutation_response(result, record, 200)
-        current_audit().reasons = [] if result["ok"] else [f"hashes to {result['actual']}"]
         return Response(_dumps(result), status=200, content_type="application/json")
 
     @app.post("/v1/sweep")
     @requires("artifacts:verify")
-    async def sweep() -> dict[str, Any]:
+    async def sweep() -> Response:
         """Re-hash every stored artifact now."""
-        current_audit().action = "artifact.sweep"
-        current_audit().receipt = True
+        audit_state = current_audit()
+        audit_state.action = "artifact.sweep"
+        audit_state.receipt = True
+
+        async def record_request(summary: dict[str, Any]) -> Mapping[str, Any]:
+            audit_state.extra = {"checked": summary["checked"], "failed": len(summary["failed"])}
+            return await web.record_request(200)
+
         result = await registry.sweep(
-            principal=current_principal(), route=web.route_template(), request_id=_rid()
+            principal=current_principal(),
+            route=web.route_template(),
+            request_id=_rid(),
+            record_request=record_request,
         )
-        current_audit().extra = {"checked": result["checked"], "failed": len(result["failed"])}
-        return result
+        assert audit_state.written is not None  # SWP-2 ran: the record came first
+        return mutation_response(result, audit_state.written, 200)
 
     @app.get("/v1/artifacts/<digest>/content")
     @requires("artifacts:read")
@@ -305,9 +331,22 @@ def create_app(
         art, fd = await registry.open_consumable(
             digest, principal=current_principal(), route=web.route_template(), request_id=_rid()
         )
-        resp = Response(
-            _serve(registry, art.digest, fd), status=200, content_type="application/octet-stream"
-        )
+        # No checkpoint between the open and here: the request owns the descriptor from
+        # now on, and it is closed when the request ends even if the body never runs.
+        obj = OpenObject(fd)
+        own(request.scope, obj)
+        if request.method == "HEAD":
+            obj.close()  # the length is known; HEAD reads and hashes nothing
+            resp = Response(b"", status=200, content_type="application/octet-stream")
+        else:
+            resp = Response(
+                _serve(registry, art.digest, obj),
+                status=200,
+                content_type="application/octet-stream",
+            )
+            # Not Quart's 60 s response timeout: a 70 GB download takes longer. A client
+            # that stops taking bytes is cut by the server's request timeout instead.
+            resp.timeout = None
         resp.headers["Content-Length"] = str(art.size)
         resp.headers["Digest"] = art.digest
         return resp
@@ -321,15 +360,16 @@ def create_app(
         current_audit().action = "artifact.resolve"
         return {"name": name, "digest": art.digest, "size": art.size, "format": art.format}
 
+    amr.install(app, registry, audit_records=audit_records)
     return app
 
 
-async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[bytes]:
+async def _serve(registry: Registry, digest: str, obj: OpenObject) -> AsyncIterator[bytes]:
     """Yield chunks while hashing, always holding the last one back until the hash checks."""
     h = hashlib.sha256()
     pending: bytes | None = None
     try:
-        while chunk := await trio.to_thread.run_sync(os.read, fd, SERVE_CHUNK):
+        while chunk := await trio.to_thread.run_sync(os.read, obj.fd, SERVE_CHUNK):
             h.update(chunk)
             if pending is not None:
                 yield pending
@@ -344,7 +384,7 @@ async def _serve(registry: Registry, digest: str, fd: int) -> AsyncIterator[byte
         if pending is not None:
             yield pending
     finally:
-        os.close(fd)
+        obj.close()
 
 
 #: A listing page: the default, and the most one request may ask for.

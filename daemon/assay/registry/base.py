@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +80,7 @@ class RegistryBase:
         audit_head: Callable[[], int] = lambda: 0,
         audit_uncertain: Callable[[], bool] = lambda: False,
         audit_position: Callable[[], Position] | None = None,
+        on_trusted_change: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.db = db
@@ -108,6 +109,9 @@ class RegistryBase:
         #: that may become it (each at most the mark it is saved with).
         self.replay_anchor: Position | None = None
         self._positions: deque[Position] = deque(maxlen=16)
+        #: Awaited with the digest after every change that can alter the trusted set
+        #: (``_trusted_changed``); the daemon publishes the TUF repository from it.
+        self.on_trusted_change = on_trusted_change
 
     # -- startup ------------------------------------------------------------------------
 
@@ -222,6 +226,30 @@ class RegistryBase:
                     record["seq"],
                 )
             raise
+
+    def settled_through(self) -> int:
+        """The seq up to which every mutation record is settled: applied, voided, or never
+        written. A reader of lifecycle records up to it knows each one's fate (the
+        database carries its change or never will), so it can page past them safely."""
+        return self._in_flight.safe_mark(self._audit_head())
+
+    async def _trusted_changed(self, digest: str, record: Mapping[str, Any]) -> None:
+        """Tell ``on_trusted_change`` that ``digest``'s trust changed, once its change is
+        committed and in memory, before the operation returns (so before its answer).
+
+        Shielded: a client that hangs up must not cancel the publish of a revocation it
+        caused. A failure raised here carries the change's record, which is the
+        request's one record (the change stands; the answer says what failed).
+        """
+        if self.on_trusted_change is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await self.on_trusted_change(digest)
+            except AssayError as err:
+                if err.written_record is None:
+                    err.written_record = record
+                raise
 
     def _lock(self, digest: str) -> trio.Lock:
         return self._locks.setdefault(digest, trio.Lock())

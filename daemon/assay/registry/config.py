@@ -19,6 +19,7 @@ from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, val
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
 from assay.registry.policy import Policy
+from assay.trust.config import TrustSection
 
 GiB = 1024**3
 
@@ -36,6 +37,9 @@ class RegistrySection(Strict):
     #: The longest an upload body may stall, with no byte arriving, before it is refused
     #: (``request.incomplete``) and its connection closed.
     upload_stall_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: Read ``Content-Length`` upload bodies straight off the socket (``registry.direct``);
+    #: false serves every upload through hypercorn, at about twice the CPU per GiB.
+    direct_upload: bool = True
     max_metadata_entries: int = Field(default=64, ge=0, le=1024)
     max_name_chars: int = Field(default=200, ge=1, le=1024)
 
@@ -57,6 +61,8 @@ class RegistryConfig(Strict):
     registry: RegistrySection = RegistrySection()
     logging: LoggingSection = LoggingSection()
     watchdog: WatchdogSection = WatchdogSection()
+    #: The TUF repository of the trusted set (``docs/trust.md``); absent = not published.
+    trust: TrustSection | None = None
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup, serving
-from assay.core.asgi import ASGIApp, HeaderCap
+from assay.core import logsetup, refusals, serving
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
@@ -39,6 +39,8 @@ from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
 from assay.registry.upload import UploadAdapter
+from assay.trust.publisher import TrustPublisher
+from assay.trust.setup import load_repository
 
 log = logging.getLogger("assay.daemon")
 
@@ -83,6 +85,11 @@ async def run(
         _events(kind, fields, stacklevel=2)
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
+    publisher: TrustPublisher | None = None
+    if cfg.trust is not None and cfg.trust.enabled:
+        repo = await trio.to_thread.run_sync(partial(load_repository, cfg.trust, base=loaded.base))
+        publisher = TrustPublisher(repo, lambda: registry.artifacts.values())
+
     registry = Registry(
         store=ObjectStore(loaded.path(cfg.registry.store_dir)),
         db=RegistryDB(loaded.path(cfg.registry.db_path)),
@@ -95,6 +102,7 @@ async def run(
         audit_head=lambda: audit.writer.head_seq,
         audit_uncertain=lambda: audit.log.poisoned is not None,
         audit_position=audit.head_position,
+        on_trusted_change=publisher.on_trusted_change if publisher else None,
     )
     await trio.to_thread.run_sync(registry.open_blocking)
     started = time.monotonic()
@@ -115,6 +123,8 @@ async def run(
         audit_check["ok"] = bool(audit_check.get("ok")) and audit.writer.healthy
         audit_check["seq"] = audit.writer.head_seq
         checks["audit"] = audit_check
+        if publisher is not None:
+            checks["trust"] = publisher.readiness()
         return checks
 
     app = create_app(
@@ -124,9 +134,10 @@ async def run(
         max_json_body_bytes=cfg.server.max_json_body_bytes,
         readiness=readiness,
         receipt_hook=audit.receipt_headers,
+        audit_records=audit.records_after,
     )
     upload = UploadAdapter(
-        cast(ASGIApp, app),
+        RecordBeforeDisconnect(cast(ASGIApp, app)),
         registry=registry,
         authenticator=authenticator,
         audit=audit.writer,
@@ -137,20 +148,23 @@ async def run(
     asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
-    direct_upload.install(
-        hc,
-        direct_upload.DirectUpload(
-            asgi,
-            first_byte_timeout=cfg.server.keep_alive_timeout_seconds,
-            read_timeout=cfg.registry.upload_stall_timeout_seconds,
-        ),
-    )
+    refusals.install(hc, audit.writer)
+    if cfg.registry.direct_upload:
+        direct_upload.install(
+            hc,
+            direct_upload.DirectUpload(
+                asgi, read_timeout=cfg.registry.upload_stall_timeout_seconds
+            ),
+        )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.writer.run)
         replay = await reconcile(registry, audit.records_after,
                                  progress=_replay_progress(notifier))  # fmt: skip
         nursery.start_soon(_mark_keeper, registry)
+        if publisher is not None:
+            # After replay: the first publish carries the set as replay left it.
+            await nursery.start(publisher.run)
         await nursery.start(probe.run)
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()

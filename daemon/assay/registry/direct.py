@@ -7,15 +7,18 @@ Here the socket is read with ``recv_into`` into the page-aligned block that is t
 hashed in place and written ``O_DIRECT``: no copy in user space at all.
 
 How, without a second HTTP stack: a connection's first bytes are *peeked*
-(``MSG_PEEK``), never consumed. Unless they are a complete, h11-valid request head for
-``POST /v1/artifacts`` with a ``Content-Length`` and no ``Transfer-Encoding``, the
-connection goes to hypercorn untouched, so every other request, and any upload this
-path does not take, is served exactly as before. When it does take one, h11 still
-parses the head and frames the response; the same ``UploadAdapter`` (auth, scope,
-limits, audit, receipts) handles the request, with the socket offered to it as a
-``BodySource`` through an ASGI scope extension. The connection closes after the
-response (``Connection: close``): the next upload starts on a fresh connection, where
-this path can take it again.
+(``MSG_PEEK``), never consumed, and fed to an ``h11.Connection``. Unless h11 finds a
+complete, valid request head there for ``POST /v1/artifacts`` with a ``Content-Length``
+and no ``Transfer-Encoding``, the connection goes to hypercorn untouched, so every
+other request, and any upload this path does not take, is served exactly as before.
+h11 also decides where the head ends: exactly the bytes it consumed (the peek minus
+what it left unparsed) are read off the socket, never a separate search for a blank
+line, which a bare-LF head would defeat. h11 then frames the response; the same
+``UploadAdapter`` (auth, scope, limits, audit, receipts) handles the request, with the
+socket offered to it as a ``BodySource`` through an ASGI scope extension. The
+connection closes after the response (``Connection: close``): the next upload starts
+on a fresh connection, where this path can take it again. The connection's guard
+(``assay.core.connections``) bounds the peek's wait and every body read and write.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -30,16 +34,19 @@ from urllib.parse import unquote
 import h11
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import run as hypercorn_run
-from hypercorn.trio import tcp_server as hypercorn_tcp
 
+from assay.core import hypercorn_guard
 from assay.core.asgi import ASGIApp
+from assay.core.connections import Guard, GuardedStream
 from assay.core.errors import BadRequest
 from assay.registry.body import DIRECT_BODY_EXTENSION
 
 log = logging.getLogger("assay.direct")
 
-UPLOAD_PREFIX = b"POST /v1/artifacts"
+UPLOAD_METHOD = b"POST"
+UPLOAD_PATH = b"/v1/artifacts"
+#: A cheap first filter only; what is taken is decided by h11's parse of the head.
+UPLOAD_PREFIX = UPLOAD_METHOD + b" " + UPLOAD_PATH
 #: The most of a connection's first bytes that are peeked for a request head.
 PEEK_BYTES = 64 * 1024
 #: After an early refusal, how long unread body bytes are drained before closing, so
@@ -56,10 +63,12 @@ class SocketBody:
         sock: trio.socket.SocketType,
         length: int,
         *,
+        guard: Guard,
         read_timeout: float,
         on_first_read: Callable[[], Awaitable[None]],
     ) -> None:
         self._sock = sock
+        self._guard = guard
         self.remaining = length
         self._timeout = read_timeout
         self._on_first_read: Callable[[], Awaitable[None]] | None = on_first_read
@@ -72,18 +81,19 @@ class SocketBody:
             await first()
         want = min(len(view), self.remaining)
         try:
-            with trio.fail_after(self._timeout):
+            with trio.fail_after(self._timeout), self._guard.client_wait():
                 n: int = await self._sock.recv_into(view, want)
         except trio.TooSlowError:
             raise BadRequest(
                 f"no body bytes for {self._timeout:g} s", code="request.incomplete"
             ) from None
-        except OSError as exc:
+        except (OSError, trio.ClosedResourceError) as exc:
             raise BadRequest(
                 f"client connection failed: {exc}", code="request.incomplete"
             ) from None
         if n == 0:
             raise BadRequest("client disconnected mid-upload", code="request.incomplete")
+        self._guard.received(n)
         self.remaining -= n
         return n
 
@@ -91,61 +101,42 @@ class SocketBody:
 class DirectUpload:
     """Decides per connection whether to take it; serves the upload when it does."""
 
-    def __init__(self, app: ASGIApp, *, first_byte_timeout: float, read_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, read_timeout: float) -> None:
         self.app = app
-        self.first_byte_timeout = first_byte_timeout
         self.read_timeout = read_timeout
 
-    async def try_serve(self, stream: trio.abc.Stream) -> bool:
+    async def try_serve(self, stream: GuardedStream, guard: Guard) -> bool:
         """Serve the connection if it is a direct upload; False leaves it untouched."""
-        if not isinstance(stream, trio.SocketStream):
-            return False
         sock = stream.socket
-        with trio.move_on_after(self.first_byte_timeout) as idle:
-            head = await self._peek_head(sock)
-        if idle.cancelled_caught:
-            await stream.aclose()  # silent past the keep-alive timeout: as hypercorn would
-            return True
-        if head is None:
-            return False
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=PEEK_BYTES)
-        conn.receive_data(head)
         try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return False  # hypercorn answers malformed requests, as for any route
-        if not isinstance(event, h11.Request) or not _direct_framing(event):
+            # Waits for the first bytes only; the guard closes a silent connection.
+            peeked: bytes = await sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except (OSError, trio.ClosedResourceError):
+            await stream.aclose()
+            return True  # closed while silent (the guard's keep-alive), or reset
+        guard.received(len(peeked))
+        taken = _parse_head(peeked)
+        if taken is None:
             return False
+        conn, request, head_length = taken
+        guard.head_complete()
         try:
-            await _consume(sock, len(head))
-            await self._serve(stream, conn, event)
+            await _consume(sock, head_length)
+            await self._serve(stream, guard, conn, request)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away; the adapter has audited whatever it handled
         finally:
             await stream.aclose()
         return True
 
-    @staticmethod
-    async def _peek_head(sock: trio.socket.SocketType) -> bytes | None:
-        """The request head, if the first bytes are a complete head for the upload route."""
-        try:
-            data: bytes = await sock.recv(PEEK_BYTES, socket.MSG_PEEK)
-        except OSError:
-            return None
-        after = data[len(UPLOAD_PREFIX) : len(UPLOAD_PREFIX) + 1]
-        if not data.startswith(UPLOAD_PREFIX) or after not in (b" ", b"?"):
-            return None
-        end = data.find(b"\r\n\r\n")
-        # A head split across segments is left to hypercorn: rare, and still served.
-        return data[: end + 4] if end >= 0 else None
-
     async def _serve(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
+        self, stream: GuardedStream, guard: Guard, conn: h11.Connection, request: h11.Request
     ) -> None:
         exchange = _Exchange(stream, conn)
         body = SocketBody(
             stream.socket,
             int(_header(request, b"content-length") or b"0"),
+            guard=guard,
             read_timeout=self.read_timeout,
             on_first_read=exchange.continue_if_expected,
         )
@@ -168,7 +159,7 @@ class DirectUpload:
 class _Exchange:
     """ASGI ``receive``/``send`` for one request, framed by h11 on the raw stream."""
 
-    def __init__(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
+    def __init__(self, stream: GuardedStream, conn: h11.Connection) -> None:
         self.stream = stream
         self.conn = conn
         self.body: SocketBody | None = None
@@ -192,7 +183,11 @@ class _Exchange:
         if message["type"] == "http.response.start":
             self.started = True
             status = int(message["status"])
-            headers = [*message.get("headers", []), (b"connection", b"close")]
+            headers = [
+                *message.get("headers", []),
+                (b"date", formatdate(usegmt=True).encode()),  # as hypercorn adds it
+                (b"connection", b"close"),
+            ]
             reason = HTTPStatus(status).phrase.encode()
             await self._write(h11.Response(status_code=status, headers=headers, reason=reason))
         elif message["type"] == "http.response.body":
@@ -228,6 +223,31 @@ def _scope(
     }
 
 
+def _parse_head(peeked: bytes) -> tuple[h11.Connection, h11.Request, int] | None:
+    """h11's reading of the peeked bytes, if they hold a whole upload head it accepts:
+    the connection, the request and the head's length as h11 counted it.
+
+    The length is what h11 consumed: the peek minus the bytes it left unparsed
+    (``trailing_data``). h11 ends a head at the first blank line, bare LF or CRLF, so
+    this is where hypercorn would end it too.
+    """
+    after = peeked[len(UPLOAD_PREFIX) : len(UPLOAD_PREFIX) + 1]
+    if not peeked.startswith(UPLOAD_PREFIX) or after not in (b" ", b"?"):
+        return None
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=PEEK_BYTES)
+    conn.receive_data(peeked)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None  # hypercorn answers malformed requests, as for any route
+    if not isinstance(event, h11.Request) or not _direct_framing(event):
+        return None  # NEED_DATA (a head split across segments) included: hypercorn's
+    if event.method != UPLOAD_METHOD or event.target.partition(b"?")[0] != UPLOAD_PATH:
+        return None
+    unparsed, _closed = conn.trailing_data
+    return conn, event, len(peeked) - len(unparsed)
+
+
 def _direct_framing(request: h11.Request) -> bool:
     """Only a plain Content-Length body is read directly; chunked goes to hypercorn."""
     return (
@@ -259,7 +279,7 @@ async def _consume(sock: trio.socket.SocketType, count: int) -> None:
         count -= len(data)
 
 
-async def _linger(stream: trio.SocketStream, remaining: int) -> None:
+async def _linger(stream: GuardedStream, remaining: int) -> None:
     """Drain a refused request's unread body for a short while, then let it close."""
     with trio.move_on_after(LINGER_SECONDS):
         while remaining > 0:
@@ -269,30 +289,6 @@ async def _linger(stream: trio.SocketStream, remaining: int) -> None:
             remaining -= len(data)
 
 
-#: Where ``install`` leaves the handler on hypercorn's config, one per daemon.
-_CONFIG_ATTR = "assay_direct_upload"
-
-
-class _TCPServer(hypercorn_tcp.TCPServer):
-    """hypercorn's connection handler, offering each connection to the direct path first."""
-
-    async def run(self) -> None:
-        direct = getattr(self.config, _CONFIG_ATTR, None)
-        if isinstance(direct, DirectUpload) and await direct.try_serve(self.stream):
-            return
-        await super().run()
-
-
 def install(hc: HyperConfig, direct: DirectUpload) -> None:
-    """Route this config's connections through ``direct`` first.
-
-    hypercorn has no hook for this, so its trio worker's connection class is replaced by
-    a subclass (as ``MAX_RECV`` is raised in ``daemon.py``); the handler itself is looked
-    up on the config, so two daemons in one process keep their own.
-    """
-    if not isinstance(getattr(hypercorn_run, "TCPServer", None), type):
-        # Not the hypercorn this was written against: uploads still work, via hypercorn.
-        log.warning("direct upload transport unavailable with this hypercorn; not installed")
-        return
-    setattr(hc, _CONFIG_ATTR, direct)
-    hypercorn_run.TCPServer = _TCPServer  # type: ignore[attr-defined]
+    """Offer this config's admitted connections to ``direct`` before hypercorn."""
+    hypercorn_guard.set_hook(hc, direct.try_serve)

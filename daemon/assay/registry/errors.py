@@ -43,3 +43,12 @@ class StoredBytesCorrupt(IntegrityError):
     code = "artifact.integrity_failed"
     status = 409
     title = "Stored bytes failed integrity check"
+
+
+class FormatNotAllowed(RejectedInput):
+    """A compatibility request names a file of a format assay never accepts (by its
+    extension, before any byte is read): AMR's schema answers this with 403."""
+
+    code = "artifact.format_not_allowed"
+    status = 403
+    title = "Format not allowed"

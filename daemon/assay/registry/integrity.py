@@ -6,13 +6,13 @@ Split from ``service.py`` by concern; the ordering rule is in ``base.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import trio
 
-from assay.core.errors import AssayError
+from assay.core.errors import AssayError, StorageError
 from assay.core.tokens import Principal
 from assay.registry.base import RegistryBase, now, record_fields
 from assay.registry.digests import parse_digest
@@ -25,6 +25,9 @@ log = logging.getLogger("assay.registry")
 
 #: A sweep writes the times of unchanged checks this many at a time.
 TOUCH_BATCH = 512
+
+#: Writes the request's own record, given the check's result, before anything changes.
+RecordRequest = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any]]]
 
 
 class IntegrityOps(RegistryBase):
@@ -78,6 +81,8 @@ class IntegrityOps(RegistryBase):
         self._events(kind, fields | {"principal": principal.id if principal else ""})
         if failed:
             log.error("integrity failure: %s hashes to %s", art.digest, actual)
+        if art.state == State.TRUSTED:
+            await self._trusted_changed(art.digest, record)
         return updated, record
 
     async def verify(
@@ -88,37 +93,39 @@ class IntegrityOps(RegistryBase):
         route: str | None = None,
         request_id: str | None = None,
         status: int | None = None,
-        unchanged: list[str] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        record_request: RecordRequest | None = None,
+        failure: tuple[int, str] | None = None,
+    ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
         """Re-hash one artifact's stored bytes; a mismatch is recorded and blocks serving.
 
-        Returns the result and, when the integrity changed, the record of that change
-        (for a verify request it is the request's one record, with ``status``).
-        ``unchanged``: a sweep collects the digests whose check changed nothing and
-        writes their ``last_verified_at`` in one transaction, not one fsync each.
+        Returns the result and the request's record when this call wrote it: the record
+        of the integrity change (with ``status``, or with ``failure``'s status and code
+        when the caller answers a failed check otherwise), or else the one
+        ``record_request`` writes. Either way it is durable before anything changes: if
+        it cannot be written, the check changes nothing.
         """
         async with self._lock(parse_digest(digest)):
             art = self.get(digest)
             if art.state == State.DELETED:
                 return {"digest": art.digest, "ok": True, "skipped": "deleted"}, None
-            # Step VER-1 (re-hash): the stored bytes, read from disk now.
+            # Step VER-1 (re-hash): the stored bytes, read from disk now. Reads only.
             actual, _size = await trio.to_thread.run_sync(self.store.rehash, art.digest)
             ok = actual == art.digest
             result = {"digest": art.digest, "ok": ok, "actual": actual}
-            # Step VER-2 (record a change): failed <-> ok is a state change with a record.
+            # Step VER-2 (record a change): failed <-> ok is a state change with a record,
+            # durable before the database changes; for a request it is its one record.
             if (art.integrity == "ok") != ok:
+                answer, code = failure if failure is not None and not ok else (status, None)
                 _updated, record = await self._integrity_changed(
                     art, "ok" if ok else "failed", actual, principal, route, request_id,
-                    status=status,
+                    status=answer, error_code=code,
                 )  # fmt: skip
                 return result, record
-            # Step VER-3 (no change): only the time of the last check moves.
-            if unchanged is not None:
-                unchanged.append(art.digest)
-                return result, None
-            updated = await self._db(self.db.touch_verified, art, now())
-            self.artifacts[art.digest] = updated
-            return result, None
+            # Step VER-3 (no change): the request's record first, then only the time of
+            # the last check moves.
+            written = await record_request(result) if record_request is not None else None
+            await self._touch_verified([art.digest])
+            return result, written
 
     async def sweep(
         self,
@@ -127,59 +134,84 @@ class IntegrityOps(RegistryBase):
         principal: Principal | None = None,
         route: str | None = None,
         request_id: str | None = None,
+        record_request: RecordRequest | None = None,
     ) -> dict[str, Any]:
         """Verify every stored artifact; returns counts and the failures.
 
-        Each integrity change is its own record (one per artifact, carrying the request
-        id of a sweep asked for over HTTP), besides the sweep request's own record.
+        In two phases, so that a sweep asked for over HTTP changes nothing unless its
+        request's record (``record_request``, given the counts) is durable first: every
+        artifact is re-hashed (reads only), the record is written, and only then are the
+        findings applied. Each integrity change is also its own record (carrying the
+        request id), durable before its database change; the times of unchanged checks
+        are written ``TOUCH_BATCH`` at a time, not one fsync each.
         """
         started = now()
         digests = sorted(self.artifacts)
-        failed: list[str] = []
-        checked = 0
-        errors: list[dict[str, str]] = []
-        unchanged: list[str] = []
+        found: list[tuple[Artifact, str]] = []
+        # Step SWP-1 (re-hash): every stored artifact, under its lock; nothing changes.
         for i, digest in enumerate(digests):
-            result: dict[str, Any] | None = None
-            try:
-                result, _record = await self.verify(
-                    digest, principal=principal, route=route, request_id=request_id,
-                    unchanged=unchanged,
-                )  # fmt: skip
-            except AssayError as exc:
-                # One artifact's check could not finish (e.g. its record could not be
-                # written): reported, and the sweep goes on to the next artifact.
-                log.error("sweep: checking %s failed: %s", digest, exc.detail)  # noqa: TRY400
-                errors.append({"digest": digest, "code": exc.code})
+            async with self._lock(digest):
+                art = self.artifacts.get(digest)
+                if art is not None and art.state != State.DELETED:
+                    actual, _size = await trio.to_thread.run_sync(self.store.rehash, digest)
+                    found.append((art, actual))
             if progress is not None:
                 progress(i + 1, len(digests))
-            if result is not None:
-                if "skipped" not in result:
-                    checked += 1
-                if not result["ok"]:
-                    failed.append(digest)
+        failed = [art.digest for art, actual in found if actual != art.digest]
+        summary: dict[str, Any] = {"started": started, "checked": len(found), "failed": failed}
+        # Step SWP-2 (the request's record): if it cannot be written, nothing is applied.
+        if record_request is not None:
+            await record_request(summary)
+        # Step SWP-3 (apply): per artifact, under its lock, unless a newer check or change
+        # moved its integrity meanwhile (that one saw fresher bytes).
+        unchanged: list[str] = []
+        errors: list[dict[str, str]] = []
+        for seen, actual in found:
+            async with self._lock(seen.digest):
+                art = self.artifacts.get(seen.digest)
+                if art is None or art.state == State.DELETED or art.integrity != seen.integrity:
+                    continue
+                ok = actual == art.digest
+                if (art.integrity == "ok") == ok:
+                    unchanged.append(art.digest)
+                else:
+                    try:
+                        await self._integrity_changed(
+                            art, "ok" if ok else "failed", actual, principal, route, request_id
+                        )
+                    except AssayError as exc:
+                        # One artifact's change could not be made (e.g. its record could
+                        # not be written): reported, and the sweep goes on to the next.
+                        log.error("sweep: checking %s failed: %s", art.digest, exc.detail)  # noqa: TRY400
+                        errors.append({"digest": art.digest, "code": exc.code})
             if len(unchanged) >= TOUCH_BATCH:
                 await self._touch_verified(unchanged)
                 unchanged = []
         await self._touch_verified(unchanged)
-        self.last_sweep = {
-            "started": started,
-            "finished": now(),
-            "checked": checked,
-            "failed": failed,
-        }
+        self.last_sweep = summary | {"finished": now()}
         if errors:
             self.last_sweep["errors"] = errors
-        self._events("sweep", {"checked": checked, "failed": len(failed), "errors": len(errors)})
+        self._events("sweep", {"checked": len(found), "failed": len(failed), "errors": len(errors)})
         return self.last_sweep
 
     async def _touch_verified(self, digests: list[str]) -> None:
+        """Move ``last_verified_at`` of checks that changed nothing, in one transaction.
+
+        A failure is logged, not raised: the checks did happen (their request's record
+        may already say so), only their time is not kept.
+        """
         if not digests:
             return
         ts = now()
-        await self._db(self.db.touch_verified_many, digests, ts)
+        try:
+            await self._db(self.db.touch_verified_many, digests, ts)
+        except StorageError as exc:
+            log.error(  # noqa: TRY400 - the detail is the message; no traceback wanted
+                "could not store the time of %d checks: %s", len(digests), exc.detail
+            )
+            return
         for digest in digests:
-            if self.artifacts[digest].integrity == "ok":
+            if digest in self.artifacts and self.artifacts[digest].integrity == "ok":
                 self.artifacts[digest] = replace(self.artifacts[digest], last_verified_at=ts)
 
     async def mark_corrupt_while_serving(

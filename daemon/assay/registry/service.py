@@ -50,13 +50,16 @@ class Registry(IngestOps, IntegrityOps):
         request_id: str,
         reason: str = "",
         signatures: tuple[tuple[str, str], ...] = (),
+        status: int = 200,
     ) -> Outcome:
+        """Apply ``action``; ``status`` is what the caller answers for the change, kept in
+        its record (a compatibility route may answer a promote with 201)."""
         digest = parse_digest(digest)
         async with self._lock(digest):
             art = self.get(digest)
             to_state = next_state(State(art.state), action)
             if action is Action.PROMOTE:
-                return await self._promote(principal, art, route, request_id, signatures)
+                return await self._promote(principal, art, route, request_id, signatures, status)
             reasons = [reason] if reason else []
             async with self._mutation(
                 record_fields(
@@ -67,7 +70,7 @@ class Registry(IngestOps, IntegrityOps):
                     digest,
                     art.state,
                     to_state.value,
-                    200,
+                    status,
                     reasons=reasons,
                 )
             ) as mutation:
@@ -95,6 +98,8 @@ class Registry(IngestOps, IntegrityOps):
                     "seq": record["seq"],
                 },
             )
+            if art.state == State.TRUSTED:
+                await self._trusted_changed(digest, record)
             return Outcome(updated, record)
 
     async def _promote(
@@ -104,6 +109,7 @@ class Registry(IngestOps, IntegrityOps):
         route: str,
         request_id: str,
         signatures: tuple[tuple[str, str], ...],
+        status: int = 200,
     ) -> Outcome:
         # Steps PRO-1 and PRO-2 read one checked fd (``open_object``), so the bytes that
         # are hashed are the bytes that are inspected.
@@ -179,7 +185,7 @@ class Registry(IngestOps, IntegrityOps):
                 art.digest,
                 art.state,
                 State.TRUSTED.value,
-                200,
+                status,
                 reasons=list(decision.passed),
                 extra={
                     "policy": self.policy.name,
@@ -204,6 +210,7 @@ class Registry(IngestOps, IntegrityOps):
                 "seq": record["seq"],
             },
         )
+        await self._trusted_changed(art.digest, record)
         return Outcome(updated, record, decision=decision)
 
     def _rehash_and_inspect(self, digest: str) -> tuple[str, int, str | None]:

@@ -11,7 +11,7 @@ scope, problem rendering and the audit record are the shared core's, not copies.
 from __future__ import annotations
 
 import json
-import secrets
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -21,11 +21,13 @@ from assay.core.asgi import ASGIApp, Receive, Scope, Send, respond
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, BadRequest, PayloadTooLarge
 from assay.core.tokens import Principal
-from assay.core.web import AuditSink, RequestAudit, base_fields
+from assay.core.web import AuditSink, RequestAudit, base_fields, purpose_of, request_id_of
 from assay.registry.body import DIRECT_BODY_EXTENSION, AsgiBody, BodySource
 from assay.registry.digests import parse_digest
 from assay.registry.service import Registry
 from assay.registry.validate import check_metadata, check_name
+
+log = logging.getLogger("assay.http")
 
 UPLOAD_PATH = "/v1/artifacts"
 UPLOAD_ROUTE = "POST /v1/artifacts"
@@ -65,7 +67,7 @@ class UploadAdapter:
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
+        request_id = request_id_of(headers.get("x-request-id"))
         audit_state = RequestAudit(action="artifact.ingest")
         principal: Principal | None = None
         params: list[str] = []
@@ -120,30 +122,20 @@ class UploadAdapter:
                 request_id=request_id,
             )
         except AssayError as err:
-            status, body = problem.from_error(err, instance=UPLOAD_PATH, request_id=request_id)
             audit_state.reasons = list(err.reasons)
-            fields = base_fields(
-                principal,
-                audit_state,
-                status,
-                err.code,
-                UPLOAD_ROUTE,
-                request_id,
-                params,
-                headers.get("x-purpose"),
+            status, body = problem.from_error(err, instance=UPLOAD_PATH, request_id=request_id)
+            await self._refuse(send, status, body, err.code, audit_state, principal, params,
+                               request_id, headers)  # fmt: skip
+            return
+        except Exception:
+            # A bug, not the client's doing: still one record and a problem, never a
+            # bare 500 from the server without either.
+            log.exception("upload failed")
+            status, body = problem.from_status(
+                500, "internal error", instance=UPLOAD_PATH, request_id=request_id
             )
-            extra_headers: dict[str, str] = {}
-            try:
-                await self.audit.append(fields)
-            except AssayError as audit_err:
-                status, body = problem.from_error(
-                    audit_err, instance=UPLOAD_PATH, request_id=request_id
-                )
-            if status == 401:
-                extra_headers["WWW-Authenticate"] = 'Bearer realm="assay"'
-            await respond(
-                send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, extra_headers
-            )
+            await self._refuse(send, status, body, body["code"], audit_state, principal, params,
+                               request_id, headers)  # fmt: skip
             return
         body_obj: dict[str, Any] = {
             "artifact": outcome.artifact.public(),
@@ -157,6 +149,34 @@ class UploadAdapter:
             "application/json",
             request_id,
             extra,
+        )
+
+    async def _refuse(
+        self,
+        send: Send,
+        status: int,
+        body: dict[str, Any],
+        code: str,
+        audit_state: RequestAudit,
+        principal: Principal | None,
+        params: list[str],
+        request_id: str,
+        headers: Mapping[str, str],
+    ) -> None:
+        """The refused upload's one record, then its problem (503 if it cannot be written)."""
+        fields = base_fields(principal, audit_state, status, code, UPLOAD_ROUTE, request_id,
+                             params, purpose_of(headers.get("x-purpose")))  # fmt: skip
+        extra_headers: dict[str, str] = {}
+        try:
+            await self.audit.append(fields)
+        except AssayError as audit_err:
+            status, body = problem.from_error(
+                audit_err, instance=UPLOAD_PATH, request_id=request_id
+            )
+        if status == 401:
+            extra_headers["WWW-Authenticate"] = 'Bearer realm="assay"'
+        await respond(
+            send, status, problem.encode(body), problem.PROBLEM_TYPE, request_id, extra_headers
         )
 
 

@@ -188,7 +188,21 @@ def create_app(
         token = relay.sign(dataset, route, snapshot, query_doc, body, g.get("request_id", ""))
         return Response(token, status=200, content_type=JOSE)
 
-    web.add_health_routes(app, readiness)
+    def readiness_details(checks: dict[str, Any]) -> dict[str, Any] | None:
+        """Only the tables of datasets whose metadata scope the caller holds: their ids
+        and digests are that dataset's metadata. The audit check for anyone who sees one."""
+        principal = web.optional_principal(authenticator)
+        if principal is None:
+            return None
+        visible = {
+            d.id for d in relay.config.datasets if d.access.metadata_scope in principal.scopes
+        }
+        if not visible:
+            return None
+        shown = {s.where for s in relay.store.tables() if s.dataset in visible}
+        return visible_checks(checks, shown)
+
+    web.add_health_routes(app, readiness, readiness_details)
 
     async def openapi() -> Response:
         """This API's OpenAPI 3.1 description."""
@@ -323,6 +337,19 @@ def create_app(
 
     check_routes(app)
     return app
+
+
+def visible_checks(checks: dict[str, Any], tables: set[str]) -> dict[str, Any]:
+    """``checks`` with the ``tables`` check narrowed to the named tables."""
+    out = dict(checks)
+    if isinstance(checks.get("tables"), dict):
+        full = checks["tables"]
+        out["tables"] = {
+            "ok": full.get("ok"),
+            "stale": [t for t in full.get("stale", []) if t in tables],
+            "tables": {k: v for k, v in full.get("tables", {}).items() if k in tables},
+        }
+    return out
 
 
 def check_routes(app: QuartTrio) -> None:

@@ -21,8 +21,8 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from assay import __version__
-from assay.core import logsetup, serving
-from assay.core.asgi import ASGIApp, HeaderCap
+from assay.core import logsetup, refusals, serving
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
@@ -84,13 +84,15 @@ async def run(
         for state in parts.store.tables():
             nursery.start_soon(parts.store.watch, state)
         asgi = HeaderCap(
-            cast(ASGIApp, parts.app),
+            RecordBeforeDisconnect(cast(ASGIApp, parts.app)),
             max_header_bytes=cfg.server.max_header_bytes,
             audit=audit.writer,
             route=parts.audit_route(),
         )
         drained = trio.Event()
-        serve = partial(serving.serve, asgi, hypercorn_config(loaded), shutdown, drained)
+        hc = hypercorn_config(loaded)
+        refusals.install(hc, audit.writer)
+        serve = partial(serving.serve, asgi, hc, shutdown, drained)
         binds: list[str] = await nursery.start(serve)
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
