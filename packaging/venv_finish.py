@@ -6,8 +6,9 @@ the venv's own interpreter, standard library only).
     venv_finish.py copyright VENV COPYRIGHT_HEAD OUT
 
 ``prune`` removes what nothing at run time reads (test suites, C++ headers and sources,
-the console scripts of dependencies) and rewrites each touched distribution's RECORD so
-that it lists exactly the files that remain: the installed tree keeps describing itself.
+the console scripts of dependencies, stray version-control files) and rewrites each
+touched distribution's RECORD so that it lists exactly the files that remain: the
+installed tree keeps describing itself.
 What it removed is written to MANIFEST (JSON), which ``sbom`` records per component.
 
 ``sbom`` adds to the CycloneDX SBOM, per component, ``hashes``: the SHA-256 of the wheel
@@ -56,6 +57,20 @@ PRUNE: dict[str, list[str]] = {
 }
 #: Of the venv's bin/, only the interpreter links and assay's own entry point stay.
 KEEP_BIN = re.compile(r"(assay|python|python3|python3\.\d+)")
+#: Version-control files some wheels carry by accident (securesystemslib's vendored
+#: ed25519 has a .gitignore): never read at run time, wherever they are.
+VCS_CONTROL = {
+    ".bzrignore",
+    ".cvsignore",
+    ".gitattributes",
+    ".gitignore",
+    ".gitmodules",
+    ".gitreview",
+    ".hgignore",
+    ".hgsigs",
+    ".hgtags",
+    ".arch-inventory",
+}
 CHUNK = 1 << 20
 
 
@@ -130,6 +145,7 @@ def prune(venv: Path, manifest: Path) -> None:
             source = entry.replace("/__pycache__/", "/").rsplit(".cpython-", 1)[0] + ".py"
             if (
                 scripted
+                or Path(entry).name in VCS_CONTROL
                 or matches(entry, patterns)
                 or ("/__pycache__/" in entry and matches(source, patterns))
             ):
@@ -211,7 +227,8 @@ def sbom(venv: Path, wheelhouse: Path, manifest: Path, sbom_path: Path) -> None:
             # What the package leaves out of this component: the patterns, and by name the
             # console scripts it dropped from bin/.
             scripts = [f"bin/{Path(e).name}" for e in pruned[name] if e.startswith("../")]
-            value = " ".join(PRUNE.get(name, []) + scripts)
+            vcs = [e for e in pruned[name] if Path(e).name in VCS_CONTROL]
+            value = " ".join(PRUNE.get(name, []) + scripts + vcs)
             props.append({"name": "assay:pruned", "value": value})
         component["properties"] = props
     missing = sorted(set(infos) - seen)

@@ -113,7 +113,11 @@ def venv(tmp_path: Path) -> Path:
         sp,
         "idna",
         "3.20",
-        {"idna/__init__.py": b"", "../../../bin/idna": b"#!/opt/assay/bin/python\n"},
+        {
+            "idna/__init__.py": b"",
+            "idna/_vendor/.gitignore": b"*.o\n",
+            "../../../bin/idna": b"#!/opt/assay/bin/python\n",
+        },
         meta="License: BSD-3-Clause\n",
     )
     install(
@@ -172,7 +176,7 @@ def test_pruning_removes_tests_headers_and_foreign_scripts_and_every_record_stay
     vf.check_records(sp)  # raises on any listed file that is missing or changed
     pruned = json.loads((tmp_path / "pruned.json").read_text())
     assert set(pruned) == {"pyarrow", "trio", "sniffio", "idna"}
-    assert pruned["idna"] == ["../../../bin/idna"]
+    assert pruned["idna"] == ["../../../bin/idna", "idna/_vendor/.gitignore"]
     record = (sp / "pyarrow-26.0.1.dist-info" / "RECORD").read_text()
     assert "tests/" not in record and "include/" not in record and "pyarrow/lib." in record
 
@@ -280,7 +284,8 @@ def test_sbom_components_carry_their_wheel_digest_and_installed_record_hash(
         assert props["assay:record-sha256"] == hashlib.sha256(record).hexdigest()
     props = {c["name"]: {p["name"]: p["value"] for p in c["properties"]} for c in doc["components"]}
     assert "pyarrow/tests/" in props["pyarrow"]["assay:pruned"].split()
-    assert props["idna"]["assay:pruned"] == "bin/idna"  # its console script
+    # Its console script and its stray .gitignore, by name.
+    assert props["idna"]["assay:pruned"] == "bin/idna idna/_vendor/.gitignore"
     assert "assay:pruned" not in props["sortedcontainers"]
 
 
