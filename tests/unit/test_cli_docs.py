@@ -11,6 +11,8 @@ reproducible.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import os
 import re
 import shutil
@@ -121,6 +123,40 @@ def test_the_output_depends_on_the_source_only(
         }
 
 
+def roff_escape(text: str) -> str:
+    return text.replace("-", "\\-")
+
+
+def commands(parser: argparse.ArgumentParser) -> list[str]:
+    """Every subcommand path the parser accepts, e.g. ``token create``, searched here
+    without ``docs.walk``, so the generator's own walk is checked against another."""
+    found: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append(name)
+                found += [f"{name} {deeper}" for deeper in commands(sub)]
+    return found
+
+
+def test_every_command_of_the_parser_has_a_page_and_is_completed(
+    generated: tuple[Path, Path],
+) -> None:
+    man, comp = generated
+    bash, zsh = (comp / "assay").read_text(), (comp / "_assay").read_text()
+    names = commands(build_parser())
+    assert len(names) > 10, names
+    for name in names:
+        page = man / f"assay-{name.replace(' ', '-')}.1"
+        assert page.is_file(), name
+        # The header names the command and the date SOURCE_DATE_EPOCH gives.
+        head = page.read_text().splitlines()[0]
+        title = "ASSAY-" + name.upper().replace(" ", "-")
+        assert head.startswith(f'.TH {roff_escape(title)} 1 "2023-11-14" "assay '), head
+        last = name.split()[-1]
+        assert last in bash and last in zsh, name
+
+
 def test_the_python_interface_writes_the_same_files(tmp_path: Path) -> None:
     """``manpages`` and ``completions``, as packaging/build-deb.sh may call them."""
     pages = docs.manpages(tmp_path / "man")
@@ -158,6 +194,23 @@ def test_every_man_page_renders_without_warnings_and_names_every_option(
                 assert str(action.metavar or action.dest) in text, (node.page, action.dest)
         for child in node.children:
             assert f"{node.page}-{child}(1)" in text, (node.page, child)
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+def test_every_man_page_renders_through_man_without_warnings(
+    generated: tuple[Path, Path],
+) -> None:
+    """What an operator runs (``man -l``), not only groff: man-db's preprocessors and
+    its own warnings too."""
+    man, _ = generated
+    for page in sorted(man.iterdir()):
+        proc = subprocess.run(
+            ["man", "--warnings", "-E", "UTF-8", "-l", str(page)],
+            env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_STDERR": "1", "LC_ALL": "C.UTF-8"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr.strip() == "", (page.name, proc.stderr)
+        assert "NAME" in proc.stdout and "SYNOPSIS" in proc.stdout, page.name
 
 
 def _complete(script: Path, words: list[str]) -> list[str]:
@@ -247,3 +300,45 @@ def test_zsh_completion_offers_what_bash_offers(
         env={**os.environ, "HOME": str(tmp_path)},
     )
     assert proc.stdout.strip() == "_assay", proc.stdout + proc.stderr
+
+
+def _system_page() -> str:
+    """assay-system.8, as packaging/build-deb.sh makes it (the same generator)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "system_manpage", ROOT / "packaging" / "system_manpage.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page: str = module.render(ROOT / "packaging" / "assay-system")
+    return page
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_the_assay_system_page_renders_and_names_every_subcommand_and_option() -> None:
+    loader = importlib.machinery.SourceFileLoader(
+        "assay_system_doc", str(ROOT / "packaging" / "assay-system")
+    )
+    spec = importlib.util.spec_from_loader("assay_system_doc", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    parser = module.build_parser()
+    page = _system_page()
+    assert page.startswith(".TH ASSAY\\-SYSTEM 8 ")
+    proc = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", "-P-c", "-P-b", "-P-u"],
+        input=page, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    text = proc.stdout.replace("\u2010", "-").replace("\u2212", "-")
+    for node in walk(parser):
+        assert " ".join(("assay-system", *node.path)) in text, node.path
+        for action in options(node.parser):
+            assert action.help, (node.path, action.dest)  # every option says what it does
+            for flag in action.option_strings:
+                assert flag in text, (node.path, flag)
+    for needle in ("FILES", "sysusers.d/assay.conf", "assay-init-system", "SEE ALSO"):
+        assert needle in text, needle

@@ -122,7 +122,7 @@ def _action_help(action: argparse.Action) -> str:
     return roff(text)
 
 
-def _date() -> str:
+def build_date() -> str:
     """The build's date (SOURCE_DATE_EPOCH, for reproducible packages), else today."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = time.gmtime(int(epoch)) if epoch and epoch.isdigit() else time.gmtime()
@@ -189,13 +189,59 @@ def man_page(node: Node, nodes: Sequence[Node], *, date: str) -> str:
 def write_man(directory: Path, parser: argparse.ArgumentParser) -> list[Path]:
     nodes = list(walk(parser))
     directory.mkdir(parents=True, exist_ok=True)
-    date = _date()
+    date = build_date()
     out = []
     for node in nodes:
         path = directory / f"{node.page}.1"
         path.write_text(man_page(node, nodes, date=date))
         out.append(path)
     return out
+
+
+def program_page(
+    parser: argparse.ArgumentParser,
+    *,
+    section: int,
+    summary: str,
+    date: str,
+    tail: Sequence[tuple[str, str]] = (),
+) -> str:
+    """One page for a whole program and its subcommands (``assay-system.8``): each
+    subcommand a subsection with its usage, help and options. ``tail`` is extra sections,
+    (HEADING, roff body), e.g. FILES and SEE ALSO, written as given."""
+    nodes = list(walk(parser))
+    name = parser.prog
+    lines = [
+        f'.TH {roff(name.upper())} {section} "{date}" "assay {__version__}" "assay manual"',
+        ".nh",
+        ".ad l",
+        ".SH NAME",
+        f"{roff(name)} \\- {roff(summary)}",
+        ".SH SYNOPSIS",
+        f".B {roff(_usage(parser))}",
+        ".SH DESCRIPTION",
+        roff(parser.description or _sentence(summary)),
+    ]
+    top = [a for a in options(parser) if a.help != argparse.SUPPRESS]
+    if top:
+        lines.append(".SH OPTIONS")
+        for a in top:
+            lines += [".TP", _action_heading(a), _action_help(a)]
+    if len(nodes) > 1:
+        lines.append(".SH COMMANDS")
+    for node in nodes[1:]:
+        lines += [
+            f".SS {roff(' '.join((name, *node.path)))}",
+            f".B {roff(_usage(node.parser))}",
+            ".PP",
+            roff(node.parser.description or _sentence(node.help)),
+        ]
+        for a in options(node.parser):
+            if a.help != argparse.SUPPRESS:
+                lines += [".TP", _action_heading(a), _action_help(a)]
+    for heading, body in tail:
+        lines += [f".SH {heading}", body]
+    return "\n".join(lines) + "\n"
 
 
 # -- bash completion ----------------------------------------------------------------------
