@@ -1,10 +1,11 @@
 #!/bin/sh
 # Debian packages for the systemd test group (tests/systemd) and for building the .deb
-# (packaging/build-deb.sh compiles systemd-python into /opt/assay). Idempotent: installs
+# (packaging/build-deb.sh compiles systemd-python into /opt/assay; dpkg-dev gives it
+# dpkg-shlibdeps and dpkg-parsechangelog). Idempotent: installs
 # only what is missing, and does nothing when all is there. Needs root; reaches only the
 # Debian package registry.
 set -eu
-PKGS="systemd dbus util-linux iproute2 dpkg python3 python3-venv python3-dev gcc pkg-config libsystemd-dev"
+PKGS="systemd dbus util-linux iproute2 dpkg dpkg-dev python3 python3-venv python3-dev gcc pkg-config libsystemd-dev"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then

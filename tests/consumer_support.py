@@ -144,6 +144,9 @@ from assay.consumer import open_trusted
 from assay.consumer.fd import PeerRefused, SocketUnreachable
 from assay.cli.main import main as assay_main
 from assay.core.errors import AssayError
+# This interpreter's stdlib may sit under /root (a pyenv), which the uid below cannot
+# read: load what the CLI imports lazily (argparse's gettext needs locale) while root.
+import gettext, locale
 np.zeros(1).sum()
 uid, gid, groups = json.loads(sys.argv[1])
 os.chdir("/")

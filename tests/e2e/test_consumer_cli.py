@@ -96,9 +96,9 @@ def test_exec_leaves_unknown_placeholders_and_text_around_them_alone(
     [
         (["--model", "M=gone/never", "--", "true"], 4, "artifact.not_found"),
         (["--model", "M=demo/tiny", "--", "/nonexistent/runtime"], 1, "cli.exec_failed"),
-        (["--model", "M=demo/tiny"], 1, "cli.no_command"),
-        (["--model", "1M=demo/tiny", "--", "true"], 1, "cli.bad_model"),
-        (["--model", "M=demo/tiny", "--model", "M=demo/tiny", "--", "true"], 1, "cli.bad_model"),
+        (["--model", "M=demo/tiny"], 2, "cli.no_command"),
+        (["--model", "1M=demo/tiny", "--", "true"], 2, "cli.bad_model"),
+        (["--model", "M=demo/tiny", "--model", "M=demo/tiny", "--", "true"], 2, "cli.bad_model"),
         (["--model", "M=../x", "--", "true"], 1, "request.bad_name"),
     ],
 )

@@ -99,9 +99,10 @@ def test_inspect_judges_by_content_offline(tmp_path: Path) -> None:
     renamed.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
     proc = run_cli("inspect", str(renamed), "--json")
     assert proc.returncode == 1 and json.loads(proc.stdout)["reason"] == "pickle"
+    # A file that cannot be read was not judged: a path error (2), not a refusal (1).
     proc = run_cli("inspect", str(tmp_path / "missing.safetensors"), "--json")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert json.loads(proc.stdout)["error"]["code"] == "input.unreadable"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["error"]["code"] == "cli.input_unreadable"
 
 
 def test_serve_with_a_weak_secret_exits_as_a_config_error(tmp_path: Path) -> None:

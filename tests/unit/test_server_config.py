@@ -7,6 +7,7 @@ and the limits must reach the connection guard as configured.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ DEFAULTS = Limits(max_connections=256, keep_alive=5.0, header_read=10.0, request
 
 
 def shipped() -> dict[str, ServerConfig]:
-    init = CONFIG_TEMPLATE.format(bind="127.0.0.1:8470", uid=0)
+    init = CONFIG_TEMPLATE.format(bind="127.0.0.1:8470", uid=os.getuid())
     return {
         "assay init": parse_registry(init, source=Path("config.yaml")).server,
         "packaging/config.yaml": parse_registry(

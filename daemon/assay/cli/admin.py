@@ -8,22 +8,17 @@ same chain the daemon writes, under the audit log's own lock.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import os
-import secrets
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from assay.cli.options import bind_arg, json_option
 from assay.cli.output import emit_json, table
-from assay.core import tokenfile
-from assay.core.atomic import atomic_write
 from assay.core.errors import ConfigError, SecretError
-from assay.core.secrets import resolve_path
-from assay.core.trusted_files import check_parent
 
 DEFAULT_DIR = ".assay"
+DEFAULT_BIND = "127.0.0.1:8470"
 ADMIN_SCOPES = [
     "artifacts:read",
     "artifacts:write",
@@ -91,46 +86,84 @@ def shipped_dir(name: str) -> Path | None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("init", help="create a deployment: config, secrets, admin token")
-    p.add_argument("--dir", default=DEFAULT_DIR)
-    p.add_argument("--bind", default="127.0.0.1:8470")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "init",
+        help="create a deployment: config, secrets, policies, samples, admin token",
+        description="Create a deployment in DIR: a config, generated secrets (0600), the "
+        "shipped policies, sample artifacts and an admin token, printed once.",
+    )
+    p.add_argument("--dir", default=DEFAULT_DIR, metavar="DIR",
+                   help=f"where to create it (default {DEFAULT_DIR}); refused if it holds "
+                   "a config already")  # fmt: skip
+    p.add_argument("--bind", default=DEFAULT_BIND, type=bind_arg, metavar="HOST:PORT",
+                   help=f"the address the config tells the daemon to listen on "
+                   f"(default {DEFAULT_BIND})")  # fmt: skip
+    json_option(p)
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("serve", help="run the registry daemon in the foreground")
-    p.add_argument("--config", help="config file (default DIR/config.yaml)")
+    p = sub.add_parser(
+        "serve",
+        help="run the registry daemon in the foreground",
+        description="Run the registry daemon until SIGTERM or Ctrl-C. Under systemd, "
+        "socket activation wins over the configured address and --bind.",
+    )
+    p.add_argument("--config", metavar="FILE",
+                   help=f"the config file (default {DEFAULT_DIR}/config.yaml, or "
+                   "DIR/config.yaml with --init DIR)")  # fmt: skip
     p.add_argument(
         "--init",
         metavar="DIR",
         nargs="?",
         const=DEFAULT_DIR,
-        help="create the deployment in DIR first if it does not exist",
+        help=f"create the deployment in DIR (default {DEFAULT_DIR}) first if it has no config",
     )
+    p.add_argument("--bind", type=bind_arg, metavar="HOST:PORT",
+                   help="listen here instead of the config's server.bind (a non-loopback "
+                   "address still needs server.allow_non_loopback)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     tok = sub.add_parser("token", help="create, revoke or list bearer tokens (offline)")
-    tsub = tok.add_subparsers(dest="token_command", required=True)
+    tsub = tok.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     p = tsub.add_parser("create", help="create a token; prints the raw token once")
-    p.add_argument("--id", required=True)
-    p.add_argument("--scope", action="append", required=True, help="e.g. artifacts:read")
-    p.add_argument("--note", default="")
-    p.add_argument("--config", default=f"{DEFAULT_DIR}/config.yaml")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--id",
+        required=True,
+        metavar="ID",
+        help="the token's id, named in the audit log and in approvals",
+    )
+    p.add_argument("--scope", action="append", required=True, metavar="SCOPE",
+                   help="a scope the token grants, e.g. artifacts:read; repeat the flag "
+                   "for each scope")  # fmt: skip
+    p.add_argument("--note", default="", metavar="TEXT", help="a note kept beside the token")
+    _config_option(p)
+    json_option(p)
     p.set_defaults(func=cmd_token_create)
-    p = tsub.add_parser("revoke", help="revoke a token by id")
-    p.add_argument("--id", required=True)
-    p.add_argument("--config", default=f"{DEFAULT_DIR}/config.yaml")
-    p.add_argument("--json", action="store_true")
+    p = tsub.add_parser("revoke", help="revoke a token by id (kept, marked revoked)")
+    p.add_argument("--id", required=True, metavar="ID", help="the id of the token to revoke")
+    _config_option(p)
+    json_option(p)
     p.set_defaults(func=cmd_token_revoke)
     p = tsub.add_parser("list", help="list token ids and scopes (never secrets)")
-    p.add_argument("--config", default=f"{DEFAULT_DIR}/config.yaml")
-    p.add_argument("--json", action="store_true")
+    _config_option(p)
+    json_option(p)
     p.set_defaults(func=cmd_token_list)
 
 
-def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, Any]:
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=f"{DEFAULT_DIR}/config.yaml", metavar="FILE",
+                   help="the registry config naming the token file (default "
+                   f"{DEFAULT_DIR}/config.yaml)")  # fmt: skip
+
+
+def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]:
     """Create config, secrets (0600), policies, samples and an admin token."""
+    import secrets
+    import shutil
+
+    from assay.core import tokenfile
+    from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
+    from assay.core.trusted_files import check_parent
     from assay.trust.bootstrap import init_trust
     from assay.trust.keys import ONLINE_KEY_NAME, ROOT_KEY_NAME
 
@@ -175,12 +208,15 @@ def init_deployment(directory: Path, bind: str = "127.0.0.1:8470") -> dict[str, 
         "admin_token": raw,
         "samples": copied,
         "trust_root": trust["root"],
+        "bind": bind,
     }
 
 
 def _copy_policies(source: Path, target: Path) -> None:
     """The shipped policies, with modes the daemon trusts whatever the source's modes and
     the umask: directory 0755, files 0644 (``assay.core.trusted_files``)."""
+    from assay.core.atomic import atomic_write
+
     target.mkdir(mode=0o755, exist_ok=True)
     target.chmod(0o755)
     for f in sorted(source.glob("*.yaml")):
@@ -204,31 +240,35 @@ def _print_init(out: dict[str, Any]) -> None:
     print(f"TUF root for consumers to pin: {out['trust_root']}")
     print("try:")
     print(f"  export ASSAY_TOKEN={out['admin_token']}")
+    bind = out.get("bind", DEFAULT_BIND)
+    if bind != DEFAULT_BIND and not bind.startswith("fd://"):
+        print(f"  export ASSAY_URL=http://{bind}")
     for sample in out["samples"]:
         name = "samples/" + Path(sample).name.replace(".", "-")
         print(f"  assay add {sample} --name {name} --meta source=sample --meta license=apache-2.0")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import trio
+    import faulthandler
 
+    from assay.cli.servers import run_server, with_bind
     from assay.core import logsetup
     from assay.registry import daemon
     from assay.registry.config import load_config
 
     config = Path(args.config) if args.config else Path(args.init or DEFAULT_DIR) / "config.yaml"
     if args.init and not config.exists():
-        _print_init(init_deployment(Path(args.init)))
+        _print_init(init_deployment(Path(args.init), args.bind or DEFAULT_BIND))
         sys.stdout.flush()
-    loaded = load_config(config)
+    loaded = with_bind(load_config(config), args.bind)
     logsetup.setup(loaded.config.logging.level, loaded.config.logging.journald)
     # A watchdog SIGABRT then prints the hung stack to the journal.
     faulthandler.enable()
-    trio.run(daemon.run, loaded)
-    return 0
+    return run_server(daemon.run, loaded)
 
 
 def _token_file(config_path: str) -> Path:
+    from assay.core.secrets import resolve_path
     from assay.registry.config import load_config
 
     loaded = load_config(Path(config_path))
@@ -247,6 +287,8 @@ def _audit_offline(config: Path, action: str, target: str, extra: dict[str, Any]
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    from assay.core import tokenfile
+
     path = _token_file(args.config)
     raw, record = tokenfile.create(path, args.id, args.scope, note=args.note)
     try:
@@ -272,6 +314,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from assay.core import tokenfile
+
     path = _token_file(args.config)
     record = tokenfile.revoke(path, args.id)
     _audit_offline(Path(args.config), "token.revoke", record.id, {})
@@ -283,6 +327,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
+    from assay.core import tokenfile
+
     records = tokenfile.load(_token_file(args.config))
     if args.json:
         emit_json(

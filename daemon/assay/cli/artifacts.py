@@ -1,91 +1,145 @@
-"""Artifact commands over HTTP: add, list, show, promote, revoke, delete, verify, fetch."""
+"""Artifact commands over HTTP: add, list, show, promote, revoke, delete, verify, fetch.
+
+Names and digests: an artifact is its bytes, so a digest carries exactly one name, the
+one it was first added under. ``add`` of bytes already stored under another name does
+not rename or alias them: it says so (``artifact.name_conflict``, exit 5) and changes
+nothing. Digests may be given as unique prefixes (``assay.cli.digests``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import itertools
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from assay.cli.client import Client
+from assay.cli.digests import resolve
+from assay.cli.errors import InputUnreadable, NameConflict
+from assay.cli.options import STATES, daemon_options, digest_argument
 from assay.cli.output import emit_json, progress_bar
-from assay.core.errors import BadRequest
-from assay.registry.errors import DigestMismatch
+from assay.cli.paths import output_file, written
 
+if TYPE_CHECKING:
+    from assay.cli.client import Client
 
-def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    p.add_argument("--url", help="daemon URL (default $ASSAY_URL or http://127.0.0.1:8470)")
-    p.add_argument(
-        "--token-file",
-        help="file holding the bearer token (default $ASSAY_TOKEN_FILE or $ASSAY_TOKEN)",
-    )
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+#: Kept for command modules that share these options (``daemon_options``).
+_common = daemon_options
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("add", help="upload an artifact; it enters quarantined")
-    p.add_argument("file")
-    p.add_argument("--name", required=True)
-    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--digest", help="expected sha256:<hex>; computed locally if omitted")
-    p.add_argument("--no-digest", action="store_true", help="do not declare a digest")
-    _common(p)
+    p = sub.add_parser(
+        "add",
+        help="upload an artifact; it enters quarantined",
+        description="Stream FILE to the daemon, which judges it by content and stores it "
+        "quarantined. Bytes already stored keep the name they were first added under.",
+    )
+    p.add_argument("file", metavar="FILE", help="the safetensors or GGUF file to upload")
+    p.add_argument(
+        "--name",
+        required=True,
+        metavar="NAME",
+        help="the artifact's name: /-separated segments of [A-Za-z0-9._+-]",
+    )
+    p.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a metadata entry (repeat the flag for several)",
+    )
+    p.add_argument(
+        "--digest",
+        metavar="DIGEST",
+        help="the sha256:<hex> FILE must have (default: computed from FILE)",
+    )
+    p.add_argument(
+        "--no-digest",
+        action="store_true",
+        help="declare no digest: the daemon hashes what arrives, unchecked",
+    )
+    daemon_options(p)
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("list", help="list artifacts")
-    p.add_argument("--state")
-    p.add_argument("--name")
-    _common(p)
+    p = sub.add_parser("list", help="list artifacts, every page, as they arrive")
+    p.add_argument(
+        "--state",
+        choices=STATES,
+        metavar="STATE",
+        help="only artifacts in this state: quarantined, trusted, revoked or deleted",
+    )
+    p.add_argument("--name", metavar="NAME", help="only artifacts with exactly this name")
+    daemon_options(p)
     p.set_defaults(func=cmd_list)
 
-    for name, helptext, func in (
-        ("show", "show an artifact and its history", cmd_show),
-        ("verify", "re-hash an artifact's stored bytes", cmd_verify),
+    for name, helptext, what, func in (
+        ("show", "show an artifact's metadata, state and history", "show", cmd_show),
+        ("verify", "re-hash an artifact's stored bytes now", "re-hash", cmd_verify),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("digest")
-        _common(p)
+        digest_argument(p, what)
+        daemon_options(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("promote", help="approve/promote quarantined -> trusted")
-    p.add_argument("digest")
-    p.add_argument("--signature", action="append", default=[], metavar="KEY_ID:BASE64SIG")
-    _common(p)
+    p = sub.add_parser("promote", help="approve; promotes quarantined -> trusted once the "
+                       "policy passes")  # fmt: skip
+    digest_argument(p, "approve")
+    p.add_argument(
+        "--signature",
+        action="append",
+        default=[],
+        metavar="KEY_ID:BASE64SIG",
+        help="a publisher signature (`assay publisher sign`); repeat for several",
+    )
+    daemon_options(p)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("revoke", help="revoke an artifact (terminal)")
-    p.add_argument("digest")
-    p.add_argument("--reason", required=True)
-    _common(p)
+    p = sub.add_parser("revoke", help="revoke an artifact (terminal: never served again)")
+    digest_argument(p, "revoke")
+    p.add_argument(
+        "--reason",
+        required=True,
+        metavar="TEXT",
+        help="why, for the history and the audit log (one line)",
+    )
+    daemon_options(p)
     p.set_defaults(func=cmd_revoke)
 
-    p = sub.add_parser("delete", help="soft-delete: bytes removed, metadata kept")
-    p.add_argument("digest")
-    p.add_argument("--reason", default="")
-    _common(p)
+    p = sub.add_parser("delete", help="soft-delete: bytes removed, metadata and history kept")
+    digest_argument(p, "delete")
+    p.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="why, for the history and the audit log (one line; optional)",
+    )
+    daemon_options(p)
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("sweep", help="re-hash every stored artifact now")
-    _common(p)
+    daemon_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("fetch", help="download a trusted artifact, verifying its digest")
-    p.add_argument("digest")
-    p.add_argument("-o", "--output", required=True)
-    _common(p)
+    digest_argument(p, "download")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to write it; written whole and verified, then renamed into "
+                   "place (its directory must exist)")  # fmt: skip
+    daemon_options(p)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("status", help="daemon health, readiness, version, uptime, counts")
-    _common(p)
+    daemon_options(p)
     p.set_defaults(func=cmd_status)
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from assay.cli.client import Client
+
     return Client.from_args(args.url, args.token_file)
 
 
@@ -108,26 +162,50 @@ def _print_artifact(art: dict[str, Any]) -> None:
         print(f"{'approvals':>16}: {', '.join(art['approvals'])}")
 
 
-def _sha256_file(path: Path) -> str:
+def _open_input(path: Path) -> int:
+    """An fd on the regular file ``path``; ``cli.input_unreadable`` for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
+    except OSError as exc:
+        raise InputUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputUnreadable(f"cannot read {path}: not a regular file")
+    return fd
+
+
+def _sha256_fd(fd: int) -> str:
+    import hashlib
+
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, 1024 * 1024, offset):
+        h.update(chunk)
+        offset += len(chunk)
     return "sha256:" + h.hexdigest()
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    if not path.is_file():
-        raise BadRequest(f"{path} is not a file")
-    query: dict[str, Any] = {"name": args.name, "meta": args.meta}
-    if not args.no_digest:
-        query["digest"] = args.digest or _sha256_file(path)
+    fd = _open_input(path)
+    try:
+        query: dict[str, Any] = {"name": args.name, "meta": args.meta}
+        if not args.no_digest:
+            query["digest"] = args.digest or _sha256_fd(fd)
+    finally:
+        os.close(fd)
     out = _client(args).upload(path, query, progress=progress_bar(f"uploading {path.name}"))
+    art = out["artifact"]
+    if not out["created"] and art["name"] != args.name:
+        raise NameConflict(
+            f"{art['digest']} is already stored as {art['name']!r}; a digest carries one "
+            f"name, so it was not added as {args.name!r} (nothing changed)",
+            artifact=art,
+            requested_name=args.name,
+        )
     if args.json:
         emit_json(out)
     else:
-        art = out["artifact"]
         verb = "added" if out["created"] else "already present"
         print(f"{verb}: {art['digest']} ({art['name']}, {art['format']}, {art['state']})")
     return 0
@@ -135,6 +213,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def _pages(client: Client, query: dict[str, str]) -> Iterator[dict[str, Any]]:
     """Every listed artifact, one page in memory at a time, following ``next_cursor``."""
+    from assay.core.errors import BadRequest
+
     cursor: str | None = None
     for _page in range(MAX_LIST_PAGES):
         page_query = {**query, "limit": str(LIST_PAGE)} | ({"cursor": cursor} if cursor else {})
@@ -149,14 +229,19 @@ def _pages(client: Client, query: dict[str, str]) -> Iterator[dict[str, Any]]:
 #: Rows per request while listing, and a bound on pages (10 million artifacts).
 LIST_PAGE = 1000
 MAX_LIST_PAGES = 10_000
+#: Hex digits of a digest that ``list`` shows; every digest argument accepts them.
+SHORT_HEX = 12
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Streamed: a page is printed before the next is fetched, with ``--json`` too (one
     JSON document, written as it arrives; if a later page fails it stays unterminated and
-    the exit code says why)."""
+    the exit code says why). Nothing is printed until the first page has arrived, so an
+    error before it is the only output."""
     query = {k: v for k, v in (("state", args.state), ("name", args.name)) if v}
-    rows = _pages(_client(args), query)
+    pages = _pages(_client(args), query)
+    first = list(itertools.islice(pages, 1))
+    rows = itertools.chain(first, pages)
     out = sys.stdout
     if args.json:
         out.write('{\n  "artifacts": [')
@@ -167,15 +252,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.write(f'\n  ],\n  "count": {count}\n}}\n')
         return 0
     # Fixed widths with the name last, so rows print as they arrive.
-    print(f"{'DIGEST':<19}  {'STATE':<11}  {'FORMAT':<11}  {'SIZE':>12}  {'INTEGRITY':<9}  NAME")
+    width = len("sha256:") + SHORT_HEX
+    print(
+        f"{'DIGEST':<{width}}  {'STATE':<11}  {'FORMAT':<11}  {'SIZE':>12}  {'INTEGRITY':<9}  NAME"
+    )
     for a in rows:
-        print(f"{a['digest'][:19]:<19}  {a['state']:<11}  {a['format']:<11}  "
+        print(f"{a['digest'][:width]:<{width}}  {a['state']:<11}  {a['format']:<11}  "
               f"{a['size']:>12}  {a['integrity']:<9}  {a['name']}")  # fmt: skip
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    out, _ = _client(args).request("GET", f"/v1/artifacts/{args.digest}")
+    client = _client(args)
+    out, _ = client.request("GET", f"/v1/artifacts/{resolve(client, args.digest)}")
     if args.json:
         emit_json(out)
         return 0
@@ -189,8 +278,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mutation(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]) -> int:
-    out, headers = _client(args).request(method, path, body=body)
+def _mutation(args: argparse.Namespace, method: str, action: str, body: dict[str, Any]) -> int:
+    client = _client(args)
+    path = f"/v1/artifacts/{resolve(client, args.digest)}{action}"
+    out, headers = client.request(method, path, body=body)
     if args.json:
         emit_json(
             out | ({"receipt": headers["assay-receipt"]} if "assay-receipt" in headers else {})
@@ -204,25 +295,28 @@ def _mutation(args: argparse.Namespace, method: str, path: str, body: dict[str, 
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from assay.cli.errors import UsageError
+
     sigs = []
     for item in args.signature:
         key_id, sep, sig = item.partition(":")
-        if not sep:
-            raise BadRequest("--signature takes KEY_ID:BASE64SIG")
+        if not sep or not key_id or not sig:
+            raise UsageError("--signature takes KEY_ID:BASE64SIG")
         sigs.append({"key_id": key_id, "signature": sig})
-    return _mutation(args, "POST", f"/v1/artifacts/{args.digest}/promote", {"signatures": sigs})
+    return _mutation(args, "POST", "/promote", {"signatures": sigs})
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    return _mutation(args, "POST", f"/v1/artifacts/{args.digest}/revoke", {"reason": args.reason})
+    return _mutation(args, "POST", "/revoke", {"reason": args.reason})
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    return _mutation(args, "DELETE", f"/v1/artifacts/{args.digest}", {"reason": args.reason})
+    return _mutation(args, "DELETE", "", {"reason": args.reason})
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    out, _ = _client(args).request("POST", f"/v1/artifacts/{args.digest}/verify")
+    client = _client(args)
+    out, _ = client.request("POST", f"/v1/artifacts/{resolve(client, args.digest)}/verify")
     if args.json:
         emit_json(out)
     else:
@@ -243,17 +337,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download to a temp file, check the digest, then rename: never a partial file."""
-    out_path = Path(args.output)
-    tmp = out_path.with_name(f".{out_path.name}.part")
+    from assay.registry.errors import DigestMismatch
+
+    out_path = output_file(Path(args.output), what="-o")
     client = _client(args)
-    expected = args.digest if args.digest.startswith("sha256:") else "sha256:" + args.digest
+    expected = resolve(client, args.digest)
+    tmp = out_path.with_name(f".{out_path.name}.part")
     try:
-        with tmp.open("wb") as f:
-            for _ in client.download(expected, f):
-                pass
-            f.flush()
-            os.fsync(f.fileno())
-        actual = _sha256_file(tmp)
+        try:
+            f = tmp.open("wb")
+        except OSError as exc:
+            raise written(exc, str(tmp)) from None
+        with f:
+            try:
+                for _ in client.download(expected, f):
+                    pass
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:  # the download's own failures are typed already
+                raise written(exc, str(tmp)) from None
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            actual = _sha256_fd(fd)
+        finally:
+            os.close(fd)
         if actual != expected:
             raise DigestMismatch(f"downloaded bytes hash to {actual}, expected {expected}")
         os.replace(tmp, out_path)
@@ -267,12 +374,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from assay.core.errors import AssayError
+
     client = _client(args)
     health, _ = client.request("GET", "/healthz")
     try:
         ready, _ = client.request("GET", "/readyz")
-    except Exception as exc:
-        ready = {"ready": False, "error": str(exc)}
+    except AssayError as exc:  # a 503 still says what fails: {"ready", "failing"}
+        ready = {"error": exc.detail, **exc.extra, "ready": False}
     status, _ = client.request("GET", "/v1/status")
     out = {"healthz": health, "readyz": ready, "status": status}
     if args.json:
@@ -290,8 +399,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         or {name: {"ok": False} for name in ready.get("failing", [])}
     )
     for name, check in checks.items():
-        print(f"  {name:<7} {'ok' if check.get('ok') else 'FAIL'}")
+        print(f"  {name:<9} {'ok' if check.get('ok') else 'FAIL'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in status["counts"].items()))
+    sweep = status.get("last_sweep")
+    if sweep:
+        print(f"last sweep: {sweep.get('finished')}, checked {sweep.get('checked')}, "
+              f"failed {len(sweep.get('failed', []))}")  # fmt: skip
     replay = status.get("replay")
     if replay:
         print(

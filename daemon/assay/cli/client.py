@@ -1,36 +1,42 @@
 """A small HTTP client for the daemon (stdlib ``http.client``: streaming, no extra deps).
 
 The daemon's RFC 9457 problems are turned back into the same typed errors the daemon
-raised, by their stable ``code``, so ``main()`` maps them to exit codes in one place.
+raised, by their stable ``code``, keeping every member of the problem (``status``,
+``reason``, ``reasons``, ...), so ``main()`` maps them to exit codes in one place and
+``--json`` prints what the daemon said. ``http.client`` is imported when a request is
+made, not when the command line is parsed (start-up time, ``benchmarks/bench_cli.py``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from assay.cli.errors import InputUnreadable, Unreachable, UsageError
 from assay.core import errors, problem
 from assay.formats import errors as _format_errors  # noqa: F401 - registers codes
 from assay.registry import errors as _registry_errors  # noqa: F401 - registers codes
+
+if TYPE_CHECKING:
+    import http.client
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 URL_ENV = "ASSAY_URL"
 TOKEN_ENV = "ASSAY_TOKEN"
 TOKEN_FILE_ENV = "ASSAY_TOKEN_FILE"
 CHUNK = 1024 * 1024
+#: A token file holds one token; anything larger is not one.
+MAX_TOKEN_FILE = 64 * 1024
 
-
-class Unreachable(Exception):
-    """The daemon could not be reached at all."""
+__all__ = ["Client", "Unreachable", "check_url", "raise_problem"]
 
 
 def raise_problem(status: int, body: bytes) -> None:
+    """Raise the typed error a problem body names, with all of its members kept."""
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -40,25 +46,75 @@ def raise_problem(status: int, body: bytes) -> None:
     raise problem.to_error(status, parsed)
 
 
-@dataclass
+def check_url(value: str) -> str:
+    """``http://host[:port]`` with nothing after the authority but an optional ``/``."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or parts.scheme != "http"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise UsageError(f"not a daemon URL: {value[:200]!r} (use http://HOST:PORT)")
+    del port  # parsed only to refuse a port that is not a number in range
+    return value.rstrip("/")
+
+
+def read_token_file(path: str) -> str:
+    """The bearer token in ``path``, surrounding blanks removed. A pipe is fine
+    (``--token-file <(pass show assay)``); a directory is not."""
+    from assay.cli.paths import show
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE + 1)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)[:200]
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: {reason}") from None
+    if len(data) > MAX_TOKEN_FILE:
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: larger than a token")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: not UTF-8 text") from None
+    if not token or "\n" in token:
+        raise InputUnreadable(f"cannot read --token-file {show(path)}: not one token on one line")
+    return token
+
+
 class Client:
-    url: str
-    token: str | None
-    timeout: float = 60.0
+    """The daemon at ``url``, with a bearer token (a plain class: ``dataclasses`` costs
+    15 ms of start-up, ``benchmarks/bench_cli.py``)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        self.url = url
+        self.token = token
+        self.timeout = timeout
 
     @classmethod
     def from_args(cls, url: str | None, token_file: str | None) -> Client:
-        base = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        """``--url``, else ``$ASSAY_URL``, else the default; ``--token-file``, else
+        ``$ASSAY_TOKEN_FILE``, else the token in ``$ASSAY_TOKEN``."""
+        env_url = os.environ.get(URL_ENV)
+        base = check_url(url or env_url or DEFAULT_URL)
         token = os.environ.get(TOKEN_ENV)
         path = token_file or os.environ.get(TOKEN_FILE_ENV)
         if path:
-            token = Path(path).read_text().strip()
+            token = read_token_file(path)
         return cls(base.rstrip("/"), token)
 
     def _conn(self) -> http.client.HTTPConnection:
+        import http.client
+
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise errors.BadRequest(f"unsupported daemon URL {self.url!r} (use http://host:port)")
+        assert parts.hostname  # check_url
         return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -71,6 +127,8 @@ class Client:
     def request(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, str]]:
+        import http.client
+
         conn = self._conn()
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
@@ -80,27 +138,33 @@ class Client:
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(f"{self.url}: {exc}") from None
+            raise Unreachable(f"cannot reach the daemon at {self.url}: {_why(exc)}") from None
         finally:
             conn.close()
         if resp.status >= 400:
             raise_problem(resp.status, raw)
-        return json.loads(raw or b"{}"), {k.lower(): v for k, v in resp.getheaders()}
+        return _json_object(raw), {k.lower(): v for k, v in resp.getheaders()}
 
     def upload(
         self, path: Path, query: dict[str, Any], progress: Callable[[int, int], None] | None = None
     ) -> dict[str, Any]:
-        size = path.stat().st_size
+        import http.client
+
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise InputUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
         conn = self._conn()
         try:
-            conn.putrequest("POST", "/v1/artifacts?" + urlencode(query, doseq=True))
-            for k, v in self._headers(
-                {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            ).items():
-                conn.putheader(k, v)
-            conn.endheaders()
-            sent = 0
-            with path.open("rb") as f:
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                conn.putrequest("POST", "/v1/artifacts?" + urlencode(query, doseq=True))
+                for k, v in self._headers(
+                    {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+                ).items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                sent = 0
                 while chunk := f.read(CHUNK):
                     try:
                         conn.send(chunk)
@@ -111,31 +175,59 @@ class Client:
                         progress(sent, size)
             resp = conn.getresponse()
             raw = resp.read()
-        except (TimeoutError, http.client.HTTPException, ConnectionRefusedError) as exc:
-            raise Unreachable(f"{self.url}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"cannot reach the daemon at {self.url}: {_why(exc)}") from None
         finally:
             conn.close()
         if resp.status >= 400:
             raise_problem(resp.status, raw)
-        out: dict[str, Any] = json.loads(raw)
-        return out
+        return _json_object(raw)
 
     def download(self, digest: str, out: BinaryIO) -> Iterator[int]:
         """Stream content into ``out``; yields bytes written so far."""
+        import http.client
+
         conn = self._conn()
         try:
-            conn.request("GET", f"/v1/artifacts/{quote(digest)}/content", headers=self._headers())
-            resp = conn.getresponse()
+            try:
+                conn.request(
+                    "GET", f"/v1/artifacts/{quote(digest)}/content", headers=self._headers()
+                )
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unreachable(f"cannot reach the daemon at {self.url}: {_why(exc)}") from None
             if resp.status >= 400:
                 raise_problem(resp.status, resp.read())
             total = 0
-            while chunk := resp.read(CHUNK):
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise errors.IntegrityError(
+                        f"download of {digest} aborted: {_why(exc)}",
+                        code="artifact.download_aborted",
+                    ) from None
+                if not chunk:
+                    break
                 out.write(chunk)
                 total += len(chunk)
                 yield total
-        except (OSError, http.client.HTTPException) as exc:
-            raise errors.IntegrityError(
-                f"download of {digest} aborted: {exc}", code="artifact.download_aborted"
-            ) from None
         finally:
             conn.close()
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        out = json.loads(raw or b"{}")
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise errors.AssayError(
+            "the daemon answered with something that is not a JSON object",
+            code="cli.bad_response",
+        )
+    return out

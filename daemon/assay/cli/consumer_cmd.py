@@ -15,28 +15,41 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from assay.cli.output import emit_json
-from assay.consumer.fd import TrustedFile, open_trusted
-from assay.core.errors import BadRequest
+from assay.cli.errors import UsageError
+from assay.cli.options import json_option
+from assay.core.errors import RejectedInput
+
+if TYPE_CHECKING:
+    from assay.consumer.fd import TrustedFile
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 MAX_MODELS = 16
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", help="consumer socket (default $ASSAY_CONSUMER_SOCKET or "
-                   "/run/assay-consumer.sock)")  # fmt: skip
-    p.add_argument("--token-file", help="send the bearer token in this file (default: none; "
-                   "the daemon knows you by your uid and groups)")  # fmt: skip
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the consumer socket (else $ASSAY_CONSUMER_SOCKET, else /run/assay-consumer.sock)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="also send the bearer token in FILE (default none: the daemon knows you by "
+        "your uid and groups)",
+    )
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("open", help="open a trusted artifact through the consumer socket")
-    p.add_argument("target", metavar="NAME_OR_DIGEST")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "target",
+        metavar="NAME_OR_DIGEST",
+        help="a trusted artifact's name (its current trusted version) or its sha256: digest",
+    )
+    json_option(p)
     _common(p)
     p.set_defaults(func=cmd_open)
 
@@ -47,20 +60,31 @@ def register(sub: Any) -> None:
         "CMD's arguments with the fd's path /proc/self/fd/N, and exec CMD with only those "
         "fds inherited: e.g. assay exec --model M=demo/tiny -- llama-cli -m {M}",
     )
-    p.add_argument("--model", action="append", default=[], metavar="KEY=NAME_OR_DIGEST",
-                   required=True)  # fmt: skip
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=NAME_OR_DIGEST",
+        required=True,
+        help=f"a trusted artifact to open and the {{KEY}} that names its fd in CMD; repeat "
+        f"for more (at most {MAX_MODELS})",
+    )
     _common(p)
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ARG...",
+        help="the program to exec and its arguments, after --",
+    )
     p.set_defaults(func=cmd_exec)
 
 
 def _token(args: argparse.Namespace) -> str | None:
     if not args.token_file:
         return None
-    try:
-        return Path(args.token_file).read_text().strip() or None
-    except OSError as exc:
-        raise BadRequest(f"cannot read {args.token_file}: {exc.strerror}") from None
+    from assay.cli.client import read_token_file
+
+    return read_token_file(args.token_file)
 
 
 def locator(f: TrustedFile, socket_path: str | None) -> dict[str, Any]:
@@ -73,6 +97,9 @@ def locator(f: TrustedFile, socket_path: str | None) -> dict[str, Any]:
 
 
 def cmd_open(args: argparse.Namespace) -> int:
+    from assay.cli.output import emit_json
+    from assay.consumer.fd import open_trusted
+
     with open_trusted(args.target, socket_path=args.socket, token=_token(args)) as f:
         out = locator(f, args.socket)
     if args.json:
@@ -86,16 +113,16 @@ def cmd_open(args: argparse.Namespace) -> int:
 def parse_models(items: list[str]) -> list[tuple[str, str]]:
     """``KEY=NAME_OR_DIGEST`` pairs, keys unique, at most ``MAX_MODELS``."""
     if len(items) > MAX_MODELS:
-        raise BadRequest(f"at most {MAX_MODELS} --model", code="cli.bad_model")
+        raise UsageError(f"at most {MAX_MODELS} --model", code="cli.bad_model")
     out: list[tuple[str, str]] = []
     for item in items:
         key, sep, target = item.partition("=")
         if not sep or not _KEY.fullmatch(key) or not target:
-            raise BadRequest(f"--model {item[:80]!r} is not KEY=NAME_OR_DIGEST "
+            raise UsageError(f"--model {item[:80]!r} is not KEY=NAME_OR_DIGEST "
                              "(KEY: a letter or _, then letters, digits, _)",
                              code="cli.bad_model")  # fmt: skip
         if any(k == key for k, _ in out):
-            raise BadRequest(f"--model {key} given twice", code="cli.bad_model")
+            raise UsageError(f"--model {key} given twice", code="cli.bad_model")
         out.append((key, target))
     return out
 
@@ -111,9 +138,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise BadRequest("give the command to run after --", code="cli.no_command")
+        raise UsageError("give the command to run after --", code="cli.no_command")
     models = parse_models(args.model)
     token = _token(args)
+    from assay.consumer.fd import open_trusted
+
     opened: list[TrustedFile] = []
     try:
         for _key, target in models:
@@ -126,7 +155,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         try:
             os.execvp(argv[0], argv)  # noqa: S606 - the caller's own command, by design
         except OSError as exc:
-            raise BadRequest(f"cannot run {argv[0]!r}: {exc.strerror}",
+            raise RejectedInput(f"cannot run {argv[0]!r}: {exc.strerror}",
                              code="cli.exec_failed") from None  # fmt: skip
     finally:
         for f in opened:

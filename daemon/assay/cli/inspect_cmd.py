@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from typing import Any
 
+from assay.cli.errors import InputUnreadable
+from assay.cli.options import json_option
 from assay.cli.output import emit_json
-from assay.core.errors import BadRequest
-from assay.formats.errors import FormatRefused
-from assay.formats.inspect import inspect_file
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("inspect", help="judge a file's format by content (offline)")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "inspect",
+        help="judge a file's format by content, as the daemon would (offline)",
+        description="Run the daemon's content inspector on FILE: exit 0 if it is an "
+        "accepted safetensors or GGUF file, 1 if it is refused (the reason is printed).",
+    )
+    p.add_argument("file", metavar="FILE", help="the file to judge (its name plays no part)")
+    json_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from assay.formats.errors import FormatRefused
+    from assay.formats.inspect import inspect_file
+
     try:
-        fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(args.file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as exc:
-        raise BadRequest(
-            f"cannot read {args.file}: {exc.strerror or exc}", code="input.unreadable"
-        ) from None
+        raise InputUnreadable(f"cannot read {args.file}: {exc.strerror or exc}") from None
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputUnreadable(f"cannot read {args.file}: not a regular file")
+        size = info.st_size
 
         def read_at(offset: int, length: int) -> bytes:
             return os.pread(fd, length, offset)

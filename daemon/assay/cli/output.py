@@ -1,4 +1,8 @@
-"""Printing for the CLI: JSON when asked, short tables otherwise, progress on a TTY."""
+"""Printing for the CLI: JSON when asked, short tables otherwise, progress on a TTY.
+
+Times: JSON keeps what the daemon or the record holds (epoch seconds stay numbers);
+human output shows every epoch time as an ISO 8601 date in UTC (``iso_time``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def iso_time(epoch: Any) -> str:
+    """``2025-01-01T00:00:00Z`` for epoch seconds; anything else as it is."""
+    from datetime import UTC, datetime
+
+    if isinstance(epoch, bool) or not isinstance(epoch, int | float):
+        return str(epoch)
+    try:
+        moment = datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(epoch)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def emit_json(obj: Any) -> None:

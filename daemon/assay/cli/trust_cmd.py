@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from assay.cli.options import json_option
 from assay.cli.output import emit_json
 from assay.core.errors import ConfigError
 
@@ -23,7 +24,12 @@ def register(sub: Any) -> None:
     tsub = trust.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
 
     p = tsub.add_parser("export", help="copy the verified repository into DIR (fleet format)")
-    p.add_argument("dir", type=Path)
+    p.add_argument(
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the repository's files (created if missing)",
+    )
     _source_args(p)
     p.set_defaults(func=cmd_export)
 
@@ -32,27 +38,84 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
 
     p = tsub.add_parser("init", help="create the root and online keys and 1.root.json")
-    p.add_argument("--root-key", type=Path, required=True, help="new root key file (0600)")
-    p.add_argument("--online-key", type=Path, required=True, help="new online key file (0600)")
-    p.add_argument("--root-dir", type=Path, required=True, help="where N.root.json live")
-    p.add_argument("--expiry-days", type=int, default=365)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--root-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the new root key file to create (0600)",
+    )
+    p.add_argument(
+        "--online-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the new online key file to create (0600)",
+    )
+    p.add_argument(
+        "--root-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the directory where the N.root.json files live",
+    )
+    p.add_argument(
+        "--expiry-days",
+        type=int,
+        default=365,
+        metavar="N",
+        help="days until the root expires (default 365)",
+    )
+    json_option(p)
     p.set_defaults(func=cmd_init)
 
     p = tsub.add_parser("renew-root", help="sign root N+1: a new expiry, or a new online key")
-    p.add_argument("--root-key", type=Path, required=True)
-    p.add_argument("--root-dir", type=Path, required=True)
-    p.add_argument("--expiry-days", type=int, default=365)
-    p.add_argument("--new-online-key", type=Path, help="generate this online key and use it")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--root-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the root key that signs the new root",
+    )
+    p.add_argument(
+        "--root-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the directory where the N.root.json files live",
+    )
+    p.add_argument(
+        "--expiry-days",
+        type=int,
+        default=365,
+        metavar="N",
+        help="days until the new root expires (default 365)",
+    )
+    p.add_argument(
+        "--new-online-key", type=Path, metavar="FILE", help="generate this online key and use it"
+    )
+    json_option(p)
     p.set_defaults(func=cmd_renew_root)
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="the registry config (for paths)")
-    p.add_argument("--from", dest="source", type=Path, help="the published dir (overrides)")
-    p.add_argument("--root", type=Path, help="the pinned root (default ROOT_DIR/1.root.json)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the registry config, for its paths (default {DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="the published directory to read (overrides the config's)",
+    )
+    p.add_argument(
+        "--root", type=Path, metavar="FILE", help="the pinned root (default ROOT_DIR/1.root.json)"
+    )
+    json_option(p)
 
 
 def _source(args: argparse.Namespace) -> tuple[Path, bytes]:

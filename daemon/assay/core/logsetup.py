@@ -58,10 +58,21 @@ def setup(level: str = "info", journald: bool | None = None) -> bool:
     return use_journal
 
 
-def event(kind: str, message: str, *, priority: int = logging.INFO, **fields: Any) -> None:
-    """Log one structured event; fields become ASSAY_* journal fields."""
+def event(
+    kind: str, message: str, *, priority: int = logging.INFO, stacklevel: int = 1, **fields: Any
+) -> None:
+    """Log one structured event; fields become ASSAY_* journal fields.
+
+    journald's CODE_FILE, CODE_LINE and CODE_FUNC come from the LogRecord's pathname,
+    lineno and funcName (systemd-python's JournalHandler copies them), which logging takes
+    from the frame that called ``log.log``: this function, unless told otherwise. So the
+    record is attributed ``stacklevel`` frames up from here, as logging's own parameter
+    means it: 1 is whoever called ``event``; a wrapper that forwards its caller's event
+    passes its own ``stacklevel + 1``.
+    """
     extra: dict[str, Any] = {"MESSAGE_ID": MESSAGE_IDS.get(kind, MESSAGE_IDS["startup"])}
     for key, value in fields.items():
         if value is not None:
             extra[f"ASSAY_{key.upper()}"] = str(value)
-    log.log(priority, message, extra=extra)
+    # +1: the frame of this function itself, which logging would otherwise name.
+    log.log(priority, message, extra=extra, stacklevel=stacklevel + 1)

@@ -75,12 +75,16 @@ STATUS_CLASSES: dict[int, type[AssayError]] = {
     413: errors.PayloadTooLarge,
     422: errors.RejectedInput,
     503: errors.StorageError,
+    507: errors.StorageFull,
 }
+
+#: Problem members that the error object carries itself; every other one is kept in
+#: ``extra`` (``reason``, ``artifact``, ``requested_name``...).
+_OWN_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "reasons", "instance"})
 
 
 def _classes_by_code() -> dict[str, type[AssayError]]:
-    """Every error class (of the modules imported so far) that takes the plain
-    (detail, code, reasons) constructor, by its stable code."""
+    """Every error class (of the modules imported so far), by its family's stable code."""
     found: dict[str, type[AssayError]] = {}
     pending: list[type[AssayError]] = [AssayError]
     for _ in range(1000):  # bounded walk of a small class tree
@@ -88,23 +92,35 @@ def _classes_by_code() -> dict[str, type[AssayError]]:
             break
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.__init__ is AssayError.__init__:
-            found.setdefault(cls.code, cls)
+        found.setdefault(cls.code, cls)
     return found
 
 
 def to_error(status: int, body: Mapping[str, Any]) -> AssayError:
-    """A problem received from a daemon, as the typed error the daemon raised.
+    """A problem received from a daemon, as the typed error the daemon raised, with
+    every member it sent kept (so ``--json`` prints the daemon's problem, not a guess).
 
-    The stable code names the exact family (a 403 may be a scope denial or an artifact
-    that is not trusted); the status is the fallback for codes this side predates. Import
-    the modules whose codes matter (``assay.registry.errors``...) before calling.
+    Step PRB-1: the stable code names the exact family (a 403 may be a scope denial or an
+    artifact that is not trusted); the status is the fallback for codes this side
+    predates. Import the modules whose codes matter (``assay.registry.errors``...)
+    before calling. Step PRB-2: the error is built without its class's own constructor
+    (``FormatRefused`` takes a reason): the daemon already decided every member, and this
+    side must not re-derive any. Step PRB-3: the daemon's status is kept, not the
+    family's hint (a 422 stays 422).
     """
     code = str(body.get("code", "http.error"))
     cls = _classes_by_code().get(code) or STATUS_CLASSES.get(status, AssayError)
-    reasons = body.get("reasons", [])
-    return cls(
+    reasons = body.get("reasons")
+    extra = {str(k): v for k, v in body.items() if k not in _OWN_MEMBERS}
+    err = cls.__new__(cls)
+    AssayError.__init__(
+        err,
         str(body.get("detail", "")),
         code=code,
-        reasons=[str(r) for r in reasons] if isinstance(reasons, list) else [],
+        reasons=[str(r) for r in reasons] if isinstance(reasons, list) else None,
+        **extra,
     )
+    err.status = status  # type: ignore[misc] # the daemon's status, not the family's hint
+    if "reason" in extra:
+        err.reason = extra["reason"]  # type: ignore[attr-defined]
+    return err

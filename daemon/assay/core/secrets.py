@@ -45,7 +45,7 @@ def read_secret(ref: SecretRef, *, base: Path, min_bytes: int = MIN_SECRET_BYTES
         data = value.encode()
     else:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise SecretError(f"secret {ref.describe()} unreadable: {exc.strerror}") from None
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.core.atomic import atomic_write
-from assay.core.errors import BadRequest, Conflict, SecretError
+from assay.core.errors import BadRequest, Conflict, NotFound, SecretError
 from assay.core.tokens import TokenRecord, check_id, check_scopes, fingerprint, generate_token
 
 FORMAT_VERSION = 1
@@ -74,11 +74,13 @@ def _serialise(records: list[TokenRecord]) -> bytes:
 def load(path: Path) -> list[TokenRecord]:
     """Read the token file; refuse symlinks, oversize files and group/world access."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SecretError(f"token file {path} unreadable: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"token file {path} is not a regular file")
         if info.st_mode & 0o077:
             raise SecretError(
                 f"token file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600"
@@ -129,7 +131,7 @@ def revoke(path: Path, token_id: str) -> TokenRecord:
         records = load(path)
         found = [r for r in records if r.id == token_id]
         if not found:
-            raise Conflict(f"no token with id {token_id!r}", code="token.not_found")
+            raise NotFound(f"no token with id {token_id!r}", code="token.not_found")
         updated = [
             TokenRecord(r.id, r.fingerprint, r.scopes, r.created, True, r.note)
             if r.id == token_id

@@ -162,6 +162,12 @@ LIST = Api(
             ref("Digest"),
             "next_cursor of the previous page (400 if this registry did not issue it).",
         ),
+        Param(
+            "digest_prefix",
+            {"type": "string", "pattern": "^(sha256:)?[0-9a-f]{4,64}$"},
+            "Only artifacts whose digest starts with these hex digits (at least 4): how "
+            "the CLI resolves a short digest.",
+        ),
     ),
 )
 UPLOAD = Api(

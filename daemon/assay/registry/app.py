@@ -208,7 +208,8 @@ def create_app(
     @requires("artifacts:read")
     @attach(api.LIST)
     async def list_artifacts() -> dict[str, Any]:
-        """List artifacts a page at a time, in registration order, by ?state= and ?name=.
+        """List artifacts a page at a time, in registration order, by ?state= and ?name=
+        and ?digest_prefix= (at least 4 hex digits: how the CLI resolves a short digest).
 
         ``?limit=`` (default 100, at most 1000) bounds the page; pass ``next_cursor``
         back as ``?cursor=`` for the next one (null on the last page).
@@ -218,6 +219,7 @@ def create_app(
             name=request.args.get("name"),
             limit=_page_limit(request.args.get("limit")),
             cursor=request.args.get("cursor"),
+            digest_prefix=request.args.get("digest_prefix"),
         )
         return {
             "artifacts": [a.public() for a in arts],

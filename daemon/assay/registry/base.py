@@ -15,6 +15,7 @@ Blocking work runs in ``trio.to_thread``. The operations are grouped by concern:
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from assay.core.tokens import Principal
 from assay.registry import policy as policy_mod
 from assay.registry.db import RegistryDB
 from assay.registry.digests import parse_digest
-from assay.registry.model import Artifact, ArtifactTable
+from assay.registry.model import PREFIX_BUCKET, Artifact, ArtifactTable
 from assay.registry.replay import InFlight
 from assay.registry.states import State
 from assay.registry.store import ObjectStore
@@ -270,10 +271,16 @@ class RegistryBase:
         name: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        digest_prefix: str | None = None,
     ) -> tuple[list[Artifact], str | None]:
-        """One page in listing order (as rows became visible), and the next page's cursor."""
+        """One page in listing order (as rows became visible), and the next page's cursor.
+
+        ``digest_prefix``: only artifacts whose digest starts with it (``sha256:``
+        optional, at least ``PREFIX_BUCKET`` lowercase hex digits), in every state; how
+        ``assay`` resolves an abbreviated digest."""
         if state is not None and state not in {s.value for s in State}:
             raise BadRequest(f"unknown state {state!r}", code="request.bad_state")
+        prefix = None if digest_prefix is None else _digest_prefix(digest_prefix)
         if cursor is not None:
             try:
                 after: str | None = parse_digest(cursor)
@@ -287,6 +294,7 @@ class RegistryBase:
             after=cursor,
             limit=limit,
             keep=lambda a: (state is None or a.state == state) and (name is None or a.name == name),
+            digest_prefix=prefix,
         )
 
     def resolve_trusted(self, name: str) -> Artifact:
@@ -306,6 +314,21 @@ class RegistryBase:
             out[a.state] += 1
         out["integrity_failed"] = sum(1 for a in self.artifacts.values() if a.integrity != "ok")
         return out
+
+
+_PREFIX = re.compile(rf"(?:sha256:)?([0-9a-f]{{{PREFIX_BUCKET},64}})")
+
+
+def _digest_prefix(value: str) -> str:
+    """``sha256:<hex>`` for a valid prefix, else ``request.bad_digest``."""
+    found = _PREFIX.fullmatch(value)
+    if found is None:
+        raise BadRequest(
+            f"digest_prefix must be at least {PREFIX_BUCKET} lowercase hex digits "
+            "(sha256: optional)",
+            code="request.bad_digest",
+        )
+    return "sha256:" + found.group(1)
 
 
 def record_fields(

@@ -66,9 +66,11 @@ def hypercorn_config(loaded: LoadedConfig) -> HyperConfig:
     return core_hypercorn_config(server, unix_socket=unix)
 
 
-def _events(kind: str, fields: dict[str, Any]) -> None:
+def _events(kind: str, fields: dict[str, Any], *, stacklevel: int = 1) -> None:
+    """Journal one registry event, attributed ``stacklevel`` frames up (1: the caller)."""
     priority = logging.ERROR if kind == "integrity_failed" else logging.INFO
-    logsetup.event(kind, f"{kind} {fields.get('digest', '')}".strip(), priority=priority, **fields)
+    message = f"{kind} {fields.get('digest', '')}".strip()
+    logsetup.event(kind, message, priority=priority, stacklevel=stacklevel + 1, **fields)
 
 
 async def run(
@@ -85,8 +87,9 @@ async def run(
     )
 
     def events(kind: str, fields: dict[str, Any]) -> None:
-        """Journal each state change, and keep systemd's STATUS= counts current."""
-        _events(kind, fields)
+        """Journal each state change, and keep systemd's STATUS= counts current. The
+        journal names the registry code that made the change (this closure's caller)."""
+        _events(kind, fields, stacklevel=2)
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
     # The posture gate, once the secrets and the audit log have passed their own loaders

@@ -110,12 +110,19 @@ class ArtifactTable(Mapping[str, Artifact]):
     cursor and never show it. Rows are never removed (soft delete keeps metadata), so
     the order only grows, at the end; the database keeps it too (``rowid``), and a
     restart loads rows in that order.
+
+    Digest prefixes: rows are also bucketed by the first ``PREFIX_BUCKET`` hex digits of
+    their digest, in listing order, so a prefix of at least that many digits is answered
+    from one bucket (about n / 65536 rows), not a walk of the whole table.
     """
 
     def __init__(self, rows: Mapping[str, Artifact] | None = None) -> None:
         self._rows: dict[str, Artifact] = dict(rows or {})
         self._order: list[str] = list(self._rows)
         self._index: dict[str, int] = {d: i for i, d in enumerate(self._order)}
+        self._buckets: dict[str, list[str]] = {}
+        for digest in self._order:
+            self._buckets.setdefault(_bucket(digest), []).append(digest)
 
     def __getitem__(self, digest: str) -> Artifact:
         return self._rows[digest]
@@ -130,19 +137,44 @@ class ArtifactTable(Mapping[str, Artifact]):
         if digest not in self._index:
             self._index[digest] = len(self._order)
             self._order.append(digest)
+            self._buckets.setdefault(_bucket(digest), []).append(digest)
         self._rows[digest] = art
 
     def page(
-        self, *, after: str | None, limit: int, keep: Callable[[Artifact], bool]
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        keep: Callable[[Artifact], bool],
+        digest_prefix: str | None = None,
     ) -> tuple[list[Artifact], str | None]:
         """Up to ``limit`` rows that ``keep`` accepts, in listing order, after the row
-        with digest ``after``; and the cursor for the next page (None at the end)."""
+        with digest ``after``; and the cursor for the next page (None at the end).
+
+        ``digest_prefix`` (``sha256:`` and at least ``PREFIX_BUCKET`` hex digits) keeps
+        only the rows whose digest starts with it."""
         start = 0 if after is None else self._index[after] + 1
+        rows: Iterator[str]
+        if digest_prefix is None:
+            rows = (self._order[i] for i in range(start, len(self._order)))
+        else:
+            assert len(digest_prefix) >= len(_SCHEME) + PREFIX_BUCKET, digest_prefix
+            bucket = self._buckets.get(_bucket(digest_prefix), [])  # in listing order
+            rows = (d for d in bucket if d.startswith(digest_prefix) and self._index[d] >= start)
         out: list[Artifact] = []
-        for i in range(start, len(self._order)):
-            art = self._rows[self._order[i]]
+        for digest in rows:
+            art = self._rows[digest]
             if keep(art):
                 if len(out) == limit:
                     return out, out[-1].digest
                 out.append(art)
         return out, None
+
+
+#: Hex digits a digest prefix must have (and that bucket the table): git's minimum.
+PREFIX_BUCKET = 4
+_SCHEME = "sha256:"
+
+
+def _bucket(digest: str) -> str:
+    return digest[len(_SCHEME) : len(_SCHEME) + PREFIX_BUCKET]

@@ -90,7 +90,7 @@ def public_key_from_pem(data: bytes) -> Ed25519PublicKey:
 
 
 def _read_nofollow(path: Path, *, private: bool) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

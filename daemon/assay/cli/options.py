@@ -1,0 +1,74 @@
+"""Options several commands share, each with one sentence of help, and their checks.
+
+Why argparse ``type=`` checks here: a value that cannot be right (``--url notaurl``,
+``--state bogus``) is a usage error, found while parsing, before any file is opened or
+any request is sent; argparse reports it through ``Parser.error`` (``assay.cli.main``),
+so it has a stable code and ``--json`` prints it like any other problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from assay.cli.errors import UsageError
+
+#: The states an artifact can be in (``assay.registry.states.State``; a test keeps the
+#: two in step without importing the registry at start-up).
+STATES = ("quarantined", "trusted", "revoked", "deleted")
+
+
+def url_arg(value: str) -> str:
+    from assay.cli.client import check_url
+
+    try:
+        return check_url(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def bind_arg(value: str) -> str:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) or ``fd://N``; the config's own rules (loopback
+    unless ``allow_non_loopback``) are applied again when the config is loaded."""
+    if value.startswith("fd://"):
+        if value[5:].isdigit():
+            return value
+        raise argparse.ArgumentTypeError("fd:// needs a file descriptor number")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT or fd://N: {value[:100]!r}")
+    return value
+
+
+def json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result, or the error as an RFC 9457 problem, as JSON on stdout",
+    )
+
+
+def daemon_options(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """``--url`` and ``--token-file`` (and ``--json``) for commands that ask the daemon."""
+    p.add_argument(
+        "--url",
+        type=url_arg,
+        metavar="URL",
+        help="the daemon, as http://HOST:PORT (else $ASSAY_URL, else http://127.0.0.1:8470)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the bearer token from FILE (else $ASSAY_TOKEN_FILE names the file, "
+        "else the token itself is taken from $ASSAY_TOKEN)",
+    )
+    if json_flag:
+        json_option(p)
+
+
+def digest_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "digest",
+        metavar="DIGEST",
+        help=f"the artifact to {what}: sha256:<64 hex>, the 64 hex alone, or a unique "
+        "prefix of at least 4 hex digits, such as the 12 that `assay list` shows",
+    )
