@@ -53,17 +53,10 @@ class _ClientWaits:
 
     async def __call__(self) -> Any:
         if self._body_done:
-            m = await self._receive()
-            import sys
-
-            print("DBG late recv", m.get("type"), file=sys.stderr, flush=True)
-            return m
+            return await self._receive()
         with self._guard.client_wait():
             message = await self._receive()
         kind = message.get("type")
-        import sys
-
-        print("DBG recv", kind, file=sys.stderr, flush=True)
         if kind == "http.disconnect" or (kind == "http.request" and not message.get("more_body")):
             self._body_done = True
         return message
