@@ -20,12 +20,17 @@ import argparse
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assay.cli.output import emit_json
 from assay.core.errors import ConfigError
-from assay.core.posture import Evaluation, Profile, Severity, report
-from assay.core.strict_yaml import MAX_CONFIG_BYTES
+
+# model.py is enums only (no pydantic): the rest of posture loads when doctor runs, so
+# every other command starts without it (tests/unit/test_cli_startup.py).
+from assay.core.posture.model import Profile, Severity
+
+if TYPE_CHECKING:
+    from assay.core.posture import Evaluation
 
 DEFAULT_CONFIG = Path(".assay/config.yaml")
 EXIT_CLEAN = 0
@@ -51,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _read(path: Path) -> bytes:
     """The config's bytes, bounded; a FIFO or device is refused, never waited on."""
+    from assay.core.strict_yaml import MAX_CONFIG_BYTES  # yaml only when doctor runs
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -134,6 +141,8 @@ def print_text(path: Path, rep: dict[str, Any]) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     found = evaluations(args)
+    from assay.core.posture import report
+
     reports = [report(ev) for _path, ev in found]
     code = exit_code(reports)
     if args.json:

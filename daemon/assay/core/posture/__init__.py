@@ -28,11 +28,34 @@ Entry points (for ``GET /admin/v1/posture`` and anything else that reports postu
 
 from __future__ import annotations
 
-from assay.core.posture.catalogue import BY_ID, FINDINGS, Finding
-from assay.core.posture.config import DeploymentSection, Evidence, Waiver
-from assay.core.posture.evaluate import SCHEMA, Evaluation, Result, evaluate, report
-from assay.core.posture.model import EvidenceKind, Profile, Severity
-from assay.core.posture.observations import Observations
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from assay.core.posture.catalogue import BY_ID, FINDINGS, Finding
+    from assay.core.posture.config import DeploymentSection, Evidence, Waiver
+    from assay.core.posture.evaluate import SCHEMA, Evaluation, Result, evaluate, report
+    from assay.core.posture.model import EvidenceKind, Profile, Severity
+    from assay.core.posture.observations import Observations
+
+#: Where each name lives: loaded on first use (PEP 562), so that ``assay.core.posture.model``
+#: (enums only) can be imported by the CLI without pydantic (tests/unit/test_cli_startup.py).
+_HOME = {
+    "BY_ID": "catalogue", "FINDINGS": "catalogue", "Finding": "catalogue",
+    "DeploymentSection": "config", "Evidence": "config", "Waiver": "config",
+    "SCHEMA": "evaluate", "Evaluation": "evaluate", "Result": "evaluate",
+    "evaluate": "evaluate", "report": "evaluate",
+    "EvidenceKind": "model", "Profile": "model", "Severity": "model",
+    "Observations": "observations",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "BY_ID",
