@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from tests.conftest import Deployment
-from tests.e2e.deployments import ST, pid, trusted
+from tests.e2e.deployments import pid, trusted
 from tests.e2e.wire import object_fds, settled
 
 pytestmark = pytest.mark.e2e
