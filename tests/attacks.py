@@ -5,8 +5,10 @@ drawn: the method, the path (long, percent-encoded junk, raw unicode, traversal)
 query (any unicode in names and values, empty names, thousands of parameters, huge
 keys), and the headers that flow into records (``X-Purpose``, ``X-Request-Id``) or
 decide who is asking (a real credential, junk, none), sometimes with bytes the HTTP
-parser must refuse. Sizes stay under the parser's 1 MiB bound on an incomplete head,
-past which the answer is a connection close by design.
+parser must refuse, and sometimes a request to switch protocols (a WebSocket handshake,
+whole or in part, or ``Upgrade: h2c``), which neither daemon may take. Sizes stay under
+the parser's 1 MiB bound on an incomplete head, past which the answer is a connection
+close by design.
 """
 
 from __future__ import annotations
@@ -95,6 +97,31 @@ def path_strategy(known: Sequence[str]) -> st.SearchStrategy[bytes]:
     )
 
 
+#: Pieces of protocol switches: hypercorn handed a WebSocket handshake to the app as a
+#: scope no route served (a bare 500, no record), and answered one it judged malformed
+#: with a bare 400 of its own.
+UPGRADE_PIECES: list[tuple[bytes, bytes]] = [
+    (b"Connection", b"Upgrade"),
+    (b"Connection", b"keep-alive, Upgrade"),
+    (b"Upgrade", b"websocket"),
+    (b"Upgrade", b"WebSocket"),
+    (b"Upgrade", b"h2c"),
+    (b"Upgrade", b"websocket, h2c"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+    (b"Sec-WebSocket-Version", b"8"),
+    (b"HTTP2-Settings", b"AAMAAABkAAQCAAAAAAIAAAAA"),
+]
+HANDSHAKE = [UPGRADE_PIECES[i] for i in (0, 2, 6, 7)]
+UPGRADE = st.one_of(
+    st.just([]),
+    st.just([]),
+    st.just([]),  # mostly none, so the rest of the search keeps its weight
+    st.just(HANDSHAKE),
+    st.lists(st.sampled_from(UPGRADE_PIECES), max_size=4),
+)
+
+
 def headers_strategy(
     credentials: Sequence[tuple[bytes, bytes]],
 ) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
@@ -134,9 +161,9 @@ def request_strategy(
     credential, junk only in the query and values), half junk everywhere."""
 
     def build(method: bytes, path: bytes, query: bytes | None, headers: list[tuple[bytes, bytes]],
-              host: bool, body: bytes) -> bytes:  # fmt: skip
+              host: bool, body: bytes, upgrade: list[tuple[bytes, bytes]]) -> bytes:  # fmt: skip
         target = path if query is None else path + b"?" + query
-        return request(method, target, headers, body, host=host)
+        return request(method, target, headers + upgrade, body, host=host)
 
     query = st.one_of(st.none(), query_strategy(names))
     clean = st.tuples(
@@ -150,6 +177,7 @@ def request_strategy(
         st.lists(st.one_of(st.sampled_from(credentials), clean), max_size=3),
         st.just(True),
         BODY,
+        UPGRADE,
     )
     junk = st.builds(
         build,
@@ -159,5 +187,6 @@ def request_strategy(
         headers_strategy(credentials),
         st.sampled_from([True] * 7 + [False]),  # Host, mostly
         BODY,
+        UPGRADE,
     )
     return st.one_of(plausible, junk)

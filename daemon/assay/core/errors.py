@@ -84,6 +84,14 @@ class PayloadTooLarge(RejectedInput):
     title = "Payload too large"
 
 
+class UpgradeRefused(BadRequest):
+    """A request to switch protocols (a WebSocket handshake): neither daemon serves
+    anything but HTTP/1.1, so the request is answered, and recorded, as a refusal."""
+
+    code = "request.upgrade_refused"
+    title = "Protocol upgrade refused"
+
+
 class ConfigError(RejectedInput):
     """Invalid configuration. ``path`` names the offending key, e.g. ``registry.policy``."""
 

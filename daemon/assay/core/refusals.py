@@ -25,6 +25,13 @@ The subclass also never switches to HTTP/2 (an ``Upgrade: h2c`` header or the pr
 knowledge preface): both daemons speak HTTP/1.1 only (``alpn_protocols``), and a second
 protocol stack would be a second set of refusals that no record covers. Such a request
 is served as the HTTP/1.1 request it is, by the app, with its record.
+
+Nor does it ever hand a request to hypercorn's WebSocket stream: a handshake that
+stream took either reached the app as a ``websocket`` scope, outside the request
+discipline, or (a handshake it judged malformed: no key, another version) was answered
+a bare 400 that no app saw and nothing recorded. Every request is an ``http`` one here;
+the app's outermost layer refuses a handshake with an audited 400
+(``assay.core.asgi.HeaderCap``), and h11, seeing no 101, keeps the connection HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ import h11
 import hypercorn.protocol as hypercorn_protocol
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.events import Request
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 
 from assay.core import problem
 from assay.core.errors import AssayError
@@ -139,6 +148,43 @@ class AuditedH11Protocol(H11Protocol):
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """HTTP/1.1 only: neither ``Upgrade: h2c`` nor ``PRI * HTTP/2.0`` switches."""
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        """Every request becomes hypercorn's HTTP stream, a WebSocket handshake too.
+
+        hypercorn's own ``_create_stream`` with its WebSocket branch taken out (it also
+        wraps the h11 connection for the switch, which is left out with it).
+        """
+        if not isinstance(getattr(self.config, _CONFIG_ATTR, None), Refusals):
+            await super()._create_stream(request)
+            return
+        self.stream = HTTPStream(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.ssl,
+            self.client,
+            self.server,
+            self.stream_send,
+            STREAM_ID,
+        )
+        headers = (
+            request.headers.raw_items() if self.config.h11_pass_raw_headers
+            else list(request.headers)
+        )  # fmt: skip
+        await self.stream.handle(
+            Request(
+                stream_id=STREAM_ID,
+                headers=headers,
+                http_version=request.http_version.decode(),
+                method=request.method.decode("ascii").upper(),
+                raw_path=request.target,
+                state=self.connection_state,
+            )
+        )
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
 
 
 #: How long bytes after a closing request may wait for the app's answer (a stuck
