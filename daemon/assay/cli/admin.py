@@ -163,7 +163,7 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     from assay.core import tokenfile
     from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
-    from assay.core.trusted_files import check_parent
+    from assay.core.trusted_files import check_ancestors
     from assay.trust.bootstrap import init_trust
     from assay.trust.keys import ONLINE_KEY_NAME, ROOT_KEY_NAME
 
@@ -173,7 +173,7 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     if directory.exists():
         # The daemon would refuse this directory's config (assay.core.trusted_files):
         # say so now, before anything is created in it.
-        check_parent(config)
+        check_ancestors(config)
     secrets_dir = directory / "secrets"
     for d in (directory, secrets_dir, directory / "state"):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)

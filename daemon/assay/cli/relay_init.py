@@ -230,14 +230,14 @@ def init_relay(
     from assay.cli.relay_cmd import check_config
     from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
-    from assay.core.trusted_files import check_parent
+    from assay.core.trusted_files import check_ancestors
     from assay.relay import apikeys, jws, synthetic
 
     _empty_or_missing(directory)
     output_dir(directory, what="DIR")
     directory.chmod(0o700)
     # The relay refuses a config whose directory others may write (trusted_files).
-    check_parent(directory / CONFIG_FILE)
+    check_ancestors(directory / CONFIG_FILE)
     secrets_dir = directory / "secrets"
     for d in (secrets_dir, directory / "state"):
         d.mkdir(mode=0o700)

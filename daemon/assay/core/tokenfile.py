@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from assay.core.atomic import atomic_write
-from assay.core.errors import BadRequest, Conflict, NotFound, SecretError
+from assay.core.errors import BadRequest, Conflict, NotFound, SecretError, UnsafeFile
 from assay.core.tokens import TokenRecord, check_id, check_scopes, fingerprint, generate_token
+from assay.core.trusted_files import check_ancestors, check_owner
 
 FORMAT_VERSION = 1
 MAX_TOKEN_FILE_BYTES = 4 * 1024 * 1024
@@ -72,7 +73,12 @@ def _serialise(records: list[TokenRecord]) -> bytes:
 
 
 def load(path: Path) -> list[TokenRecord]:
-    """Read the token file; refuse symlinks, oversize files and group/world access."""
+    """Read the token file; refuse symlinks, oversize files, group/world access, another
+    owner, and a path whose directories others could rename it out of (as secrets)."""
+    try:
+        check_ancestors(path)
+    except UnsafeFile as exc:
+        raise SecretError(f"token file {path}: {exc.detail}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -81,6 +87,10 @@ def load(path: Path) -> list[TokenRecord]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SecretError(f"token file {path} is not a regular file")
+        try:
+            check_owner(info, path)
+        except UnsafeFile as exc:
+            raise SecretError(f"token file {path}: {exc.detail}") from None
         if info.st_mode & 0o077:
             raise SecretError(
                 f"token file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600"

@@ -1,4 +1,4 @@
-"""Files trusted only as far as their modes say: the config file and the policies.
+"""Files trusted only as far as their modes say: the config file, the policies, secrets.
 
 THREAT_MODEL.md trust boundary 3. These files are not secret, but whoever can change
 them decides what the daemon trusts (a policy of ``approvals_required: 1`` undoes the
@@ -12,12 +12,18 @@ the directory that holds it:
    Under systemd's ``DynamicUser=``/``PrivateUsers=`` the packaged ``/etc/assay`` files
    are root's (0644, directories 0755) and pass; a file of any other user shows as
    ``nobody`` there and is refused;
-4. its directory: owned likewise and not writable by group or others, unless sticky
-   (then no one else can rename over the file), since a writable directory lets anyone
-   replace the file whatever its own mode.
+4. every directory on the way to it, from ``/`` down to the one that holds it (as
+   sshd's ``StrictModes`` and sudo check): owned likewise and not writable by group or
+   others, unless sticky (then no one else can rename what is in it, as in ``/tmp``),
+   since a writable directory *anywhere* on the path lets its writer rename the rest of
+   the path away and put their own in its place, whatever the file's own mode. A symlink
+   on the way is followed, and the directory holding it is checked too (whoever can
+   write there can repoint it); the directories of its target are checked as well.
 
 Every refusal is ``UnsafeFile`` (``config.file_unsafe``), one line naming the path, so
 startup fails closed with the reason. Files are read through the fd that was checked.
+Secrets (``assay.core.secrets``, ``assay.core.tokenfile``) keep their own, stricter
+mode rule (no group or other access at all) and take steps 3 and 4 from here.
 """
 
 from __future__ import annotations
@@ -47,33 +53,93 @@ def _check(info: os.stat_result, path: Path, *, directory: bool) -> None:
             f"{path}: mode {mode:04o} lets group or others write it (chmod go-w {path})",
             file=str(path),
         )
+    check_owner(info, path)
+
+
+#: As the kernel's limit on symlinks followed in one lookup (``ELOOP``).
+MAX_SYMLINKS = 40
+
+
+def _unreadable(path: Path, exc: OSError) -> UnsafeFile:
+    return UnsafeFile(f"{path}: unreadable: {exc.strerror}", file=str(path))
+
+
+def directories_to(path: Path) -> list[Path]:
+    """Every directory a lookup of ``path`` passes through, ``/`` first: those the kernel
+    looks a name up in while resolving ``path.parent`` (symlinks followed, each one's
+    holding directory included), then ``path.parent`` itself, resolved.
+
+    Resolved by hand, one component at a time, because ``realpath`` drops the
+    directories that held the symlinks it followed, and ``abspath`` resolves ``..``
+    lexically where the kernel follows it from wherever a symlink led.
+    """
+    start = path if path.is_absolute() else Path.cwd() / path
+    pending = list(reversed(start.parent.parts[1:]))
+    current = Path("/")
+    seen = [current]
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == "..":
+            current = current.parent  # ``current`` is resolved: its parent is real
+            continue
+        if name in ("", "."):
+            continue
+        candidate = current / name
+        try:
+            info = os.lstat(candidate)
+        except OSError as exc:
+            raise _unreadable(candidate, exc) from None
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise UnsafeFile(f"{path}: more than {MAX_SYMLINKS} symlinks on its path",
+                                 file=str(path))  # fmt: skip
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                current = Path("/")
+                pending.extend(reversed(target.parts[1:]))
+            else:
+                pending.extend(reversed(target.parts))
+            continue
+        current = candidate
+        if current not in seen:
+            seen.append(current)
+    # After a ``..`` the directory the walk ends in may be one seen before: it goes last.
+    return [d for d in seen if d != current] + [current]
+
+
+def check_ancestors(path: Path) -> None:
+    """Step 4: no directory on the way to ``path`` can be used to replace it."""
+    for directory in directories_to(path):
+        try:
+            info = os.stat(directory)
+        except OSError as exc:
+            raise _unreadable(directory, exc) from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeFile(f"{directory}: not a directory", file=str(directory))
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise UnsafeFile(
+                f"{directory}: mode {mode:04o} lets group or others replace {path} "
+                f"(chmod go-w {directory}, or +t)",
+                file=str(directory),
+            )
+        if info.st_uid not in _owners():
+            raise UnsafeFile(
+                f"{directory}: owned by uid {info.st_uid}, not root or this daemon's uid "
+                f"{os.geteuid()}, so its owner can replace {path}",
+                file=str(directory),
+            )
+
+
+def check_owner(info: os.stat_result, path: Path) -> None:
+    """Step 3 alone, for files whose mode their own loader checks (secrets)."""
     if info.st_uid not in _owners():
         raise UnsafeFile(
             f"{path}: owned by uid {info.st_uid}, not root or this daemon's uid "
             f"{os.geteuid()} (chown it)",
             file=str(path),
-        )
-
-
-def check_parent(path: Path) -> None:
-    """Step 4: the directory holding ``path`` cannot be used to replace it."""
-    parent = path.parent
-    try:
-        info = os.stat(parent)
-    except OSError as exc:
-        raise UnsafeFile(f"{parent}: unreadable: {exc.strerror}", file=str(parent)) from None
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o022 and not mode & stat.S_ISVTX:
-        raise UnsafeFile(
-            f"{parent}: mode {mode:04o} lets group or others replace {path.name} in it "
-            f"(chmod go-w {parent})",
-            file=str(parent),
-        )
-    if info.st_uid not in _owners():
-        raise UnsafeFile(
-            f"{parent}: owned by uid {info.st_uid}, not root or this daemon's uid "
-            f"{os.geteuid()}, so its owner can replace {path.name}",
-            file=str(parent),
         )
 
 
@@ -87,7 +153,7 @@ def _open(path: Path, *, dir_fd: int | None = None, directory: bool = False) -> 
             raise UnsafeFile(
                 f"{path}: is a symlink; a trusted file must be the file itself", file=str(path)
             ) from None
-        raise UnsafeFile(f"{path}: unreadable: {exc.strerror}", file=str(path)) from None
+        raise _unreadable(path, exc) from None
 
 
 def _read(fd: int, path: Path, max_bytes: int) -> bytes:
@@ -102,7 +168,7 @@ def _read(fd: int, path: Path, max_bytes: int) -> bytes:
 
 def read_trusted(path: Path, *, max_bytes: int) -> bytes:
     """The bytes of a trusted file, read through the fd that passed the checks."""
-    check_parent(path)
+    check_ancestors(path)
     fd = _open(path)
     try:
         return _read(fd, path, max_bytes)
@@ -116,7 +182,7 @@ class TrustedDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        check_parent(path)
+        check_ancestors(path)
         self._fd = _open(path, directory=True)
         try:
             _check(os.fstat(self._fd), path, directory=True)

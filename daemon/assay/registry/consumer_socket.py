@@ -34,7 +34,7 @@ import trio
 from assay.consumer.protocol import MAX_REQUEST_BYTES
 from assay.core.errors import ConfigError, StorageError
 from assay.core.systemd import CONSUMER_FD_NAME, listen_fds_named
-from assay.core.trusted_files import check_parent
+from assay.core.trusted_files import check_ancestors
 from assay.registry.consumer_gate import ConsumerGate
 from assay.registry.consumers import ConsumerSection, Peer
 
@@ -117,15 +117,15 @@ def _bind_path(path: Path, mode: int, gid: int) -> Listener:
 
     A socket already at ``path`` is replaced only if nothing answers on it (left by a
     crash); a live one means another daemon serves it, and anything else is refused.
-    The directory must be one nobody else can rename things in (``check_parent``: not
-    writable by group or others unless sticky, owned by root or this daemon's user), or
-    the chmod and chown by name could be pointed at another file.
+    The directory, and every one above it, must be one nobody else can rename things in
+    (``check_ancestors``: not writable by group or others unless sticky, owned by root or
+    this daemon's user), or the chmod and chown by name could be pointed at another file.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     except OSError as exc:
         raise StorageError(f"creating {path.parent} failed: {exc.strerror}") from None
-    check_parent(path)
+    check_ancestors(path)
     try:
         _clear_stale(path)
     except OSError as exc:
