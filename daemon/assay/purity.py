@@ -51,6 +51,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.budget",
     "assay.relay.order",
     "assay.relay.views",
+    "assay.relay.pgsource",
     "assay.trust.config",
     "assay.trust.errors",
     "assay.trust.metadata",

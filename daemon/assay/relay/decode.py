@@ -66,19 +66,22 @@ def _lossless(actual: pa.DataType, declared: str) -> bool:
     return False
 
 
-def _csv(data: bytes, spec: Table, where: str) -> pa.Table:
+def _csv(data: bytes, spec: Table, where: str, *, copy: bool = False) -> pa.Table:
+    """CSV as files hold it, or (``copy``) as Postgres ``COPY ... (FORMAT csv)`` writes
+    it: booleans ``t``/``f``, NULL unquoted empty, an empty string quoted ``""``."""
     declared = {c.name: ARROW_TYPES[c.type] for c in spec.columns}
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(use_threads=True, block_size=4 * 1024 * 1024),
-            parse_options=pacsv.ParseOptions(delimiter=spec.source.delimiter),
+            parse_options=pacsv.ParseOptions(delimiter="," if copy else spec.source.delimiter),
             convert_options=pacsv.ConvertOptions(
                 column_types=declared,
                 null_values=[""],
                 strings_can_be_null=True,
-                true_values=["true"],
-                false_values=["false"],
+                quoted_strings_can_be_null=not copy,
+                true_values=["t"] if copy else ["true"],
+                false_values=["f"] if copy else ["false"],
                 check_utf8=True,
             ),
         )
@@ -163,5 +166,8 @@ def _conform(table: pa.Table, spec: Table, where: str) -> pa.Table:
 def decode(data: bytes, spec: Table, *, where: str) -> pa.Table:
     """Decode ``data`` as ``spec`` declares; ``where`` names the table in errors."""
     fmt = spec.source.resolved_format()
-    raw = _csv(data, spec, where) if fmt == "csv" else _parquet(data, spec, where)
+    if fmt == "parquet":
+        raw = _parquet(data, spec, where)
+    else:
+        raw = _csv(data, spec, where, copy=fmt == "postgres")
     return _conform(raw, spec, where)

@@ -41,3 +41,20 @@ class BudgetUnavailable(StorageError):
     code = "relay.row_budget_unavailable"
     status = 503
     title = "Row budget unavailable"
+
+
+class SourceUnavailable(StorageError):
+    """A database source cannot be reached or answered; a snapshot keeps serving, a live
+    read is refused (fail closed, never a partial answer)."""
+
+    code = "relay.source_unavailable"
+    status = 503
+    title = "Source unavailable"
+
+
+class SourceTimeout(SourceUnavailable):
+    """The database cancelled a statement at the source's ``query_timeout``."""
+
+    code = "relay.source_timeout"
+    status = 504
+    title = "Source timeout"

@@ -27,6 +27,7 @@ from assay.relay import access, cursor, disclosure, jws, order, planner, query
 from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
 from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
 from assay.relay.errors import BudgetExhausted
+from assay.relay.pglive import LiveTag
 from assay.relay.planner import Bounds, Condition
 from assay.relay.snapshot import Snapshot, SnapshotStore
 from assay.relay.views import EntityView, Target, entity_view, lookup_refused
@@ -244,7 +245,7 @@ class Relay:
         audit: RequestAudit,
         who: str,
         out: dict[str, str],
-    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot | LiveTag]:
         """A page; ``who`` (auth mode and id) binds cursors and budgets, ``out`` gets the
         budget headers (also when refused)."""
         e = view.entity
@@ -263,7 +264,9 @@ class Relay:
         #    clamped to what is left, so the budget is never exceeded and all of it usable.
         grant = self._reserve(self._budget(view, who), plan.limit, out)
         try:
-            snap = self.snapshot(view)  # the one snapshot this request sees
+            live = self.store.pool(view.dataset.id, view.table.id)
+            # The one snapshot this request sees; a live table names itself instead.
+            snap: Snapshot | LiveTag = live.tag if live is not None else self.snapshot(view)
             normalized = plan.normalized()
             bound = cursor.binding(view.dataset.id, e.name, normalized, snap.digest, who)
             offset = (
@@ -273,6 +276,7 @@ class Relay:
             limit = plan.limit if grant is None else grant.rows
 
             def run() -> query.Page:
+                assert isinstance(snap, Snapshot)
                 table, index, key_column = self._rows(view, snap)
                 return query.page(
                     table,
@@ -284,7 +288,12 @@ class Relay:
                     key_column=key_column,
                 )
 
-            result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+            if live is not None:
+                result = await live.page(plan.conditions, plan.fields, offset=offset, limit=limit)
+            elif snap.rows > THREAD_ROWS:  # type: ignore[union-attr]
+                result = await trio.to_thread.run_sync(run)
+            else:
+                result = run()
             audit.extra["row_count"] = len(result.records)
             # 2. Spend what is returned, durably, before it leaves.
             await self._spend(grant, len(result.records), out)
@@ -311,7 +320,7 @@ class Relay:
         audit: RequestAudit,
         who: str,
         out: dict[str, str],
-    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot | LiveTag]:
         """The records query ``key=raw_id`` plus the caller's filters, at most one row.
 
         1. Only where the key is exposed and ``eq``-filterable (``EntityView.lookup``).
@@ -349,16 +358,22 @@ class Relay:
         audit.extra.update(planner.audit_extra(conditions, self.redactor))
         grant = self._reserve(self._budget(view, who), 1, out)
         try:
-            snap = self.snapshot(view)
-            page = query.page(
-                snap.data,
-                conditions,
-                view.fields,
-                offset=0,
-                limit=1,
-                index=snap.index,
-                key_column=view.table.primary_key,
-            )
+            live = self.store.pool(view.dataset.id, view.table.id)
+            snap: Snapshot | LiveTag
+            if live is not None:
+                snap = live.tag
+                page = await live.page(conditions, view.fields, offset=0, limit=1)
+            else:
+                snap = self.snapshot(view)
+                page = query.page(
+                    snap.data,
+                    conditions,
+                    view.fields,
+                    offset=0,
+                    limit=1,
+                    index=snap.index,
+                    key_column=view.table.primary_key,
+                )
             audit.extra["row_count"] = len(page.records)
             await self._spend(grant, len(page.records), out)
         finally:

@@ -9,12 +9,12 @@ checked against its commitment before the relay serves anything.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from assay.core.errors import SecretError
+from assay.core.errors import AssayError, SecretError
 from assay.core.secrets import read_secret, resolve_path
 from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
@@ -28,7 +28,10 @@ from assay.relay.config import (
     parse_config,
     population_problems,
 )
+from assay.relay.pgread import PgBinding, bind
 from assay.relay.snapshot import TableState
+
+PgBindings = dict[tuple[str, str], PgBinding]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class RelaySecrets:
     audit_key: bytes
     api_keys: tuple[TokenRecord, ...]
     signing_key: Ed25519PrivateKey | None
+    #: (dataset, table) to its Postgres source with the DSN read and checked.
+    pg: PgBindings = field(default_factory=dict)
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -65,10 +70,10 @@ def load_config(path: Path) -> LoadedConfig:
 def _aggregated(loaded: LoadedConfig) -> list[tuple[str, str, str, str]]:
     tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
     return [
-        (where, ds, table, tables[(ds, table)].source.path)
+        (where, ds, table, path)
         for where, ds, table in aggregate_sources(loaded.config)
-        if (ds, table) in tables
-    ]
+        if (ds, table) in tables and (path := tables[(ds, table)].source.path) is not None
+    ]  # a database source has no file: its identity is known once it is read
 
 
 def file_identity(path: Path) -> SourceIdentity:
@@ -101,7 +106,30 @@ def load_secrets(loaded: LoadedConfig) -> RelaySecrets:
     if cfg.instance.answer_signing is not None:
         raw = read_secret(cfg.instance.answer_signing.key, base=base)
         signing = jws.load_private_key(raw)
-    return RelaySecrets(audit_key, tuple(records), signing)
+    return RelaySecrets(audit_key, tuple(records), signing, pg_bindings(loaded))
+
+
+def pg_bindings(loaded: LoadedConfig) -> PgBindings:
+    """Every Postgres source's DSN, read from its secret ref and held to the TLS policy
+    (``pgsource.check_dsn``); a refusal names the table and the ref, never the value."""
+    out: PgBindings = {}
+    for i, ds in enumerate(loaded.config.datasets):
+        for j, table in enumerate(ds.tables):
+            src = table.source.postgres
+            if src is None:
+                continue
+            where = f"datasets[{i}].tables[{j}].source.postgres.dsn"
+            try:
+                dsn = read_secret(src.dsn, base=loaded.base, min_bytes=1).decode()
+            except SecretError as exc:
+                raise SecretError(f"{where}: {exc.detail}", path=where) from None
+            except UnicodeDecodeError:
+                raise SecretError(f"{where}: {src.dsn.describe()} is not text") from None
+            try:
+                out[(ds.id, table.id)] = bind(src, dsn)
+            except AssayError as exc:
+                raise type(exc)(f"{where}: {exc.detail}", path=where) from None
+    return out
 
 
 def token_path(loaded: LoadedConfig) -> Path | None:
@@ -114,8 +142,10 @@ def token_path(loaded: LoadedConfig) -> Path | None:
     return path
 
 
-def table_states(loaded: LoadedConfig) -> list[TableState]:
+def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[TableState]:
+    """Every table's state; a Postgres table takes its binding from ``pg`` (the secrets)."""
     cfg = loaded.config
+    pg = pg or {}
     by_table: dict[tuple[str, str], list[str]] = {}
     for where, ds_id, table_id in aggregate_sources(cfg):
         by_table.setdefault((ds_id, table_id), []).append(where)
@@ -123,10 +153,14 @@ def table_states(loaded: LoadedConfig) -> list[TableState]:
     for ds in cfg.datasets:
         for table in ds.tables:
             cap = min(table.max_bytes or cfg.server.max_source_bytes, cfg.server.max_source_bytes)
+            path = table.source.path
+            binding = pg.get((ds.id, table.id))
+            if table.source.postgres is not None and binding is None:
+                raise SecretError(f"{ds.id}.{table.id}: its postgres DSN was not loaded")
             states.append(
                 TableState(
-                    ds.id, table, loaded.path(table.source.path), cap,
-                    aggregated_by=tuple(by_table.get((ds.id, table.id), ())),
+                    ds.id, table, None if path is None else loaded.path(path), cap,
+                    aggregated_by=tuple(by_table.get((ds.id, table.id), ())), pg=binding,
                 )
             )  # fmt: skip
     return states

@@ -42,6 +42,8 @@ class Assembled:
         return audit_route(self.app.url_map, self.relay.redactor)
 
     def close(self) -> None:
+        """Blocking: the budget store and the live tables' idle database sessions."""
+        self.store.close()
         if self.budgets is not None:
             self.budgets.close()
 
@@ -82,7 +84,7 @@ def assemble(
     clock: Callable[[], float] | None = None,
 ) -> Assembled:
     """Blocking (loads every table and the token file): run it in a worker thread."""
-    store = SnapshotStore(table_states(loaded))
+    store = SnapshotStore(table_states(loaded, secrets.pg))
     store.load_all_blocking()
     now = time.time if clock is None else clock
     budgets = budget_store(loaded, now)
