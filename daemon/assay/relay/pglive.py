@@ -6,7 +6,7 @@ declared columns, declared filters as bound parameters, key order, ``LIMIT``/``O
 run in a session from ``pgread.open_session`` (read-only, ``statement_timeout``).
 
 Bounds: at most ``live_max_connections`` sessions, each used by one request at a time;
-waiting for one is bounded by ``query_timeout`` (then 503, never a queue without end);
+waiting for one is bounded by ``connect_timeout`` (then 503, never a queue without end);
 a page may not reach past ``live_max_rows`` matching rows (offset plus limit); the rows
 are typed by the declared schema through the same Arrow projection the snapshot path
 uses, so a live answer has the snapshot answer's shape. A session that failed is closed,
@@ -75,7 +75,7 @@ class LivePool:
         """One page in key order.
 
         1. Refuse a page past ``live_max_rows`` before any session is taken.
-        2. Take a slot, waiting at most ``query_timeout``.
+        2. Take a slot, waiting at most ``connect_timeout`` (getting a session is bounded).
         3. Run the generated statement in a worker thread on an idle or new session.
         4. Type the rows by the declared schema and project them like a snapshot page.
         """
@@ -90,7 +90,7 @@ class LivePool:
             self.source, columns, conditions, self.spec.primary_key, offset=offset, limit=limit
         )
         acquired = False
-        with trio.move_on_after(self.source.query_timeout):  # 2.
+        with trio.move_on_after(self.source.connect_timeout):  # 2.
             await self._slots.acquire()
             acquired = True
         if not acquired:
