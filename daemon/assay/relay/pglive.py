@@ -47,7 +47,7 @@ def check_live(binding: PgBinding, spec: Table, where: str) -> None:
     """Blocking, at startup: the server answers a read-only session and the declared
     columns exist with lossless types, or the relay does not start."""
     with session(binding, where) as conn:
-        check_types(conn, spec, where)
+        check_types(conn, spec, where, live=True)
 
 
 class LivePool:

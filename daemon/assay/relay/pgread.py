@@ -121,8 +121,12 @@ def session(binding: PgBinding, where: str) -> Iterator[psycopg.Connection[tuple
         conn.close()
 
 
-def check_types(conn: psycopg.Connection[tuple[Any, ...]], spec: Table, where: str) -> None:
-    """The declared columns exist with lossless types (like Parquet's check)."""
+def check_types(
+    conn: psycopg.Connection[tuple[Any, ...]], spec: Table, where: str, *, live: bool = False
+) -> None:
+    """The declared columns exist with lossless types (like Parquet's check). Live, a
+    number must be ``float8``: a ``float4`` compared with a bound float8 would not equal
+    the value its snapshot text gives."""
     src = spec.source.postgres
     assert src is not None
     names = [c.name for c in spec.columns]
@@ -133,15 +137,39 @@ def check_types(conn: psycopg.Connection[tuple[Any, ...]], spec: Table, where: s
     ).fetchall()
     typname = {int(oid): str(name) for oid, name in found}
     actual = {d.name: typname.get(int(d.type_code), "?") for d in cur.description or ()}
-    problems = pgsource.type_problems(actual, {c.name: c.type for c in spec.columns})
+    problems = pgsource.type_problems(actual, {c.name: c.type for c in spec.columns}, live=live)
     if problems:
         raise SourceInvalid(f"{where}: " + "; ".join(problems) + "; refusing a lossy or "
                             "guessed conversion", path=where)  # fmt: skip
 
 
-def read_snapshot(
-    binding: PgBinding, spec: Table, max_bytes: int, where: str
-) -> tuple[bytes, str | None]:
+@dataclass(frozen=True)
+class PgRead:
+    """One snapshot read: the COPY bytes, the token read before them, what was read."""
+
+    data: bytes
+    token: str | None
+    locator: str
+
+
+def server_locator(conn: psycopg.Connection[tuple[Any, ...]], source: PostgresSource) -> str:
+    """What the server says the source is: its address, port and database, and for a
+    table the relation's OID (so ``households`` and ``public.households`` are one)."""
+    row = conn.execute(
+        "SELECT current_database()::text, coalesce(host(inet_server_addr()), 'local'),"
+        " inet_server_port()"
+    ).fetchone()
+    assert row is not None
+    base = f"postgres://{row[1]}:{row[2]}/{row[0]}"
+    if source.table is None:
+        return f"{base}/query:{pgsource.sql_digest(source.query or '')}"
+    name = sql.Identifier(*source.relation()).as_string(conn)
+    oid = conn.execute("SELECT %s::regclass::oid::int8", [name]).fetchone()
+    assert oid is not None
+    return f"{base}/oid:{oid[0]}"
+
+
+def read_snapshot(binding: PgBinding, spec: Table, max_bytes: int, where: str) -> PgRead:
     """The declared columns as COPY CSV, and the change token read just before it (so a
     change after the token is seen by the next poll). Bounded: over ``max_bytes`` the
     COPY is cancelled and the load refused before the rest is read."""
@@ -151,6 +179,7 @@ def read_snapshot(
     with session(binding, where) as conn:
         token = _token(conn, binding, where) if binding.source.change_token_sql else None
         check_types(conn, spec, where)
+        locator = server_locator(conn, binding.source)
         with conn.cursor() as cur, cur.copy(pgsource.copy_sql(binding.source, names)) as copy:
             for chunk in copy:
                 total += len(chunk)
@@ -159,7 +188,7 @@ def read_snapshot(
                         f"{where}: source is over the cap of {max_bytes} bytes", path=where
                     )
                 chunks.append(bytes(chunk))
-    return b"".join(chunks), token
+    return PgRead(b"".join(chunks), token, locator)
 
 
 def change_token(binding: PgBinding, where: str) -> str:

@@ -176,11 +176,15 @@ _OPS = {"eq": "{} = {}", "gte": "{} >= {}", "lte": "{} <= {}", "in": "{} = ANY({
 
 def where_sql(conditions: Sequence[Any]) -> tuple[sql.Composable, list[Any]]:
     """Conditions (planner ``Condition``) to a WHERE clause over declared columns, with
-    every value a placeholder and the values in order beside it."""
+    every value a placeholder and the values in order beside it. A string range compares
+    under ``COLLATE "C"`` (code point order), as the snapshot path's Arrow kernels do,
+    not under the database's locale."""
     parts: list[sql.Composable] = []
     params: list[Any] = []
     for cond in conditions:
-        col = sql.Identifier(cond.column)
+        col: sql.Composable = sql.Identifier(cond.column)
+        if cond.type == "string" and cond.op in ("gte", "lte", "between"):
+            col = sql.SQL('{} COLLATE "C"').format(col)
         if cond.op == "between":
             parts.append(sql.SQL("{} BETWEEN {} AND {}").format(
                 col, sql.Placeholder(), sql.Placeholder()))  # fmt: skip
@@ -225,11 +229,14 @@ PG_TYPES: dict[str, frozenset[str]] = {
 }
 
 
-def type_problems(actual: dict[str, str], declared: dict[str, str]) -> list[str]:
+def type_problems(
+    actual: dict[str, str], declared: dict[str, str], *, live: bool = False
+) -> list[str]:
     """Declared columns whose database type is not a lossless fit (like Parquet's check:
     ``numeric`` is not a float, a timestamp without time zone is not a timestamp)."""
+    fits = {**PG_TYPES, "number": frozenset({"float8"})} if live else PG_TYPES
     return [
         f"column {name!r} is {actual.get(name, 'missing')}, declared {want}"
         for name, want in declared.items()
-        if actual.get(name) not in PG_TYPES[want]
+        if actual.get(name) not in fits[want]
     ]

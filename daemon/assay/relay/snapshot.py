@@ -164,20 +164,22 @@ def records_digest(index: Mapping[Any, int]) -> str:
 def load(state: TableState, generation: int) -> Snapshot:
     """Blocking: read, digest, decode and index one table (run in a worker thread)."""
     token: str | None = None
+    locator: str | None = None
     if state.pg is not None:
-        data, token = read_snapshot(state.pg, state.spec, state.max_bytes, state.where)
+        read = read_snapshot(state.pg, state.spec, state.max_bytes, state.where)
+        data, token, locator = read.data, read.token, read.locator
         stamp: Stamp = (0, 0, 0, len(data))
     else:
         assert state.path is not None
         data, stamp = read_source(state.path, state.max_bytes, state.where)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if state.snapshot is not None and state.snapshot.digest == digest:
-        return replace(state.snapshot, stamp=stamp, token=token)  # same bytes: only the stamp
+        # Same bytes: only the stamp (and the token read before them) moved.
+        return replace(state.snapshot, stamp=stamp, token=token, locator=locator)
     table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
     records = records_digest(index) if state.aggregated_by else None
-    locator = state.pg.locator if state.pg is not None else None
     return Snapshot(table, index, digest, stamp, time.time(), generation, records, locator, token)
 
 

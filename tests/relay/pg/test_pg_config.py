@@ -15,7 +15,14 @@ from pydantic import ValidationError
 from assay.core.errors import ConfigError
 from assay.core.schema import SecretRef
 from assay.relay.config import Source, parse_config
-from assay.relay.pgsource import DsnRefused, PostgresSource, check_dsn, live_page_sql
+from assay.relay.pgsource import (
+    DsnRefused,
+    PostgresSource,
+    check_dsn,
+    live_page_sql,
+    type_problems,
+    where_sql,
+)
 from assay.relay.planner import Condition
 from assay.relay.settings import load_config, load_secrets
 from tests.relay.conftest import build_env
@@ -150,7 +157,28 @@ def test_caller_values_never_enter_the_generated_sql(values: list[str], op: str)
     assert text == build(["x"] * len(values))[0]
     assert text == (
         'SELECT "col", "id" FROM "s"."t" WHERE "col" '
-        + ("= ANY(%s)" if op == "in" else "= %s" if op == "eq" else ">= %s")
+        + ("= ANY(%s)" if op == "in" else "= %s" if op == "eq" else 'COLLATE "C" >= %s')
         + ' ORDER BY "id" LIMIT %s OFFSET %s'
     )
     assert params == [list(values) if op == "in" else values[0], 11, 0]
+
+
+def test_string_ranges_compare_in_code_point_order_as_the_snapshot_does() -> None:
+    """Arrow compares strings by code point; a live range under the database's locale
+    (en_US: 'a' < 'B') would select other rows than the snapshot of the same table."""
+    cond = Condition("name", "name", "string", "between", ("A", "b"), False)
+    where, params = where_sql([cond])
+    assert where.as_string(None) == ' WHERE "name" COLLATE "C" BETWEEN %s AND %s'
+    assert params == ["A", "b"]
+    num = Condition("n", "n", "integer", "gte", (3,), False)
+    assert where_sql([num])[0].as_string(None) == ' WHERE "n" >= %s'
+
+
+def test_a_float4_column_is_refused_live_but_fits_a_snapshot() -> None:
+    """float4 0.1 is not float8 0.1: a live eq would miss the row a snapshot (its text,
+    shortest exact) finds."""
+    assert type_problems({"x": "float4"}, {"x": "number"}) == []
+    assert type_problems({"x": "float4"}, {"x": "number"}, live=True) == [
+        "column 'x' is float4, declared number"
+    ]
+    assert type_problems({"x": "numeric"}, {"x": "number"}) != []
