@@ -278,7 +278,10 @@ class SnapshotStore:
         return snap
 
     async def reload(self, state: TableState) -> bool:
-        """Reload one table; True when a new snapshot was swapped in."""
+        """Reload one table; True when a new snapshot was swapped in. A live table has no
+        snapshot to reload (SIGHUP or a reload route must not COPY it whole)."""
+        if state.live:
+            return False
         async with state.lock:
             state.last_attempt = time.time()
             self._generation += 1

@@ -227,3 +227,16 @@ async def test_a_live_page_past_live_max_rows_is_refused_before_any_sql(
     assert first.status_code == 200
     assert r.status_code == 400 and body["code"] == "entity.live_rows_exceeded"
     parts.close()
+
+
+async def test_a_reload_of_a_live_table_copies_nothing(
+    tmp_path: Path, pg: PgServer, example_tables: None
+) -> None:
+    """SIGHUP reloads every table: a live one must not be snapshotted whole by it."""
+    env = live_env(tmp_path, pg)
+    parts, _ = start(env)
+    state = next(s for s in parts.store.tables() if s.where == "civil.households")
+    await parts.store.reload_all()
+    assert state.snapshot is None and state.pool is not None
+    assert parts.store.status()["civil.households"]["ok"]
+    parts.close()
