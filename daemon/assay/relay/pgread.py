@@ -8,6 +8,10 @@ token or a live page, comes from ``open_session``, which makes the session read-
 the COPY text decodes as the CSV path expects. A role with write grants still cannot
 write through it: the server refuses (``ReadOnlySqlTransaction``).
 
+The operator's SQL (``query``, ``change_token_sql``) runs only as a prepared statement
+inside a subquery: the server's parser admits exactly one query, so no text in it can end
+the read-only transaction and start another.
+
 Errors are translated once, here, into the relay's typed families, with the DSN and its
 password scrubbed and quoted values dropped; they name the secret ref, never its value.
 Every function blocks: callers run them through ``trio.to_thread``.
@@ -130,7 +134,10 @@ def check_types(
     src = spec.source.postgres
     assert src is not None
     names = [c.name for c in spec.columns]
-    cur = conn.execute(pgsource.describe_sql(src, names))
+    # Prepared: the server parses it as exactly one statement, so a declared query that
+    # closes its parenthesis and appends statements (COMMIT; SET ... READ WRITE; DELETE)
+    # is refused here, before the COPY that wraps the same text runs.
+    cur = conn.execute(pgsource.describe_sql(src, names), prepare=True)
     oids = [d.type_code for d in cur.description or ()]
     found = conn.execute(
         "SELECT oid::int8, typname::text FROM pg_catalog.pg_type WHERE oid = ANY(%s)", [oids]
@@ -201,7 +208,8 @@ def _token(conn: psycopg.Connection[tuple[Any, ...]], binding: PgBinding, where:
     """The value of ``change_token_sql`` (one row, one column) as bounded text."""
     token_sql = binding.source.change_token_sql
     assert token_sql is not None
-    rows = conn.execute(sql.SQL(token_sql)).fetchmany(2)
+    wrapped = sql.SQL("SELECT * FROM ({}) AS token").format(sql.SQL(token_sql))  # a query only
+    rows = conn.execute(wrapped, prepare=True).fetchmany(2)  # prepared: one statement only
     if len(rows) != 1 or len(rows[0]) != 1:
         raise SourceInvalid(f"{where}: change_token_sql must return one row and one column")
     text = repr(rows[0][0])

@@ -345,3 +345,31 @@ def test_an_unreachable_server_fails_the_startup_closed(tmp_path: Path) -> None:
     with pytest.raises(SourceUnavailable) as info:
         start(env)
     assert "pw-xyz-123" not in info.value.detail
+
+
+_ESCAPE = (
+    "SELECT 1 AS x) AS q; COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; "
+    "COMMIT; DELETE FROM {t}; SELECT * FROM (SELECT 1 AS x"
+)
+
+
+@pytest.mark.parametrize("where", ["query", "change_token_sql"])
+def test_declared_sql_that_appends_statements_cannot_leave_the_read_only_session(
+    pg: PgServer, tmp_path: Path, where: str
+) -> None:
+    """Even the operator's own SQL runs as one prepared query: text that closes its
+    parenthesis, commits, turns the session read-write and deletes is refused by the
+    server's parser, and the table is whole afterwards."""
+    env, name = _token_env(pg, tmp_path)
+    state = _state(env, "households")
+    assert state.pg is not None
+    evil = _ESCAPE.format(t=name)
+    update: dict[str, Any] = (
+        {"table": None, "query": evil} if where == "query" else {"change_token_sql": evil}
+    )
+    binding = bind(state.pg.source.model_copy(update=update), pg.dsn("fixture_owner"))
+    with pytest.raises(SourceInvalid, match="42601"):  # syntax_error: multiple commands
+        read_snapshot(binding, state.spec, 10**8, state.where)
+    with owner(pg) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+    assert row is not None and row[0] > 0
