@@ -124,6 +124,7 @@ class LivePool:
             session_conn = attempt or open_session(self.binding, self.where)
             try:
                 rows = session_conn.execute(stmt, params).fetchall()
+                session_conn.rollback()  # end the read-only transaction: idle, not in one
             except psycopg.OperationalError as exc:
                 session_conn.close()
                 if attempt is not None:  # an idle session the server dropped: once more

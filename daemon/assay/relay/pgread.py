@@ -87,6 +87,11 @@ def open_session(binding: PgBinding, where: str) -> psycopg.Connection[tuple[Any
        of this session is read-only, whatever the role may do.
     3. statement_timeout, UTC, ISO dates, shortest exact floats; then check that
        ``default_transaction_read_only`` and ``transaction_read_only`` are ``on``.
+    4. From here every unit of work is an explicit ``BEGIN ISOLATION LEVEL REPEATABLE
+       READ READ ONLY`` transaction that is rolled back: a statement that changes the
+       session default (``set_config('default_transaction_read_only', 'off')``) cannot
+       make a later transaction writable, and the change itself is rolled back. One
+       snapshot read (token, types, COPY) sees one database snapshot.
     """
     src = binding.source
     try:
@@ -105,6 +110,9 @@ def open_session(binding: PgBinding, where: str) -> psycopg.Connection[tuple[Any
         row = conn.execute(_SETUP, [ms]).fetchone()  # 3.
         if row is None or row[4] != "on" or row[5] != "on":
             raise SourceUnavailable(f"{where}: postgres session did not become read-only")
+        conn.autocommit = False  # 4.
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     except psycopg.Error as exc:
         conn.close()
         raise translate(exc, binding, where) from None
@@ -119,6 +127,7 @@ def session(binding: PgBinding, where: str) -> Iterator[psycopg.Connection[tuple
     conn = open_session(binding, where)
     try:
         yield conn
+        conn.rollback()  # read-only: nothing to keep, and any setting it changed is undone
     except psycopg.Error as exc:
         raise translate(exc, binding, where) from None
     finally:

@@ -160,6 +160,7 @@ def test_a_write_through_the_relays_session_is_refused_by_the_server(
         ):
             with pytest.raises(pgerrors.ReadOnlySqlTransaction):
                 conn.execute(stmt)
+            conn.rollback()
     finally:
         conn.close()
     with owner(pg) as conn:
@@ -369,6 +370,32 @@ def test_declared_sql_that_appends_statements_cannot_leave_the_read_only_session
     )
     binding = bind(state.pg.source.model_copy(update=update), pg.dsn("fixture_owner"))
     with pytest.raises(SourceInvalid, match="42601"):  # syntax_error: multiple commands
+        read_snapshot(binding, state.spec, 10**8, state.where)
+    with owner(pg) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+    assert row is not None and row[0] > 0
+
+
+def test_declared_sql_that_turns_the_session_read_write_still_cannot_write(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    """One statement may still call ``set_config('default_transaction_read_only', 'off')``
+    (the change token, run first) and the next a function that deletes (the query): every
+    transaction the relay opens is itself ``BEGIN READ ONLY``, so a session default changed
+    in between does not matter."""
+    env, name = _token_env(pg, tmp_path)
+    with owner(pg) as conn:
+        conn.execute(f"CREATE FUNCTION {name}_wipe() RETURNS bigint LANGUAGE sql VOLATILE AS "
+                     f"$$ DELETE FROM {name} RETURNING 1; SELECT 1::bigint $$")  # fmt: skip
+    state = _state(env, "households")
+    assert state.pg is not None
+    update = {
+        "table": None,
+        "change_token_sql": "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "query": f"SELECT h.*, {name}_wipe() AS b FROM {name} h",
+    }
+    binding = bind(state.pg.source.model_copy(update=update), pg.dsn("fixture_owner"))
+    with pytest.raises(SourceInvalid, match="25006"):  # read_only_sql_transaction
         read_snapshot(binding, state.spec, 10**8, state.where)
     with owner(pg) as conn:
         row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
