@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import trio
+from psycopg import errors as pgerrors
 
 from assay.core.errors import BadRequest
 from assay.relay import pgsource, query
@@ -126,8 +127,9 @@ class LivePool:
                 rows = session_conn.execute(stmt, params).fetchall()
                 session_conn.rollback()  # end the read-only transaction: idle, not in one
             except psycopg.OperationalError as exc:
+                lost = session_conn.broken and not isinstance(exc, pgerrors.QueryCanceled)
                 session_conn.close()
-                if attempt is not None:  # an idle session the server dropped: once more
+                if attempt is not None and lost:  # an idle session the server dropped
                     attempt = None
                     continue
                 raise translate(exc, self.binding, self.where) from None

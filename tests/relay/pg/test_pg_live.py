@@ -240,3 +240,29 @@ async def test_a_reload_of_a_live_table_copies_nothing(
     assert state.snapshot is None and state.pool is not None
     assert parts.store.status()["civil.households"]["ok"]
     parts.close()
+
+
+async def test_an_idle_session_the_server_dropped_is_replaced_once_and_a_timeout_is_not(
+    tmp_path: Path, pg: PgServer, example_tables: None
+) -> None:
+    env = live_env(tmp_path, pg, query_timeout=0.3)
+    parts, _ = start(env)
+    async with parts.app.test_app() as app:
+        client = app.test_client()
+        first = await client.get(f"{RECORDS}?status=active", headers=env.headers("all"))
+        assert first.status_code == 200  # its session now idles in the pool
+        with pg.connect("postgres") as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'assay-relay'")  # fmt: skip
+        again = await client.get(f"{RECORDS}?status=active", headers=env.headers("all"))
+        assert again.status_code == 200
+        assert (await again.get_json())["records"] == (await first.get_json())["records"]
+        with owner(pg) as lock:  # a timeout on a pooled session is answered, not retried
+            lock.autocommit = False
+            lock.execute("LOCK TABLE households IN ACCESS EXCLUSIVE MODE")
+            r = await client.get(f"{RECORDS}?status=active", headers=env.headers("all"))
+            lock.rollback()
+        assert r.status_code == 504
+    pool = parts.store.pool("civil", "households")
+    assert pool is not None and pool.failures == 1
+    parts.close()
