@@ -8,7 +8,7 @@ cannot be recorded). Everything else uses a core class with a ``code``. Pure.
 
 from __future__ import annotations
 
-from assay.core.errors import RejectedInput, StorageError
+from assay.core.errors import ConfigError, RejectedInput, StorageError
 
 
 class NotAcceptable(RejectedInput):
@@ -58,3 +58,9 @@ class SourceTimeout(SourceUnavailable):
     code = "relay.source_timeout"
     status = 504
     title = "Source timeout"
+
+
+class DsnRefused(ConfigError):
+    """A Postgres connection string does not meet the policy (TLS to a TCP host)."""
+
+    code = "config.dsn_refused"

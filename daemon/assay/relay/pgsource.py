@@ -26,8 +26,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, model_validator
 
-from assay.core.errors import ConfigError
 from assay.core.schema import SecretRef, Strict
+from assay.relay.errors import DsnRefused
 
 #: A declared Postgres identifier: unquoted-safe, so what the config says is what the
 #: catalog holds (``Identifier`` quotes it anyway).
@@ -38,12 +38,6 @@ TLS_MODES: frozenset[str] = frozenset({"require", "verify-ca", "verify-full"})
 REFUSED_KEYS: frozenset[str] = frozenset({"service", "servicefile"})
 MAX_SQL_CHARS = 16 * 1024
 MAX_TOKEN_CHARS = 1024
-
-
-class DsnRefused(ConfigError):
-    """A Postgres connection string does not meet the policy (TLS to a TCP host)."""
-
-    code = "config.dsn_refused"
 
 
 class PostgresSource(Strict):

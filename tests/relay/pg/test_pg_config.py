@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from assay.core.errors import ConfigError
 from assay.core.schema import SecretRef
 from assay.relay.config import Source, parse_config
+from assay.relay.errors import DsnRefused
 from assay.relay.pgsource import (
-    DsnRefused,
     PostgresSource,
     check_dsn,
     live_page_sql,
