@@ -196,7 +196,10 @@ def read_snapshot(binding: PgBinding, spec: Table, max_bytes: int, where: str) -
         token = _token(conn, binding, where) if binding.source.change_token_sql else None
         check_types(conn, spec, where)
         locator = server_locator(conn, binding.source)
-        with conn.cursor() as cur, cur.copy(pgsource.copy_sql(binding.source, names)) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(pgsource.copy_sql(binding.source, names, spec.primary_key)) as copy,
+        ):
             for chunk in copy:
                 total += len(chunk)
                 if total > max_bytes:

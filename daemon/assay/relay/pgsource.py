@@ -153,10 +153,12 @@ def select_sql(source: PostgresSource, columns: Sequence[str]) -> sql.Composed:
     return sql.SQL("SELECT {} FROM {}").format(_columns(columns), _relation(source))
 
 
-def copy_sql(source: PostgresSource, columns: Sequence[str]) -> sql.Composed:
-    """COPY of the snapshot as CSV with a header (decoded by the CSV path's parser)."""
-    return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
-        select_sql(source, columns)
+def copy_sql(source: PostgresSource, columns: Sequence[str], key: str) -> sql.Composed:
+    """COPY of the snapshot as CSV with a header (decoded by the CSV path's parser), in
+    key order: the same rows give the same bytes, so the same digest (no spurious reload,
+    cursors and keyed row orders stay valid), whatever order the heap holds them in."""
+    return sql.SQL("COPY ({} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
+        select_sql(source, columns), sql.Identifier(key)
     )
 
 
