@@ -76,7 +76,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tls(dir_: Path) -> tuple[Path, Path]:
+def self_signed_tls(dir_: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
@@ -249,7 +249,7 @@ def pg_server() -> Iterator[PgServer]:
             os.chown(dir_, user.pw_uid, user.pw_gid)
         passwords = {r: secrets.token_hex(16) for r in ("postgres", "fixture_owner", "relay_ro")}
         _initdb(bin_, dir_, user, passwords["postgres"])
-        crt, key = _tls(dir_)
+        crt, key = self_signed_tls(dir_)
         if user is not None:
             for path in (crt, key, dir_ / "data" / "pg_hba.conf"):
                 os.chown(path, user.pw_uid, user.pw_gid)

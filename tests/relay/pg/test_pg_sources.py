@@ -22,7 +22,7 @@ from assay.relay.settings import load_config, load_secrets, table_states
 from assay.relay.snapshot import TableState
 from tests.relay.conftest import RelayEnv, all_text, build_env, start
 from tests.relay.pg.conftest import arrow_rows, create_table, dsn_file, owner, to_postgres, unique
-from tests.relay.pg.pgserver import PgServer
+from tests.relay.pg.pgserver import PgServer, self_signed_tls
 
 WAIT_SECONDS = 30.0
 
@@ -417,3 +417,27 @@ def test_the_same_rows_in_another_heap_order_give_the_same_snapshot_digest(
         heap = conn.execute(f"SELECT household_id FROM {name}").fetchall()
     assert heap != sorted(heap)  # the heap order did move
     assert read_snapshot(state.pg, state.spec, 10**8, state.where).data == before
+
+
+def test_verify_full_accepts_the_servers_certificate_and_refuses_another_root(
+    pg: PgServer, pg_env: RelayEnv, tmp_path: Path
+) -> None:
+    """The sessions really are TLS: verify-full against the server's own certificate
+    connects (and the server reports TLS), against another root it is refused."""
+    state = _state(pg_env, "households")
+    assert state.pg is not None
+    good = bind(state.pg.source, pg.dsn("relay_ro", sslmode="verify-full",
+                                        sslrootcert=str(pg.dir / "server.crt")))  # fmt: skip
+    conn = open_session(good, state.where)
+    try:
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True,)
+    finally:
+        conn.close()
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong_root, _ = self_signed_tls(other)  # a fresh, unrelated self-signed root
+    bad = bind(state.pg.source, pg.dsn("relay_ro", sslmode="verify-full",
+                                       sslrootcert=str(wrong_root)))  # fmt: skip
+    with pytest.raises(SourceUnavailable, match="certificate verify failed"):
+        open_session(bad, state.where)
