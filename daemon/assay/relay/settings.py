@@ -9,6 +9,8 @@ checked against its commitment before the relay serves anything.
 from __future__ import annotations
 
 import os
+import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,16 +21,11 @@ from assay.core.secrets import read_secret, resolve_path
 from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
 from assay.core.trusted_files import read_trusted
-from assay.relay import apikeys, jws
-from assay.relay.config import (
-    RelayConfig,
-    SourceIdentity,
-    aggregate_sources,
-    config_error,
-    parse_config,
-    population_problems,
-)
+from assay.relay import apikeys, conflicts, jws
+from assay.relay.config import RelayConfig, aggregate_sources, config_error, parse_config
+from assay.relay.conflicts import TableKey
 from assay.relay.pgread import PgBinding, bind
+from assay.relay.population import SourceIdentity, population_problems
 from assay.relay.snapshot import TableState
 
 PgBindings = dict[tuple[str, str], PgBinding]
@@ -62,9 +59,42 @@ def load_config(path: Path) -> LoadedConfig:
         [(where, f"{ds}.{table}", file_identity(loaded.path(src)))
          for where, ds, table, src in _aggregated(loaded)]
     )  # fmt: skip
+    problems += conflicts.problems(config, same_file(loaded))
     if problems:
         raise config_error(str(path), problems)
     return loaded
+
+
+def same_file(loaded: LoadedConfig) -> Callable[[TableKey, TableKey], str | None]:
+    """Whether two tables are one population by what the config and the file system say:
+    one table, one spelling of a path or of a database source, or one file
+    (``file_identity``); the population check of their contents comes once they load."""
+    tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
+    identity: dict[TableKey, SourceIdentity] = {}
+
+    def ident(key: TableKey, path: str) -> SourceIdentity:
+        if key not in identity:
+            identity[key] = file_identity(loaded.path(path))
+        return identity[key]
+
+    def same(a: TableKey, b: TableKey) -> str | None:
+        if a == b:
+            return f"the aggregate's own table {a[0]}.{a[1]}"
+        if a not in tables or b not in tables:
+            return None
+        src_a, src_b = tables[a].source, tables[b].source
+        if src_a.path is None or src_b.path is None:
+            # A database source has no file: one spelling (DSN ref and relation or query)
+            # is one source here; the relation the server names is compared once read.
+            if src_a.spelling() != src_b.spelling():
+                return None
+            return f"{b[0]}.{b[1]}, the same database source as the aggregate's table {a[0]}.{a[1]}"
+        pa_, pb = (posixpath.normpath(str(loaded.path(p))) for p in (src_a.path, src_b.path))
+        if pa_ == pb or ident(a, src_a.path).same_population(ident(b, src_b.path)) is not None:
+            return f"{b[0]}.{b[1]}, the same file as the aggregate's table {a[0]}.{a[1]}"
+        return None
+
+    return same
 
 
 def _aggregated(loaded: LoadedConfig) -> list[tuple[str, str, str, str]]:
@@ -142,6 +172,11 @@ def token_path(loaded: LoadedConfig) -> Path | None:
     return path
 
 
+def population_readers(loaded: LoadedConfig) -> dict[tuple[str, str], tuple[TableKey, ...]]:
+    """Per aggregate, the entities over its table or file (``conflicts.readers``)."""
+    return conflicts.readers(loaded.config, same_file(loaded))
+
+
 def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[TableState]:
     """Every table's state; a Postgres table takes its binding from ``pg`` (the secrets)."""
     cfg = loaded.config
@@ -149,6 +184,11 @@ def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[Tab
     by_table: dict[tuple[str, str], list[str]] = {}
     for where, ds_id, table_id in aggregate_sources(cfg):
         by_table.setdefault((ds_id, table_id), []).append(where)
+    # API keys whose aggregate and readable tables are two files: judged by content.
+    guards: dict[TableKey, list[conflicts.Conflict]] = {}
+    for c in conflicts.undecided(cfg, same_file(loaded)):
+        guards.setdefault(c.aggregate_table, []).append(c)
+        guards.setdefault(c.entity_table, []).append(c)
     states: list[TableState] = []
     for ds in cfg.datasets:
         for table in ds.tables:
@@ -161,6 +201,7 @@ def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[Tab
                 TableState(
                     ds.id, table, None if path is None else loaded.path(path), cap,
                     aggregated_by=tuple(by_table.get((ds.id, table.id), ())), pg=binding,
+                    guards=tuple(guards.get((ds.id, table.id), ())),
                 )
             )  # fmt: skip
     return states

@@ -13,7 +13,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assay.core.errors import BadRequest
+from assay.core.errors import AssayError, BadRequest
 from assay.relay.pglive import LivePool
 from assay.relay.planner import Bounds, FieldSpec, parse_conditions
 from assay.relay.settings import load_config, load_secrets, table_states
@@ -74,13 +74,21 @@ async def test_live_pages_answer_what_the_snapshot_answers(
             assert [r["id"] for r in got] == sorted(r["id"] for r in got)  # key order
         r = await lc.get(f"{RECORDS}/H0000003", headers=env.headers("all"))
         body = await r.get_json()
-        assert r.status_code == 200 and body["snapshot"].startswith("live:sha256:")
+        pool = lparts.store.pool("civil", "households")
+        assert pool is not None and pool.tag.digest.startswith("live:sha256:")
+        # Callers see the keyed tag of the live table (the audit keeps the bare name).
+        assert r.status_code == 200
+        assert body["snapshot"] == lparts.store.tag("civil", "households", pool.tag)
         want_one = await (await fc.get(f"{RECORDS}/H0000003", headers=file_env.headers("all"))
                           ).get_json()  # fmt: skip
         assert body["record"] == want_one["record"]
         missing = await lc.get(f"{RECORDS}/H9999999", headers=env.headers("all"))
         assert missing.status_code == 404
     assert audit.records[-1]["extra"]["row_count"] == 0
+    named = [
+        r["extra"] for r in audit.records if r["extra"].get("snapshot_tag") == body["snapshot"]
+    ]
+    assert named and all(x["snapshot"] == pool.tag.digest for x in named)
     lparts.close()
 
 
@@ -266,3 +274,19 @@ async def test_an_idle_session_the_server_dropped_is_replaced_once_and_a_timeout
     pool = parts.store.pool("civil", "households")
     assert pool is not None and pool.failures == 1
     parts.close()
+
+
+def test_a_key_that_aggregates_and_reads_a_live_table_is_refused_at_startup(
+    tmp_path: Path, pg: PgServer, example_tables: None
+) -> None:
+    """A live table keeps no rows, so whether it is an aggregate's population cannot be
+    judged by content: a key that may ask civil's aggregate and read housing's live
+    households fails the startup (closed), where two files would be compared."""
+    env = build_env(tmp_path)
+    to_postgres(env, "households", dsn_file(env, pg.dsn("relay_ro")), dataset=1, mode="live")
+    stats = next(k for k in env.doc["auth"]["api_keys"] if k["id"] == "stats")
+    stats["scopes"] += ["housing:metadata", "housing:read"]
+    env.write()
+    with pytest.raises(AssayError, match="a live table whose rows cannot be compared") as info:
+        start(env)
+    assert "key 'stats' may ask the aggregate civil.people_by_municipality" in info.value.detail
