@@ -58,6 +58,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.relay.oidc_claims",
     "assay.relay.oidc_jwt",
     "assay.relay.api",
+    "assay.relay.pgsource",
     "assay.trust.config",
     "assay.trust.errors",
     "assay.trust.metadata",
