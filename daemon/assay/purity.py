@@ -39,6 +39,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.audit.checkpoint",
     "assay.core.audit.receipt",
     "assay.relay.config",
+    "assay.relay.cellrange",
     "assay.relay.decode",
     "assay.relay.planner",
     "assay.relay.cursor",

@@ -37,6 +37,7 @@ from assay.relay.config import SourceIdentity, Table, config_error, population_p
 from assay.relay.decode import SourceInvalid, decode
 from assay.relay.planner import canonical
 from assay.relay.query import build_index
+from assay.relay.xlsxsource import decode_xlsx
 
 log = logging.getLogger("assay.relay.snapshot")
 
@@ -73,6 +74,8 @@ class TableState:
     max_bytes: int
     snapshot: Snapshot | None = None
     last_error: str | None = None
+    #: The stable code of the last failed load (e.g. ``relay.xlsx_formula``).
+    last_error_code: str | None = None
     last_attempt: float | None = None
     failures: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -143,7 +146,10 @@ def load(state: TableState, generation: int) -> Snapshot:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if state.snapshot is not None and state.snapshot.digest == digest:
         return replace(state.snapshot, stamp=stamp)  # same bytes: only the stamp moved
-    table = decode(data, state.spec, where=state.where)
+    if state.spec.source.resolved_format() == "xlsx":
+        table = decode_xlsx(data, state.spec, where=state.where, max_bytes=state.max_bytes)
+    else:
+        table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
     records = records_digest(index) if state.aggregated_by else None
@@ -238,6 +244,7 @@ class SnapshotStore:
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
                 state.last_error = exc.detail if isinstance(exc, AssayError) else str(exc)[:300]
+                state.last_error_code = exc.code if isinstance(exc, AssayError) else None
                 log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                     "reload of %s failed, still serving %s: %s",
                     state.where,
@@ -245,7 +252,7 @@ class SnapshotStore:
                     state.last_error,
                 )
                 return False
-            state.last_error = None
+            state.last_error = state.last_error_code = None
             old = state.snapshot
             if old is not None and old.digest == snap.digest:
                 state.snapshot = snap  # same bytes: only the stamp moved
@@ -285,6 +292,7 @@ class SnapshotStore:
                 "digest": snap.digest if snap else None,
                 "loaded_at": snap.loaded_at if snap else None,
                 "last_error": state.last_error,
+                "last_error_code": state.last_error_code,
                 "failures": state.failures,
             }
         return out
