@@ -100,21 +100,26 @@ def test_formula_with_a_cached_value_is_refused_though_calamine_reads_the_value(
 
 def test_formula_in_the_header_is_refused() -> None:
     rows = [['="id"', *HEADER[1:]], *GOOD[1:]]
-    _refused(workbook(rows), "relay.xlsx_formula")
+    _refused(workbook(rows, literal=False), "relay.xlsx_formula")
+
+
+def test_text_that_looks_like_a_formula_or_an_error_is_text() -> None:
+    rows = [*GOOD, [4, "=1+1", None, None, None, None], [5, "#N/A", None, None, None, None]]
+    assert _load(workbook(rows)).column("name").to_pylist()[3:] == ["=1+1", "#N/A"]
 
 
 def test_formula_in_an_ignored_column_is_refused_too() -> None:
     rows = [[*HEADER, "extra"], *[[*r, "=1+1"] for r in GOOD[1:]]]
     spec = _table().model_copy(update={"ignore_extra_columns": True})
     with pytest.raises(XlsxInvalid) as info:
-        decode_xlsx(workbook(rows), spec, where="civil.t", max_bytes=MiB)
+        decode_xlsx(workbook(rows, literal=False), spec, where="civil.t", max_bytes=MiB)
     assert info.value.code == "relay.xlsx_formula"
 
 
 @pytest.mark.parametrize("error", ["#DIV/0!", "#N/A", "#VALUE!", "#REF!"])
 def test_error_cell_is_refused(error: str) -> None:
     rows = [HEADER, [1, "Ada", None, None, error, None]]
-    _refused(workbook(rows), "relay.xlsx_error_cell")
+    _refused(workbook(rows, literal=False), "relay.xlsx_error_cell")
 
 
 @pytest.mark.parametrize(

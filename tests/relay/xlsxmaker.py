@@ -23,8 +23,12 @@ def workbook(
     sheet: str = "Data",
     epoch_1904: bool = False,
     edit: Callable[[Any], None] | None = None,
+    literal: bool = True,
 ) -> bytes:
-    """One sheet of ``rows`` (the first is usually the header), saved to bytes."""
+    """One sheet of ``rows`` (the first is usually the header), saved to bytes.
+
+    openpyxl guesses from text: ``=...`` becomes a formula and ``#N/A`` an error cell.
+    ``literal`` keeps every ``str`` a text cell; pass False to let it guess."""
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.title = sheet
@@ -32,6 +36,10 @@ def workbook(
         wb.epoch = openpyxl.utils.datetime.CALENDAR_MAC_1904
     for row in rows:
         ws.append(list(row))
+        if literal:
+            for cell in ws[ws.max_row]:
+                if isinstance(cell.value, str):
+                    cell.data_type = "s"
     if edit is not None:
         edit(wb)
     buf = io.BytesIO()
