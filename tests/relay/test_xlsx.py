@@ -78,11 +78,12 @@ def test_the_1904_date_system_gives_the_same_dates() -> None:
 
 
 def test_title_rows_above_the_header_and_rows_past_the_range_are_not_read() -> None:
-    rows = [["Registry of people, 2026"], [], *GOOD, [9, SECRET, None, None, None, None]]
+    rows = [["Registry of people, 2026"], [], *GOOD[:2], [], *GOOD[2:],
+            [9, SECRET, None, None, None, None]]  # fmt: skip
     t = _load(
         workbook(rows, edit=lambda wb: wb.active.merge_cells("A1:F1")),
         header_row=3,
-        data_range="A4:F6",
+        data_range="A4:F7",
     )
     assert t.column("id").to_pylist() == [1, 2, 3]
 
@@ -334,6 +335,8 @@ def test_null_in_the_key_and_duplicate_keys_are_refused_as_for_csv() -> None:
 
     with pytest.raises(SourceInvalid, match="null"):
         _load(workbook([*GOOD, [None, "Bo", None, None, None, None]]))
+    with pytest.raises(SourceInvalid, match="null"):  # a row without its key
+        _load(workbook([HEADER, *GOOD[1:], [None, None, None, None, None, True]]))
     with pytest.raises(SourceInvalid, match="duplicate"):
         _load(workbook([*GOOD, [3, "Bo", None, None, None, None]]))
 

@@ -324,10 +324,12 @@ def _parse_rows(
         if sheet.header is None or sheet.header_problem is not None:
             continue  # parsed on for the sheet's extent; the header decides the refusal
         values: dict[str, Any] = {}
+        present = False  # any cell of the range's columns: then the row is a record
         for cell in cells:
             col, kind, value = cell["column"], cell["data_type"], cell["value"]
             if col not in mapping or value is None:
                 continue
+            present = True
             if kind in ("f", "e"):
                 code = "relay.xlsx_formula" if kind == "f" else "relay.xlsx_error_cell"
                 raise _refuse(code, where, f"cell {_coord(number, col)} is a {_KIND[kind]}")
@@ -352,7 +354,7 @@ def _parse_rows(
                     f"cell {_coord(number, col)}: dates before 1900-03-01 are ambiguous in the "
                     "1900 date system (its phantom 29 February)",
                 )
-        if values and any(v is not None for v in values.values()):
+        if present:
             out.add(values)
     return sheet
 
