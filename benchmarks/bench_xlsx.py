@@ -26,7 +26,6 @@ import json
 import os
 import random
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -155,7 +154,9 @@ def _child(reader: str, tmp: Path) -> None:
     else:
         rows = decode_xlsx(data, spec, where="b.t", max_bytes=1 << 30).num_rows
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process image's own peak (ru_maxrss would carry the parent's over exec).
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
     print(json.dumps({"seconds": seconds, "rows": rows, "rss_mb": rss}))
 
 

@@ -177,6 +177,13 @@ def test_missing_sheet_is_refused() -> None:
     _refused(workbook(GOOD, sheet="Other"), "relay.xlsx_sheet_missing")
 
 
+def test_two_sheets_of_one_name_but_its_case_are_refused() -> None:
+    # openpyxl will not write it (it renames the second), so the workbook part is edited.
+    data = workbook(GOOD, edit=lambda wb: wb.create_sheet("Other").append([SECRET]))
+    data = edit_part(data, "xl/workbook.xml", lambda x: x.replace(b'"Other"', b'"DATA"'))
+    _refused(data, "relay.xlsx_unreadable")
+
+
 @pytest.mark.parametrize("state", ["hidden", "veryHidden"])
 def test_hidden_sheet_is_refused_but_another_hidden_sheet_is_ignored(state: str) -> None:
     def hide_data(wb: Any) -> None:

@@ -376,6 +376,10 @@ def _open_sheet(data: bytes, sheet: str, where: str) -> tuple[Any, ReadOnlyWorks
     try:
         if sheet not in wb.sheetnames:
             raise _refuse("relay.xlsx_sheet_missing", where, f"no sheet {sheet!r} in the workbook")
+        if sum(name.casefold() == sheet.casefold() for name in wb.sheetnames) > 1:
+            # Excel's names are unique regardless of case: two of them is a crafted file,
+            # and which one a reviewer sees depends on the program.
+            raise _refuse("relay.xlsx_unreadable", where, f"more than one sheet named {sheet!r}")
         ws = wb[sheet]
         if not isinstance(ws, ReadOnlyWorksheet):
             raise _refuse("relay.xlsx_sheet_missing", where, f"sheet {sheet!r} is not a worksheet")
