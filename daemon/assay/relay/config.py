@@ -9,8 +9,6 @@ config in one round instead of one error at a time. Pure: takes parsed values.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -462,7 +460,7 @@ def check_references(cfg: RelayConfig) -> list[str]:
             if source in aggregated_sources:
                 # Two groupings of one population let a caller difference their totals.
                 # This is the pure first line, by spelling; settings and snapshot compare
-                # what the files are (population_problems) when they can see them.
+                # what the files are and hold (assay.relay.population) when they can.
                 problems.append(
                     f"{where}.source_entity: source {table.source.path!r} is already "
                     f"aggregated by {aggregated_sources[source]}; two groupings of one "
@@ -491,52 +489,6 @@ def aggregate_sources(cfg: RelayConfig) -> list[tuple[str, str, str]]:
             if entity is not None:
                 out.append((f"datasets[{i}].aggregates[{j}]", ds.id, entity.table))
     return out
-
-
-@dataclass(frozen=True)
-class SourceIdentity:
-    """What a source *is*, not what its path says: the file it resolves to (device and
-    inode, so a symlink, a hard link and every spelling of one path are one file), and
-    once loaded, the SHA-256 of its bytes (a byte-identical copy) and of its sorted
-    primary keys (the same records in another file or format). ``None`` is not known yet:
-    a static check sees only the file system, not the contents."""
-
-    file: tuple[int, int] | None = None
-    real_path: str | None = None
-    content: str | None = None
-    records: str | None = None
-
-    def same_population(self, other: SourceIdentity) -> str | None:
-        """Why ``other`` is the same population as this one, or None if it is not."""
-        reasons = (
-            ("file", "the same file as"),
-            ("real_path", "the same file as"),
-            ("content", "a byte-identical copy of"),
-            ("records", "the same records (primary keys) as"),
-        )
-        for attr, why in reasons:
-            mine, theirs = getattr(self, attr), getattr(other, attr)
-            if mine is not None and mine == theirs:
-                return why
-        return None
-
-
-def population_problems(sources: Sequence[tuple[str, str, SourceIdentity]]) -> list[str]:
-    """One grouping per population: ``path: problem`` for every aggregate whose source is
-    a population an earlier aggregate already groups. ``sources`` holds
-    ``(aggregate path, table name, identity)``."""
-    problems: list[str] = []
-    for i, (where, label, ident) in enumerate(sources):
-        for prev_where, prev_label, prev in sources[:i]:
-            why = ident.same_population(prev)
-            if why is not None:
-                problems.append(
-                    f"{where}.source_entity: table {label} is {why} {prev_label}, the "
-                    f"population {prev_where} already aggregates; two groupings of one "
-                    "population let a caller recover suppressed cells by subtraction"
-                )
-                break
-    return problems
 
 
 def config_error(source: str, problems: list[str]) -> ConfigError:

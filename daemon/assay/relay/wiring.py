@@ -19,9 +19,16 @@ from assay.core.web import AuditSink
 from assay.relay import apikeys
 from assay.relay.app import audit_route, create_app
 from assay.relay.budgetstore import BudgetStore
+from assay.relay.cursor import derive_key
 from assay.relay.service import Relay
-from assay.relay.settings import LoadedConfig, RelaySecrets, table_states, token_path
-from assay.relay.snapshot import SnapshotStore
+from assay.relay.settings import (
+    LoadedConfig,
+    RelaySecrets,
+    population_readers,
+    table_states,
+    token_path,
+)
+from assay.relay.snapshot import SnapshotStore, snapshot_tagger
 
 #: Used when no token file is configured: never loaded, so it holds no tokens.
 NO_TOKEN_FILE = Path("/nonexistent/assay-relay-no-token-file")
@@ -82,7 +89,8 @@ def assemble(
     clock: Callable[[], float] | None = None,
 ) -> Assembled:
     """Blocking (loads every table and the token file): run it in a worker thread."""
-    store = SnapshotStore(table_states(loaded))
+    tag = snapshot_tagger(derive_key(secrets.audit_key, "snapshot-tag"))
+    store = SnapshotStore(table_states(loaded), tag=tag)
     store.load_all_blocking()
     now = time.time if clock is None else clock
     budgets = budget_store(loaded, now)
@@ -93,6 +101,7 @@ def assemble(
         signing_key=secrets.signing_key,
         clock=now,
         budgets=budgets,
+        readers=population_readers(loaded),
     )
     authn, has_tokens = authenticator_for(loaded, secrets)
     if has_tokens:
