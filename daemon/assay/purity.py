@@ -42,6 +42,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.audit.checkpoint",
     "assay.core.audit.receipt",
     "assay.relay.config",
+    "assay.relay.cellrange",
     "assay.relay.decode",
     "assay.relay.planner",
     "assay.relay.cursor",

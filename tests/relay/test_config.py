@@ -94,8 +94,16 @@ def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
             "datasets[0].tables[0].primary_key",
         ),
         (
-            lambda d: d["tables"][0]["source"].update(path="people.xlsx"),
+            lambda d: d["tables"][0]["source"].update(path="people.ods"),
             "datasets[0].tables[0].source.format",
+        ),
+        (
+            lambda d: d["tables"][0]["source"].update(path="people.xlsx"),
+            "datasets[0].tables[0].source.xlsx",
+        ),
+        (
+            lambda d: d["tables"][0]["source"].update(xlsx={"sheet": "People"}),
+            "datasets[0].tables[0].source.xlsx",
         ),
         (
             lambda d: d["entities"][1]["allowed_filters"].append(
@@ -114,6 +122,8 @@ def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
         "sum-over-text",
         "primary-key-not-in-schema",
         "unknown-source-format",
+        "xlsx-without-its-sheet",
+        "xlsx-options-on-a-csv-source",
         "duplicate-filter",
     ],
 )

@@ -11,13 +11,14 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from assay.core.errors import ConfigError
 from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
+from assay.relay.cellrange import CellRange, parse_range
 from assay.relay.oidc_config import OidcConfig, scope_map_problems
 from assay.relay.pgsource import PostgresSource
 
@@ -44,15 +45,50 @@ class SourceField(Strict):
     nullable: bool = True
 
 
+class XlsxOptions(Strict):
+    """Where the table is in a workbook: one named sheet, its header row, its data cells.
+
+    ``data_range`` (A1, e.g. ``A2:F100000``) is an upper bound on rows (rows past the
+    sheet's last row are absent, not an error) and exact on columns; when omitted the
+    data is every row below the header over the header's columns.
+    """
+
+    sheet: str = Field(min_length=1, max_length=31)
+    header_row: int = Field(default=1, ge=1, le=1_048_575)
+    data_range: str | None = None
+
+    @field_validator("data_range")
+    @classmethod
+    def _a1(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_range(value)  # ValueError names what is wrong with it
+        return value
+
+    @model_validator(mode="after")
+    def _range_below_header(self) -> XlsxOptions:
+        cells = self.cells()
+        if cells is not None and cells.min_row <= self.header_row:
+            raise ValueError(
+                f"data_range {self.data_range!r} must start below header_row {self.header_row}"
+            )
+        return self
+
+    def cells(self) -> CellRange | None:
+        """The parsed ``data_range`` (ValueError for a malformed one, at validation)."""
+        return parse_range(self.data_range) if self.data_range is not None else None
+
+
 class Source(Strict):
     """A file (``path``) or a Postgres source (``postgres``, see ``assay.relay.pgsource``)."""
 
     path: str | None = Field(default=None, min_length=1)
-    #: Inferred from the file name (.csv, .parquet, .pq) when omitted; ``postgres`` is
-    #: implied by a ``postgres`` block.
-    format: Literal["csv", "parquet", "postgres"] | None = None
+    #: Inferred from the file name (.csv, .parquet, .pq, .xlsx) when omitted; ``postgres``
+    #: is implied by a ``postgres`` block.
+    format: Literal["csv", "parquet", "xlsx", "postgres"] | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     postgres: PostgresSource | None = None
+    #: Required for (and only allowed with) XLSX sources.
+    xlsx: XlsxOptions | None = None
 
     @model_validator(mode="after")
     def _kind(self) -> Source:
@@ -83,6 +119,8 @@ class Source(Strict):
             return "csv"
         if lower.endswith((".parquet", ".pq")):
             return "parquet"
+        if lower.endswith(".xlsx"):
+            return "xlsx"
         return None
 
 
@@ -358,8 +396,13 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{tat}.schema[{j}].name: duplicate column {names[j]!r}")
         if t.primary_key not in names:
             problems.append(f"{tat}.primary_key: no column {t.primary_key!r} in schema")
-        if t.source.resolved_format() is None:
+        fmt = t.source.resolved_format()
+        if fmt is None:
             problems.append(f"{tat}.source.format: cannot infer from {t.source.path!r}")
+        elif fmt == "xlsx" and t.source.xlsx is None:
+            problems.append(f"{tat}.source.xlsx: an XLSX source needs xlsx.sheet")
+        elif fmt != "xlsx" and t.source.xlsx is not None:
+            problems.append(f"{tat}.source.xlsx: only for XLSX sources, this one is {fmt}")
         columns[t.id] = {c.name: c.type for c in t.columns}
     entity_types: dict[str, dict[str, str]] = {}
     columns_of: dict[str, dict[str, str]] = {}

@@ -50,6 +50,7 @@ from assay.relay.pglive import LivePool, LiveTag, check_live
 from assay.relay.pgread import PgBinding, change_token, read_snapshot
 from assay.relay.population import Fingerprint, SourceIdentity, population_problems
 from assay.relay.query import build_index
+from assay.relay.xlsxsource import decode_xlsx
 
 log = logging.getLogger("assay.relay.snapshot")
 
@@ -93,6 +94,8 @@ class TableState:
     max_bytes: int
     snapshot: Snapshot | None = None
     last_error: str | None = None
+    #: The stable code of the last failed load (e.g. ``relay.xlsx_formula``).
+    last_error_code: str | None = None
     last_attempt: float | None = None
     failures: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -181,7 +184,10 @@ def load(state: TableState, generation: int) -> Snapshot:
     if state.snapshot is not None and state.snapshot.digest == digest:
         # Same bytes: only the stamp (and the token read before them) moved.
         return replace(state.snapshot, stamp=stamp, token=token, locator=locator)
-    table = decode(data, state.spec, where=state.where)
+    if state.spec.source.resolved_format() == "xlsx":
+        table = decode_xlsx(data, state.spec, where=state.where, max_bytes=state.max_bytes)
+    else:
+        table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
     fp = _fingerprint(table, state.where) if state.compared else None
@@ -420,6 +426,7 @@ class SnapshotStore:
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
                 state.last_error = failure_reason(state.where, exc)
+                state.last_error_code = exc.code if isinstance(exc, AssayError) else None
                 log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                     "reload of %s failed, still serving %s: %s",
                     state.where,
@@ -427,7 +434,7 @@ class SnapshotStore:
                     state.last_error,
                 )
                 return False
-            state.last_error = None
+            state.last_error = state.last_error_code = None
             old = state.snapshot
             if old is not None and old.digest == snap.digest:
                 state.snapshot = snap  # same bytes: only the stamp moved
@@ -497,6 +504,7 @@ class SnapshotStore:
                 "snapshot": self.tag(state.dataset, state.spec.id, snap) if snap else None,
                 "loaded_at": snap.loaded_at if snap else None,
                 "last_error": state.pool.last_error if state.pool else state.last_error,
+                "last_error_code": None if state.pool else state.last_error_code,
                 "failures": state.pool.failures if state.pool else state.failures,
             }
         return out
