@@ -22,11 +22,13 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup, refusals, serving
+from assay.core import admin, logsetup, refusals, serving
+from assay.core.admin import create_admin_app
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError
+from assay.core.metrics import Metrics
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import CONSUMER_FD_NAME, Notifier, watchdog_interval
@@ -39,6 +41,7 @@ from assay.registry.consumer_socket import Listener, group_ids, open_listener
 from assay.registry.consumers import rules
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
+from assay.registry.metrics import registry_gauges
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
@@ -152,7 +155,16 @@ async def run(
         max_metadata_entries=cfg.registry.max_metadata_entries,
         response_hook=audit.receipt_headers_for_upload,
     )
-    asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
+    metrics: Metrics | None = None
+    if cfg.admin is not None:
+        metrics = Metrics("registry")
+        admin.watch_audit(metrics, audit.writer)
+        metrics.add_gauges(registry_gauges(registry))
+    asgi = admin.public_metrics(
+        HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer),
+        metrics,
+        app.url_map,
+    )
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
     refusals.install(hc, audit.writer)
@@ -176,6 +188,13 @@ async def run(
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
+        admin_binds, admin_drained = await admin.start(
+            nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
+            app=lambda: create_admin_app("registry", authenticator=authenticator,
+                                         audit=audit.writer, metrics=metrics or Metrics("")),
+            shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
+        )  # fmt: skip
+        binds += admin_binds
         consumers_done = trio.Event()
         if consumers is not None:
             gate = ConsumerGate(registry, authenticator=authenticator, audit=audit.writer,
@@ -208,6 +227,7 @@ async def run(
         # log closes; each is bounded by its timeout and its handoff.
         with trio.move_on_after(cfg.server.shutdown_timeout_seconds):
             await consumers_done.wait()
+        await admin.wait_drained(admin_drained, cfg.server.shutdown_timeout_seconds)
         await serving.stop_after_drain(
             name="assay",
             notifier=notifier,

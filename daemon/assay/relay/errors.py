@@ -8,7 +8,7 @@ cannot be recorded). Everything else uses a core class with a ``code``. Pure.
 
 from __future__ import annotations
 
-from assay.core.errors import RejectedInput, StorageError
+from assay.core.errors import Conflict, RejectedInput, StorageError
 
 
 class NotAcceptable(RejectedInput):
@@ -41,3 +41,11 @@ class BudgetUnavailable(StorageError):
     code = "relay.row_budget_unavailable"
     status = 503
     title = "Row budget unavailable"
+
+
+class ReloadFailed(Conflict):
+    """An operator's table reload could not load the source; the old snapshot serves on."""
+
+    code = "relay.reload_failed"
+    status = 409
+    title = "Table reload failed"

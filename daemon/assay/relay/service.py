@@ -70,6 +70,12 @@ class Relay:
         self.entities = {
             (d.id, e.name): entity_view(d, e) for d in config.datasets for e in d.entities
         }
+        #: Told ``(kind, seconds)`` for each table scan (the admin listener's metrics).
+        self.scan_observer: Callable[[str, float], None] | None = None
+
+    def _scanned(self, kind: str, started: float) -> None:
+        if self.scan_observer is not None:
+            self.scan_observer(kind, time.perf_counter() - started)
 
     # --- names -------------------------------------------------------------------------
 
@@ -284,7 +290,9 @@ class Relay:
                     key_column=key_column,
                 )
 
+            started = time.perf_counter()
             result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+            self._scanned("records", started)
             audit.extra["row_count"] = len(result.records)
             # 2. Spend what is returned, durably, before it leaves.
             await self._spend(grant, len(result.records), out)
@@ -350,6 +358,7 @@ class Relay:
         grant = self._reserve(self._budget(view, who), 1, out)
         try:
             snap = self.snapshot(view)
+            started = time.perf_counter()
             page = query.page(
                 snap.data,
                 conditions,
@@ -359,6 +368,7 @@ class Relay:
                 index=snap.index,
                 key_column=view.table.primary_key,
             )
+            self._scanned("record", started)
             audit.extra["row_count"] = len(page.records)
             await self._spend(grant, len(page.records), out)
         finally:
@@ -411,7 +421,9 @@ class Relay:
             mask = query.mask_for(snap.data, conditions)
             return disclosure.aggregate(snap.data, mask, agg, view.by_name)
 
+        started = time.perf_counter()
         answer = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+        self._scanned("aggregate", started)
         audit.extra["row_count"] = len(answer.groups)
         audit.extra["suppressed_groups"] = answer.suppressed_groups
         # 2. All of the groups or none: an aggregate is not clamped (part of it would

@@ -1,0 +1,229 @@
+"""The admin listener both daemons run beside their public one (``admin:`` in config).
+
+Why a second app on a second socket: operators' routes (``/metrics``, the relay's table
+reload) must not be reachable from the public API, and the public API's routes must not
+be reachable here; two apps with two URL maps on two sockets make both true by
+construction. Everything a request gets on the public listener it gets here too, from
+the same core pieces: the connection guard (its own table and limits), the header cap,
+the parser's refusals, the web edge (bearer auth that fails closed, problems, security
+headers) and one audit record per request, in the daemon's own audit log.
+
+The gate: every admin route declares an ``admin:*`` scope (``assay.core.admin_config``)
+and a route that does not is refused at startup (no public route here, not even a
+health check: the public listener has those).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.routing import Map
+
+from assay.core import refusals, serving, unix_listen
+from assay.core.admin_config import METRICS_SCOPE, AdminConfig
+from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
+from assay.core.audit.writer import AuditWriter
+from assay.core.authn import Authenticator
+from assay.core.connlimits import Limits
+from assay.core.metrics import UNMATCHED, CountRequests, Metrics, RouteNamer, audit_gauges
+from assay.core.web import AuditSink, current_audit, install, requires
+
+log = logging.getLogger("assay.admin")
+
+LISTENER = "admin"
+
+
+class MarkedAudit:
+    """The daemon's audit log, each record marked ``extra.listener: admin``: an auditor
+    tells an admin request from a public one even when it was refused before routing."""
+
+    def __init__(self, inner: AuditSink) -> None:
+        self.inner = inner
+
+    async def append(self, fields: dict[str, Any]) -> Mapping[str, Any]:
+        extra = dict(fields.get("extra") or {})
+        extra["listener"] = LISTENER
+        return await self.inner.append({**fields, "extra": extra})
+
+
+def create_admin_app(
+    name: str,
+    *,
+    authenticator: Authenticator,
+    audit: AuditWriter,
+    metrics: Metrics,
+    routes: Callable[[QuartTrio], None] | None = None,
+) -> QuartTrio:
+    """The admin app: ``GET /metrics`` and whatever ``routes`` adds (each scoped)."""
+    app = QuartTrio(f"assay.admin.{name}")
+    app.config["MAX_CONTENT_LENGTH"] = 4096
+    app.config["BODY_TIMEOUT"] = 10
+
+    def route() -> str:
+        # Never the raw path of a request no route matched: it is the caller's text.
+        rule = request.url_rule
+        return f"{request.method} {rule.rule if rule is not None else UNMATCHED}"
+
+    install(app, authenticator=authenticator, audit=MarkedAudit(audit), param_names=list,
+            route=route)  # fmt: skip
+
+    @app.get("/metrics")
+    @requires(METRICS_SCOPE)
+    async def metrics_route() -> Response:
+        """Prometheus text exposition of this daemon's metrics."""
+        current_audit().action = "admin.metrics"
+        body, content_type = metrics.render()
+        return Response(body, status=200, content_type=content_type)
+
+    if routes is not None:
+        routes(app)
+    check_admin_routes(app)
+    return app
+
+
+def check_admin_routes(app: QuartTrio) -> None:
+    """Fail closed: every admin route needs an ``admin:*`` scope; none is public."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        scope = getattr(app.view_functions[rule.endpoint], "required_scope", None)
+        if not isinstance(scope, str) or not scope.startswith("admin:"):
+            raise RuntimeError(f"admin route {rule.rule} has no admin:* scope")
+
+
+def admin_asgi(app: QuartTrio, admin: AdminConfig, audit: AuditWriter, metrics: Metrics) -> ASGIApp:
+    """The layers the public listener has, around the admin app, counted as ``admin``."""
+    namer = RouteNamer(app.url_map)
+
+    def audit_route(method: str, path: str) -> str:
+        label, template = namer(method, path)
+        return f"{label} {template}"
+
+    capped = HeaderCap(
+        RecordBeforeDisconnect(cast(ASGIApp, app)),
+        max_header_bytes=admin.max_header_bytes,
+        audit=MarkedAudit(audit),
+        route=audit_route,
+    )
+    return CountRequests(capped, metrics, listener=LISTENER, namer=namer)
+
+
+def limits_of(admin: AdminConfig) -> Limits:
+    return Limits(
+        max_connections=admin.max_connections,
+        keep_alive=admin.keep_alive_timeout_seconds,
+        header_read=admin.header_read_timeout_seconds,
+        request=admin.request_timeout_seconds,
+    )
+
+
+def watch_audit(metrics: Metrics, audit: AuditWriter) -> None:
+    """The audit writer's batches and queue, in ``metrics``."""
+    audit.batch_observer = metrics.observe_audit_batch
+    metrics.add_gauges(audit_gauges(audit))
+
+
+async def serve(
+    admin: AdminConfig,
+    *,
+    base: Path,
+    app: QuartTrio,
+    audit: AuditWriter,
+    metrics: Metrics,
+    shutdown: trio.Event,
+    drained: trio.Event,
+    shutdown_seconds: float,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The admin listener until ``shutdown`` (started with ``nursery.start``)."""
+    listener: unix_listen.UnixListener | None = None
+    binds: list[str] = []
+    shown: list[str] = []
+    try:
+        if admin.unix_socket is not None:
+            path = Path(admin.unix_socket)
+            path = path if path.is_absolute() else base / path
+            listener = await trio.to_thread.run_sync(
+                lambda: unix_listen.bind_stream(
+                    path, admin.unix_socket_mode, where="admin.unix_socket"
+                )
+            )
+            # hypercorn closes the sockets it serves: it gets a duplicate, this the original
+            # (closed, and its file removed, on the way out).
+            binds.append(f"fd://{os.dup(listener.sock.fileno())}")
+            shown.append(f"admin unix:{path}")
+        if admin.bind is not None:
+            binds.append(admin.bind)
+        hc = serving.guarded_config(
+            binds,
+            max_header_bytes=admin.max_header_bytes,
+            limits=limits_of(admin),
+            shutdown_seconds=shutdown_seconds,
+        )
+        refusals.install(hc, MarkedAudit(audit))
+        asgi = admin_asgi(app, admin, audit, metrics)
+
+        async def started_as(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serving.serve(asgi, hc, shutdown, drained, task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            tcp: list[str] = await nursery.start(started_as)
+            shown += [f"admin {b}" for b in tcp if not b.startswith("http://unix:")]
+            task_status.started(shown)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+async def start(
+    nursery: trio.Nursery,
+    admin: AdminConfig | None,
+    *,
+    base: Path,
+    app: Callable[[], QuartTrio],
+    audit: AuditWriter,
+    metrics: Metrics | None,
+    shutdown: trio.Event,
+    shutdown_seconds: float,
+) -> tuple[list[str], trio.Event]:
+    """Start the admin listener in the daemon's nursery, if configured: its binds (for
+    the startup line) and the event set once it has drained (before the audit closes)."""
+    drained = trio.Event()
+    if admin is None or metrics is None:
+        drained.set()
+        return [], drained
+    binds: list[str] = await nursery.start(
+        partial(
+            serve,
+            admin,
+            base=base,
+            app=app(),
+            audit=audit,
+            metrics=metrics,
+            shutdown=shutdown,
+            drained=drained,
+            shutdown_seconds=shutdown_seconds,
+        )
+    )
+    return binds, drained
+
+
+async def wait_drained(drained: trio.Event, seconds: float) -> None:
+    """Bounded: the admin requests in flight finish and leave their records first."""
+    with trio.move_on_after(seconds + 5):
+        await drained.wait()
+
+
+def public_metrics(app: ASGIApp, metrics: Metrics | None, url_map: Map) -> ASGIApp:
+    """The public listener's outermost layer when there are metrics: counted as ``public``."""
+    if metrics is None:
+        return app
+    return CountRequests(app, metrics, listener="public", namer=RouteNamer(url_map))
