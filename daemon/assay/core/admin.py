@@ -58,7 +58,7 @@ def create_admin_app(
     name: str,
     *,
     authenticator: Authenticator,
-    audit: AuditWriter,
+    audit: AuditSink,
     metrics: Metrics,
     routes: Callable[[QuartTrio], None] | None = None,
 ) -> QuartTrio:
