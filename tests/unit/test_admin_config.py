@@ -94,3 +94,10 @@ def test_an_api_key_may_hold_admin_scopes_only_once_there_is_an_admin_listener()
     doc["admin"] = {"bind": "127.0.0.1:9180"}
     cfg = parse_relay(yaml.safe_dump(doc), source="relay.yaml")
     assert set(cfg.auth.api_keys[0].scopes) & ADMIN_SCOPES == {"admin:metrics"}
+
+
+def test_the_documented_yaml_octal_modes_parse_as_modes() -> None:
+    cfg = registry("admin: {unix_socket: state/admin.sock, unix_socket_mode: 0660}\n")
+    assert cfg.admin is not None and cfg.admin.unix_socket_mode == 0o660
+    with pytest.raises(ConfigError):  # YAML 1.1 reads 0o600 as a string: refused, not 0
+        registry("admin: {unix_socket: state/admin.sock, unix_socket_mode: 0o600}\n")
