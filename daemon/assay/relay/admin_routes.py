@@ -4,7 +4,8 @@
 mode or SIGHUP would (``SnapshotStore.reload``: decoded off the loop, swapped in one
 assignment), and answers the snapshot then serving: its generation and load time, or
 ``relay.reload_failed`` (409) with the reason and the generation that keeps serving.
-Its one audit record is the edge's (``relay.table_reload``), with the outcome.
+Its one audit record (``relay.table_reload``, with the outcome) is written before a new
+snapshot serves; a reload whose record cannot be written swaps nothing.
 
 The gauges are labelled by the config's own dataset and table ids (bounded by the
 config), never by a value, a digest or a path.
@@ -21,7 +22,7 @@ from quart_trio import QuartTrio
 
 from assay.core.admin_config import RELOAD_SCOPE
 from assay.core.errors import NotFound
-from assay.core.web import current_audit, requires
+from assay.core.web import current_audit, record_request, requires
 from assay.relay.errors import ReloadFailed
 from assay.relay.service import dumps
 from assay.relay.snapshot import Snapshot, SnapshotStore, TableState
@@ -51,7 +52,14 @@ def reload_routes(store: SnapshotStore) -> Callable[[QuartTrio], None]:
             state = _find(store, dataset, table)
             audit.target = state.where
             failures = state.failures
-            changed = await store.reload(state)
+
+            async def record_first(snap: Snapshot) -> None:
+                # Step RLD-1: the request's record is durable before the new snapshot
+                # serves; if it cannot be written, nothing was swapped (fail closed).
+                audit.extra.update(changed=True, generation=snap.generation, outcome="reloaded")
+                await record_request(200)
+
+            changed = await store.reload(state, before_swap=record_first)
             kept = _generation(state.snapshot)
             audit.extra.update(changed=changed, generation=kept["generation"])
             if state.failures != failures and state.last_error is not None:
