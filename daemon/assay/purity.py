@@ -55,6 +55,13 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.trust.config",
     "assay.trust.errors",
     "assay.trust.metadata",
+    "assay.core.posture",
+    "assay.core.posture.model",
+    "assay.core.posture.catalogue",
+    "assay.core.posture.config",
+    "assay.core.posture.observations",
+    "assay.core.posture.evaluate",
+    "assay.core.posture.gate",
 )
 
 #: Top-level modules a pure module may never import, directly or through assay modules.

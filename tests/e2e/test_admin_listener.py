@@ -36,6 +36,7 @@ def admin_dep(tmp_path: Path) -> Iterator[tuple[Deployment, str, str]]:
     port = free_port()
     with_admin(dep, f"admin:\n  bind: 127.0.0.1:{port}\n  unix_socket: state/admin.sock\n")
     ops = dep.create_token("ops", "admin:metrics")
+    dep.create_token("auditor", "admin:posture")
     dep.start()
     try:
         yield dep, f"http://127.0.0.1:{port}", ops
@@ -160,6 +161,28 @@ def test_random_paths_and_queries_never_become_label_values(
     declared = RouteNamer(registry_app(tmp_path / "app").url_map).templates() | {"/metrics"}
     assert routes <= declared, routes - declared
     assert label_values(samples, "method") <= {"GET", "POST", "DELETE", "PUT", "PATCH", "OTHER"}
+
+
+def test_posture_report_is_served_to_the_posture_scope_only_and_recorded(
+    admin_dep: tuple[Deployment, str, str],
+) -> None:
+    dep, admin_url, ops = admin_dep
+    auditor = dep.tokens["auditor"]
+    with httpx.Client(base_url=admin_url, timeout=30) as admin, dep.client() as public:
+        assert admin.get("/admin/v1/posture", headers={"Authorization": f"Bearer {ops}"}
+                         ).status_code == 403  # fmt: skip
+        assert public.get("/admin/v1/posture", headers={"Authorization": f"Bearer {auditor}"}
+                          ).status_code == 404  # fmt: skip
+        r = admin.get("/admin/v1/posture", headers={"Authorization": f"Bearer {auditor}"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["schema"] == "assay.posture.v1" and doc["daemon"] == "registry"
+    assert doc["profile"] == "local" and isinstance(doc["findings"], list)
+    assert dep.admin_token not in r.text and auditor not in r.text
+    dep.stop()
+    [record] = [x for x in dep.audit_records() if x["action"] == "admin.posture"]
+    assert record["principal"] == "auditor" and record["extra"]["profile"] == "local"
+    assert record["extra"]["listener"] == "admin"
 
 
 def test_admin_listener_refuses_a_non_loopback_bind_without_the_opt_in(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ def admin_relay(tmp_path: Path) -> Iterator[tuple[RelayEnv, str, str]]:
     env.doc["admin"] = {"bind": f"127.0.0.1:{port}", "unix_socket": str(tmp_path / "admin.sock")}
     add_key(env, "ops", "admin:metrics", "admin:reload")
     add_key(env, "scraper", "admin:metrics")
+    add_key(env, "auditor", "admin:posture")
     with running_relay(env, tmp_path / "relay.log") as (url, _proc):
         yield env, url, f"http://127.0.0.1:{port}"
 
@@ -181,6 +182,26 @@ def test_metrics_follow_queries_scans_and_snapshots_by_template_only(
     declared = RouteNamer(parts.app.url_map).templates() | {
         "/metrics", "/admin/v1/tables/<dataset>/<table>/reload"}  # fmt: skip
     assert routes <= declared, routes - declared
+
+
+def test_posture_report_over_the_unix_socket_with_its_mode(
+    admin_relay: tuple[RelayEnv, str, str],
+) -> None:
+    env, _url, _admin_url = admin_relay
+    sock = env.dir / "admin.sock"
+    assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
+    transport = httpx.HTTPTransport(uds=str(sock))
+    with httpx.Client(transport=transport, base_url="http://admin", timeout=30) as admin:
+        assert admin.get("/admin/v1/posture", headers=env.headers("scraper", purpose=False)
+                         ).status_code == 403  # fmt: skip
+        r = admin.get("/admin/v1/posture", headers=env.headers("auditor", purpose=False))
+        assert r.status_code == 200, r.text
+        assert scrape(admin, env.keys["scraper"])
+    doc = r.json()
+    assert doc["schema"] == "assay.posture.v1" and doc["daemon"] == "relay"
+    assert not any(key in r.text for key in env.keys.values())
+    [record] = [x for x in _audit(env) if x["action"] == "admin.posture"]
+    assert record["principal"] == "auditor" and record["extra"]["listener"] == "admin"
 
 
 def _audit(env: RelayEnv) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assay.core.admin_config import ADMIN_SCOPES, AdminConfig, conflicts
+from assay.core.admin_config import ADMIN_SCOPES, AdminConfig, admin_binds, conflicts
 from assay.core.errors import ConfigError
 from assay.core.schema import validate
 from assay.registry.config import parse_config as parse_registry
@@ -101,3 +101,12 @@ def test_the_documented_yaml_octal_modes_parse_as_modes() -> None:
     assert cfg.admin is not None and cfg.admin.unix_socket_mode == 0o660
     with pytest.raises(ConfigError):  # YAML 1.1 reads 0o600 as a string: refused, not 0
         registry("admin: {unix_socket: state/admin.sock, unix_socket_mode: 0o600}\n")
+
+
+def test_posture_sees_the_admin_bind_beside_the_public_one(tmp_path: Path) -> None:
+    from assay.registry.posture import registry_target
+
+    cfg = registry("admin: {bind: '0.0.0.0:9100', allow_non_loopback: true}\n")
+    target = registry_target(cfg, base=tmp_path, source=tmp_path / "config.yaml")
+    assert target.binds == ("127.0.0.1:8470", "0.0.0.0:9100")
+    assert admin_binds("127.0.0.1:1", None) == ("127.0.0.1:1",)

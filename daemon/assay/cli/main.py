@@ -19,6 +19,7 @@ from assay.cli import (
     artifacts,
     audit_cmd,
     consumer_cmd,
+    doctor_cmd,
     inspect_cmd,
     publisher_cmd,
     relay_cmd,
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay_cmd.register(sub)
     consumer_cmd.register(sub)
     trust_cmd.register(sub)
+    doctor_cmd.register(sub)
     return parser
 
 

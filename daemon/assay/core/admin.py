@@ -8,6 +8,10 @@ the same core pieces: the connection guard (its own table and limits), the heade
 the parser's refusals, the web edge (bearer auth that fails closed, problems, security
 headers) and one audit record per request, in the daemon's own audit log.
 
+Routes: ``GET /metrics`` (``admin:metrics``), ``GET /admin/v1/posture``
+(``admin:posture``: the deployment's posture report, ``assay.core.posture.report``, from
+a fresh probe), and the daemon's own (the relay's table reload).
+
 The gate: every admin route declares an ``admin:*`` scope (``assay.core.admin_config``)
 and a route that does not is refused at startup (no public route here, not even a
 health check: the public listener has those).
@@ -15,6 +19,7 @@ health check: the public listener has those).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -28,7 +33,7 @@ from quart_trio import QuartTrio
 from werkzeug.routing import Map
 
 from assay.core import refusals, serving, unix_listen
-from assay.core.admin_config import METRICS_SCOPE, AdminConfig
+from assay.core.admin_config import METRICS_SCOPE, POSTURE_SCOPE, AdminConfig
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.writer import AuditWriter
 from assay.core.authn import Authenticator
@@ -61,8 +66,11 @@ def create_admin_app(
     audit: AuditSink,
     metrics: Metrics,
     routes: Callable[[QuartTrio], None] | None = None,
+    posture: Callable[[], Mapping[str, Any]] | None = None,
 ) -> QuartTrio:
-    """The admin app: ``GET /metrics`` and whatever ``routes`` adds (each scoped)."""
+    """The admin app: ``GET /metrics``, ``GET /admin/v1/posture`` when ``posture`` is
+    given (blocking: a fresh probe of the deployment, ``assay.core.posture``), and
+    whatever ``routes`` adds (each scoped)."""
     app = QuartTrio(f"assay.admin.{name}")
     app.config["MAX_CONTENT_LENGTH"] = 4096
     app.config["BODY_TIMEOUT"] = 10
@@ -83,10 +91,33 @@ def create_admin_app(
         body, content_type = metrics.render()
         return Response(body, status=200, content_type=content_type)
 
+    if posture is not None:
+        add_posture_route(app, posture)
     if routes is not None:
         routes(app)
     check_admin_routes(app)
     return app
+
+
+def add_posture_route(app: QuartTrio, posture: Callable[[], Mapping[str, Any]]) -> None:
+    """``GET /admin/v1/posture``: the report ``assay doctor --json`` prints, probed now.
+
+    The probe reads the host (modes, keys, the audit chain's head), so it runs in a
+    worker thread, one at a time: a caller cannot stack probes up.
+    """
+    one_at_a_time = trio.Lock()
+
+    @app.get("/admin/v1/posture")
+    @requires(POSTURE_SCOPE)
+    async def posture_route() -> Response:
+        """The deployment's posture: profile, findings, evidence, waivers."""
+        audit = current_audit()
+        audit.action = "admin.posture"
+        async with one_at_a_time:
+            doc = dict(await trio.to_thread.run_sync(posture))
+        audit.extra.update(profile=doc.get("profile"), ok=doc.get("ok"), worst=doc.get("worst"))
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return Response(body, status=200, content_type="application/json")
 
 
 def check_admin_routes(app: QuartTrio) -> None:

@@ -81,3 +81,11 @@ def conflicts(admin: AdminConfig | None, public_bind: str, public_unix: str | No
     if admin.unix_socket is not None and admin.unix_socket == public_unix:
         problems.append("admin.unix_socket: the same path as server.unix_socket")
     return problems
+
+
+def admin_binds(public_bind: str, admin: AdminConfig | None) -> tuple[str, ...]:
+    """Every TCP address a daemon listens on: the public bind and the admin one, if any
+    (what the posture's non-loopback check must see)."""
+    if admin is None or admin.bind is None:
+        return (public_bind,)
+    return (public_bind, admin.bind)

@@ -100,6 +100,14 @@ class UnsafeFile(ConfigError):
     title = "Unsafe file"
 
 
+class PostureRefused(ConfigError):
+    """The deployment's profile gates a standing finding at ``startup_fail``: the daemon
+    stops before it listens, naming each finding id (docs/posture.md)."""
+
+    code = "config.posture_refused"
+    title = "Deployment posture refused"
+
+
 # --- Auth --------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from assay.core import admin_config
 from assay.core.admin_config import AdminConfig
 from assay.core.errors import ConfigError
+from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
 from assay.core.strict_yaml import MAX_CONFIG_BYTES, load_yaml
 from assay.core.trusted_files import TrustedDir, read_trusted
@@ -67,6 +68,8 @@ class RegistryConfig(Strict):
     consumer: ConsumerSection = ConsumerSection()
     #: The TUF repository of the trusted set (``docs/trust.md``); absent = not published.
     trust: TrustSection | None = None
+    #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
+    deployment: DeploymentSection = DeploymentSection()
     #: The admin listener (``/metrics``); absent = off (``assay.core.admin``).
     admin: AdminConfig | None = None
 

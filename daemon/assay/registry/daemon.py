@@ -27,8 +27,11 @@ from assay.core.admin import create_admin_app
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
-from assay.core.errors import AssayError
+from assay.core.errors import AssayError, PostureRefused
 from assay.core.metrics import Metrics
+from assay.core.posture import report
+from assay.core.posture.assess import announce
+from assay.core.posture.gate import PostureGate
 from assay.core.secrets import resolve_path
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import CONSUMER_FD_NAME, Notifier, watchdog_interval
@@ -42,6 +45,7 @@ from assay.registry.consumers import rules
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
 from assay.registry.metrics import registry_gauges
+from assay.registry.posture import registry_posture
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
 from assay.registry.store import ObjectStore
@@ -89,6 +93,19 @@ async def run(
         _events(kind, fields)
         notifier.status(_status_line(registry.counts(), registry.last_sweep))
 
+    # The posture gate, once the secrets and the audit log have passed their own loaders
+    # (whose typed errors name a bad secret first): a startup_fail finding stops the
+    # daemon before the store opens or anything listens (docs/posture.md).
+    posture_probe = partial(
+        registry_posture, cfg, base=loaded.base, source=loaded.source, thorough=False
+    )
+    posture = PostureGate(await trio.to_thread.run_sync(posture_probe))
+    announce(posture)
+    try:
+        posture.enforce_startup()
+    except PostureRefused:
+        audit.log.close()  # its files, before the refusal leaves the process
+        raise
     publisher: TrustPublisher | None = None
     if cfg.trust is not None and cfg.trust.enabled:
         repo = await trio.to_thread.run_sync(partial(load_repository, cfg.trust, base=loaded.base))
@@ -135,6 +152,7 @@ async def run(
         checks["audit"] = audit_check
         if publisher is not None:
             checks["trust"] = publisher.readiness()
+        checks["posture"] = posture.readiness()
         return checks
 
     app = create_app(
@@ -190,8 +208,10 @@ async def run(
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
         admin_binds, admin_drained = await admin.start(
             nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
-            app=lambda: create_admin_app("registry", authenticator=authenticator,
-                                         audit=audit.writer, metrics=metrics or Metrics("")),
+            app=lambda: create_admin_app(
+                "registry", authenticator=authenticator, audit=audit.writer,
+                metrics=metrics or Metrics(""),
+                posture=lambda: report(posture_probe())),
             shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
         )  # fmt: skip
         binds += admin_binds

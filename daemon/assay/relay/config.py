@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from assay.core import admin_config
 from assay.core.admin_config import ADMIN_SCOPES, AdminConfig
 from assay.core.errors import ConfigError
+from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
@@ -267,6 +268,8 @@ class RelayConfig(Strict):
     datasets: list[Dataset] = Field(min_length=1, max_length=256)
     row_budgets: RowBudgets | None = None
     logging: LoggingSection = LoggingSection()
+    #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
+    deployment: DeploymentSection = DeploymentSection()
     #: The admin listener (``/metrics``, table reload); absent = off (``assay.core.admin``).
     admin: AdminConfig | None = None
 

@@ -25,10 +25,15 @@ from assay.core import admin, logsetup, refusals, serving
 from assay.core.admin import create_admin_app
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
+from assay.core.errors import PostureRefused
 from assay.core.metrics import Metrics
+from assay.core.posture import report
+from assay.core.posture.assess import announce
+from assay.core.posture.gate import PostureGate
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
 from assay.relay.admin_routes import reload_routes, snapshot_gauges
+from assay.relay.posture import relay_posture
 from assay.relay.settings import LoadedConfig, load_secrets
 from assay.relay.snapshot import SnapshotStore
 from assay.relay.wiring import assemble, tables_check
@@ -69,10 +74,23 @@ async def run(
         partial(open_audit, cfg.audit, base=loaded.base, on_checkpoint=_on_checkpoint)
     )
 
+    # The posture gate, once the secrets and the audit log have passed their own loaders
+    # (whose typed errors name a bad secret first): a startup_fail finding stops the
+    # relay before it loads a table or listens (docs/posture.md).
+    probe = partial(relay_posture, cfg, base=loaded.base, source=loaded.source, thorough=False)
+    posture = PostureGate(await trio.to_thread.run_sync(probe))
+    announce(posture)
+    try:
+        posture.enforce_startup()
+    except PostureRefused:
+        audit.log.close()  # its files, before the refusal leaves the process
+        raise
+
     def readiness(store: SnapshotStore) -> dict[str, Any]:
         return {
             "tables": tables_check(store),
             "audit": {"ok": audit.writer.healthy, "seq": audit.writer.head_seq},
+            "posture": posture.readiness(),
         }
 
     parts = await trio.to_thread.run_sync(
@@ -109,9 +127,10 @@ async def run(
         binds: list[str] = await nursery.start(serve)
         admin_binds, admin_drained = await admin.start(
             nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
-            app=lambda: create_admin_app("relay", authenticator=parts.authenticator,
-                                         audit=audit.writer, metrics=metrics or Metrics(""),
-                                         routes=reload_routes(parts.store)),
+            app=lambda: create_admin_app(
+                "relay", authenticator=parts.authenticator, audit=audit.writer,
+                metrics=metrics or Metrics(""), routes=reload_routes(parts.store),
+                posture=lambda: report(probe())),
             shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
         )  # fmt: skip
         binds += admin_binds

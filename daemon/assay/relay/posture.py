@@ -1,0 +1,54 @@
+"""What posture looks at for the relay: its bind, files, secrets and unit.
+
+Each secret is listed with the kind its config claims (an API key's fingerprint must be
+a fingerprint, not the raw key), so the probe can check it (docs/posture.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from assay.core.admin_config import admin_binds
+from assay.core.posture.assess import posture, resolve
+from assay.core.posture.evaluate import Evaluation
+from assay.core.posture.model import Profile
+from assay.core.posture.probe import SecretSpec, Target
+from assay.relay.config import RelayConfig
+
+UNIT = "assay-relay.service"
+
+
+def relay_target(
+    cfg: RelayConfig, *, base: Path, source: Path, unit_files: tuple[Path, ...] = ()
+) -> Target:
+    state = [("audit.dir", resolve(base, cfg.audit.dir))]
+    if cfg.row_budgets is not None:
+        state.append(("row_budgets.state_dir", resolve(base, cfg.row_budgets.state_dir)))
+    secrets = [SecretSpec("audit.hmac_key", cfg.audit.hmac_key, "hmac")]
+    if cfg.audit.signing_key is not None:
+        secrets.append(SecretSpec("audit.signing_key", cfg.audit.signing_key, "ed25519"))
+    if cfg.auth.token_file is not None:
+        secrets.append(SecretSpec("auth.token_file", cfg.auth.token_file, "token_file"))
+    secrets += [
+        SecretSpec(f"auth.api_keys[{i}].fingerprint", key.fingerprint, "fingerprint")
+        for i, key in enumerate(cfg.auth.api_keys)
+    ]
+    if cfg.instance.answer_signing is not None:
+        secrets.append(
+            SecretSpec("instance.answer_signing.key", cfg.instance.answer_signing.key, "ed25519")
+        )
+    return Target(
+        daemon="relay", base=base, binds=admin_binds(cfg.server.bind, cfg.admin),
+        config_paths=(("config", source),), state_paths=tuple(state), secrets=tuple(secrets),
+        audit=cfg.audit, unit_names=(UNIT,), unit_files=unit_files,
+    )  # fmt: skip
+
+
+def relay_posture(
+    cfg: RelayConfig, *, base: Path, source: Path, thorough: bool = True,
+    now: dt.datetime | None = None, profile: Profile | None = None,
+    unit_files: tuple[Path, ...] = (),
+) -> Evaluation:  # fmt: skip
+    target = relay_target(cfg, base=base, source=source, unit_files=unit_files)
+    return posture(target, cfg.deployment, now=now, profile=profile, thorough=thorough)
