@@ -11,6 +11,7 @@ import json
 import os
 import random
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from assay.relay.wiring import assemble
 from tests.conftest import free_port
 from tests.e2e.admin_support import label_values, scrape, value
 from tests.relay.conftest import FakeAudit, RelayEnv, build_env
-from tests.relay.test_e2e import running_relay
+from tests.relay.test_e2e import _command, running_relay
 
 pytestmark = pytest.mark.e2e
 
@@ -212,3 +213,13 @@ def _audit(env: RelayEnv) -> list[dict[str, object]]:
         for line in f.read_text().split("\n")
         if line.strip()
     ]
+
+
+def test_relay_refuses_a_non_loopback_admin_bind_without_the_opt_in(tmp_path: Path) -> None:
+    env = build_env(tmp_path, people=20)
+    env.doc["admin"] = {"bind": f"0.0.0.0:{free_port()}"}
+    env.write()
+    proc = subprocess.run(_command(env.config_path), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode != 0
+    assert "admin.allow_non_loopback" in proc.stderr, proc.stderr
