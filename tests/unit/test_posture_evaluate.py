@@ -247,3 +247,42 @@ def test_a_patterned_secret_is_weak(secret: bytes) -> None:
 @given(st.binary(min_size=32, max_size=64))
 def test_random_secrets_are_rarely_weak_and_hex_keys_never(raw: bytes) -> None:
     assert weakness(raw.hex().encode()) is None or len(set(raw.hex())) < 8
+
+
+def test_the_gate_refuses_startup_naming_each_finding_and_judges_dates_live() -> None:
+    from assay.core.errors import PostureRefused
+    from assay.core.posture.gate import PostureGate
+
+    waiver = {"finding": "POS-BIND-NONLOOPBACK", "reason": "r", "approver": "a",
+              "expires": TODAY.isoformat()}  # fmt: skip
+    dep = validate(DeploymentSection, {"profile": "evidence_grade", "waivers": [waiver],
+        "evidence": [{"kind": "key_custody", "reference": "K", "declared_by": "o",
+                      "date": "2026-01-01"}]})  # fmt: skip
+    obs = Observations("relay", binds=(Bind("0.0.0.0:8480", False),))
+    clock = [NOW]
+    gate = PostureGate(evaluate(obs, dep, now=NOW), clock=lambda: clock[0])
+    gate.enforce_startup()  # nothing at startup_fail
+    assert gate.readiness()["ok"] is True
+    clock[0] = NOW + dt.timedelta(days=1)  # the waiver lapses while the daemon runs
+    ready = gate.readiness()
+    assert ready["ok"] is False
+    assert set(ready["findings"]) == {"POS-BIND-NONLOOPBACK", "POS-WAIVER-EXPIRED"}
+    assert gate.report()["readiness_fail"] == ready["findings"]
+    refused = PostureGate(evaluate(Observations("relay", audit=AuditState(
+        signing_configured=False)), dep, now=NOW))  # fmt: skip
+    with pytest.raises(PostureRefused) as info:
+        refused.enforce_startup()
+    assert info.value.code == "config.posture_refused"
+    assert "POS-AUDIT-UNSIGNED" in info.value.detail
+    assert any(r.startswith("POS-AUDIT-UNSIGNED: ") for r in info.value.reasons)
+
+
+def test_a_sticky_config_directory_is_not_a_finding_but_an_open_one_is() -> None:
+    def config_dir(mode: int) -> set[str]:
+        obs = Observations("registry", paths=(PathMode("config directory", "/d", "config",
+                                                       mode),))  # fmt: skip
+        return set(evaluate(obs, DeploymentSection(), now=NOW).startup_failures)
+
+    assert config_dir(0o1777) == set()
+    assert config_dir(0o777) == {"POS-MODE-CONFIG"}
+    assert config_dir(0o755) == set()

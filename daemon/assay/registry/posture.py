@@ -6,6 +6,7 @@ file really holds one (docs/posture.md); a new secret in the config is one line 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -23,8 +24,9 @@ def registry_target(
     cfg: RegistryConfig, *, base: Path, source: Path, unit_files: tuple[Path, ...] = ()
 ) -> Target:
     policies = resolve(base, cfg.registry.policies_dir)
-    config_paths = [("config", source), ("registry.policies_dir", policies)]
-    if policies.is_dir():
+    config_paths = [("config", source), ("config directory", source.resolve().parent),
+                    ("registry.policies_dir", policies)]  # fmt: skip
+    with contextlib.suppress(OSError):  # unreadable: the daemon's own loader says so
         config_paths += [(f"policy {p.name}", p) for p in sorted(policies.glob("*.yaml"))]
     state = [
         ("registry.store_dir", resolve(base, cfg.registry.store_dir)),

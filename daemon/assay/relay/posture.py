@@ -40,8 +40,9 @@ def relay_target(
         )
     return Target(
         daemon="relay", base=base, binds=admin_binds(cfg.server.bind, cfg.admin),
-        config_paths=(("config", source),), state_paths=tuple(state), secrets=tuple(secrets),
-        audit=cfg.audit, unit_names=(UNIT,), unit_files=unit_files,
+        config_paths=(("config", source), ("config directory", source.resolve().parent)),
+        state_paths=tuple(state), secrets=tuple(secrets), audit=cfg.audit,
+        unit_names=(UNIT,), unit_files=unit_files,
     )  # fmt: skip
 
 

@@ -22,7 +22,8 @@ Entry points (for ``GET /admin/v1/posture`` and anything else that reports postu
   (``registry.daemon.run`` / ``relay.daemon.run``, local name ``posture``):
   ``enforce_startup()`` raises ``PostureRefused`` naming each startup_fail finding,
   ``readiness()`` is the ``posture`` check of ``/readyz``, ``report()`` is
-  ``report(gate.evaluation)``, the cheap answer for the admin route.
+  ``report(gate.evaluation)`` (the startup observations judged on today's date, so an
+  expired waiver shows), the cheap answer for the admin route.
 """
 
 from __future__ import annotations

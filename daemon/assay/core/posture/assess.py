@@ -48,14 +48,14 @@ def posture(
                                    Severity.WARN):  # fmt: skip
         target = replace(target, unit_names=())
     when = dt.datetime.now(dt.UTC) if now is None else now
-    observations = observe(target, verify_audit=verify, now=when.timestamp())
+    observations = observe(target, verify_audit=verify, now=when.timestamp(), run_tools=thorough)
     return evaluate(observations, deployment, now=when, profile=chosen)
 
 
 def announce(gate: PostureGate) -> None:
     """Journal the posture at startup: the profile and evidence, then each standing finding
     (error priority from finding_error up), so the operator sees what the gate saw."""
-    ev = gate.evaluation
+    ev = gate.startup
     declared = ", ".join(f"{e.kind}: {e.reference}" for e in ev.deployment.evidence) or "none"
     logsetup.event("posture", f"deployment profile {ev.profile.value}; evidence {declared}",
                    profile=ev.profile.value)  # fmt: skip

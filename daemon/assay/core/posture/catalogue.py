@@ -116,7 +116,7 @@ FINDINGS: tuple[Finding, ...] = (
         "POS-SECRET-INVALID",
         "A secret is not what its config claims (wrong key kind, too short, unparsable)",
         "Regenerate the secret with the command the docs name for it (`assay keys "
-        "generate`, `assay relay keygen`, `assay init`).",
+        "generate`, `assay relay generate-signing-key`, `assay init`).",
         (S, S, S, S),
     ),
     Finding(
@@ -136,7 +136,7 @@ FINDINGS: tuple[Finding, ...] = (
         "POS-TOKEN-RAW",
         "A token or API-key file holds a raw credential, not only its fingerprint",
         "Revoke the exposed credential and mint a new one (`assay token create`, "
-        "`assay relay keygen`); the files hold sha256 fingerprints only.",
+        "`assay relay generate-api-key`); the files hold sha256 fingerprints only.",
         (E, E, S, S),
     ),
     Finding(

@@ -49,6 +49,8 @@ class Evaluation:
     now: dt.datetime
     results: tuple[Result, ...]
     deployment: DeploymentSection
+    #: What the judgement was made from, so it can be made again at another time.
+    observations: Observations | None = None
 
     def standing(self, severity: Severity) -> list[str]:
         """Ids of findings whose effective severity is exactly ``severity``."""
@@ -133,7 +135,7 @@ def evaluate(
         for row in FINDINGS
         if row.id in grouped
     )
-    return Evaluation(observations.daemon, chosen, now, results, deployment)
+    return Evaluation(observations.daemon, chosen, now, results, deployment, observations)
 
 
 def _result_dict(r: Result) -> dict[str, Any]:

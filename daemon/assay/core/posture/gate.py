@@ -1,27 +1,45 @@
 """What a daemon does with its posture: refuse to start, or report it in ``/readyz``.
 
-Why a small object of its own: the registry and the relay gate the same way. The
-evaluation is taken once at startup (the probe is blocking and may verify the whole audit
-log); ``/readyz`` then answers from it without I/O. Pure.
+Why a small object of its own: the registry and the relay gate the same way. The host is
+probed once, at startup (the probe is blocking and may verify the whole audit log); the
+judgement over those observations is made again at every ``readiness()`` and
+``report()`` with the clock's date, so a waiver or an evidence declaration that expires
+while the daemon runs stops applying that day, without I/O. Pure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from assay.core.errors import PostureRefused
-from assay.core.posture.evaluate import Evaluation, report
+from assay.core.posture.evaluate import Evaluation, evaluate, report
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
 class PostureGate:
-    evaluation: Evaluation
+    #: The startup evaluation: what ``enforce_startup`` judges.
+    startup: Evaluation
+    clock: Callable[[], dt.datetime] = field(default=_utc_now)
+
+    @property
+    def evaluation(self) -> Evaluation:
+        """The startup observations judged again now (dates of waivers and evidence)."""
+        ev = self.startup
+        if ev.observations is None:
+            return ev
+        return evaluate(ev.observations, ev.deployment, now=self.clock(), profile=ev.profile)
 
     def enforce_startup(self) -> None:
         """Raise ``PostureRefused`` naming every standing startup_fail finding."""
-        failed = [r for r in self.evaluation.results if r.finding.id in
-                  self.evaluation.startup_failures]  # fmt: skip
+        ev = self.startup
+        failed = [r for r in ev.results if r.finding.id in ev.startup_failures]
         if not failed:
             return
         reasons = [
@@ -30,7 +48,7 @@ class PostureGate:
             for r in failed
         ]
         raise PostureRefused(
-            f"deployment profile {self.evaluation.profile.value} refuses to start: "
+            f"deployment profile {ev.profile.value} refuses to start: "
             + ", ".join(r.finding.id for r in failed)
             + " (run `assay doctor` for the full report)",
             reasons=reasons,
@@ -42,12 +60,13 @@ class PostureGate:
         Public ``/readyz`` shows only the check's name in ``failing``; the finding ids
         are here, in the check, which only a caller with the details scope sees.
         """
-        failing = self.evaluation.readiness_failures
+        ev = self.evaluation
+        failing = ev.readiness_failures
         return {
             "ok": not failing,
-            "profile": self.evaluation.profile.value,
+            "profile": ev.profile.value,
             "findings": failing,
-            "worst": self.evaluation.worst.value if self.evaluation.worst else None,
+            "worst": ev.worst.value if ev.worst else None,
         }
 
     def report(self) -> dict[str, Any]:

@@ -238,7 +238,8 @@ def check_secret(
         except (OSError, AssayError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return SecretCheck(spec.role, source, invalid=f"unreadable: {why}", is_key=is_key)
-        age = max(0.0, now - mtime)
+        # A systemd credential is a copy made at service start: its mtime is no age.
+        age = None if ref.credential is not None else max(0.0, now - mtime)
     invalid: str | None = None
     weak: str | None = None
     raw: str | None = None
@@ -276,13 +277,20 @@ HARDENING = {
 _NONEMPTY = ("CapabilityBoundingSet", "RestrictAddressFamilies", "SystemCallFilter")
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a directory we may not search
+        return False
+
+
 def find_unit(name: str, explicit: tuple[Path, ...]) -> Path | None:
     for p in explicit:
-        if p.name == name and p.is_file():
+        if p.name == name and _is_file(p):
             return p
     for d in UNIT_DIRS:
         candidate = Path(d) / name
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     return None
 
@@ -302,11 +310,13 @@ def directive_exposure(text: str) -> float:
     return round(10.0 * missing / (len(HARDENING) + len(_NONEMPTY)), 1)
 
 
-def unit_score(name: str, explicit: tuple[Path, ...]) -> UnitScore:
+def unit_score(name: str, explicit: tuple[Path, ...], *, use_tool: bool = True) -> UnitScore:
+    """The unit's exposure: ``systemd-analyze`` when ``use_tool`` and it exists (doctor),
+    else its directives (a daemon: no program is run from inside the sandbox)."""
     path = find_unit(name, explicit)
     if path is None:
         return UnitScore(name, None, None)
-    tool = shutil.which("systemd-analyze")
+    tool = shutil.which("systemd-analyze") if use_tool else None
     if tool is not None:
         try:
             proc = subprocess.run(
@@ -438,7 +448,9 @@ def _hmac_key(target: Target) -> bytes | None:
 # -- all together --------------------------------------------------------------------------
 
 
-def observe(target: Target, *, verify_audit: bool, now: float | None = None) -> Observations:
+def observe(
+    target: Target, *, verify_audit: bool, now: float | None = None, run_tools: bool = True
+) -> Observations:
     """Everything the probe measures for ``target`` (blocking; reads the log if asked).
 
     ``now`` (seconds since the epoch) dates key ages and checkpoint waits; default: now.
@@ -457,7 +469,7 @@ def observe(target: Target, *, verify_audit: bool, now: float | None = None) -> 
         if found is not None:
             checks.append(found)
     binds = tuple(b for b in (bind_of(x) for x in target.binds) if b is not None)
-    units = tuple(unit_score(n, target.unit_files) for n in target.unit_names)
+    units = tuple(unit_score(n, target.unit_files, use_tool=run_tools) for n in target.unit_names)
     return Observations(
         daemon=target.daemon, binds=binds, paths=tuple(paths), secrets=tuple(checks),
         units=units, audit=audit_state(target, verify=verify_audit, now=now),
