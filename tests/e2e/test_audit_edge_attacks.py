@@ -273,7 +273,15 @@ def test_readiness_details_need_the_read_scope(dep: Deployment) -> None:
         assert c.get("/v1/status").status_code == 403
     with dep.client() as c:
         full = c.get("/readyz").json()
-    assert set(full["checks"]) == {"store", "database", "audit", "config", "policy", "trust"}
+    assert set(full["checks"]) == {
+        "store",
+        "database",
+        "audit",
+        "config",
+        "policy",
+        "trust",
+        "posture",
+    }
     assert full["checks"]["audit"]["seq"] >= 1
     with dep.client("prober") as c:  # a token, but not the scope
         assert "checks" not in c.get("/readyz").json()

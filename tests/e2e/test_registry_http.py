@@ -364,7 +364,7 @@ def test_readiness_names_store_database_audit_config_and_policy(deployment: Depl
 
     with deployment.client() as c:  # the details need artifacts:read
         checks = ready(c, 200)
-        assert set(checks) == {"store", "database", "audit", "config", "policy", "trust"}
+        assert set(checks) == {"store", "database", "audit", "config", "policy", "trust", "posture"}
         assert checks["policy"]["name"] == "default"
         original = deployment.config.read_text()
         deployment.config.write_text(original + "registry_typo: 1\n")

@@ -242,7 +242,7 @@ def test_full_lifecycle_through_the_cli(system: BootedSystem, lifecycle: dict[st
     assert shown["status"]["version"] and shown["status"]["uptime_seconds"] >= 0
     assert shown["status"]["counts"]["revoked"] >= 1
     checks = shown["readyz"]["checks"]
-    assert set(checks) == {"store", "database", "audit", "config", "policy", "trust"}
+    assert set(checks) == {"store", "database", "audit", "config", "policy", "trust", "posture"}
     # The packaged deployment publishes its trusted set into /run/assay-trust (0755).
     assert checks["trust"]["ok"], checks["trust"]
     # STATUS= follows each change, not only startup and sweeps.

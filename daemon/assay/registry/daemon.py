@@ -208,9 +208,9 @@ async def run(
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
         admin_binds, admin_drained = await admin.start(
             nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
-            app=lambda: create_admin_app(
+            app=lambda m: create_admin_app(
                 "registry", authenticator=authenticator, audit=audit.writer,
-                metrics=metrics or Metrics(""),
+                metrics=m,
                 posture=lambda: report(posture_probe())),
             shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
         )  # fmt: skip

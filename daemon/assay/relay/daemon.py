@@ -127,9 +127,9 @@ async def run(
         binds: list[str] = await nursery.start(serve)
         admin_binds, admin_drained = await admin.start(
             nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
-            app=lambda: create_admin_app(
+            app=lambda m: create_admin_app(
                 "relay", authenticator=parts.authenticator, audit=audit.writer,
-                metrics=metrics or Metrics(""), routes=reload_routes(parts.store),
+                metrics=m, routes=reload_routes(parts.store),
                 posture=lambda: report(probe())),
             shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
         )  # fmt: skip
