@@ -94,7 +94,12 @@ auth:
     - id: bench
       fingerprint: {{file: {dir}/bench.fp}}
       commitment: "{commitment}"
-      scopes: [bench:metadata, bench:read, bench:aggregate]
+      scopes: [bench:metadata, bench:read]
+    # Aggregates go to another key: none may both aggregate and read one population.
+    - id: bench_stats
+      fingerprint: {{file: {dir}/bench_stats.fp}}
+      commitment: "{stats_commitment}"
+      scopes: [bench:metadata, bench:aggregate]
 audit: {{dir: {dir}/audit, hmac_key: {{file: {dir}/audit.key}}, log_id: relay-bench}}
 logging: {{level: warning}}
 datasets:
@@ -151,19 +156,22 @@ datasets:
 """
 
 
-def write_relay_config(out: Path, parquet: Path, port: int) -> tuple[Path, str]:
+def write_relay_config(out: Path, parquet: Path, port: int) -> tuple[Path, str, str]:
+    """The config, the reader's key and the statistician's key."""
     from assay.relay import apikeys
 
     d = out / "relay"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, mode=0o700)
-    made = apikeys.new_key("bench")
-    for name, data in (("bench.fp", made["fingerprint"]), ("audit.key", secrets.token_hex(32))):
+    made, stats = apikeys.new_key("bench"), apikeys.new_key("bench_stats")
+    for name, data in (("bench.fp", made["fingerprint"]), ("bench_stats.fp", stats["fingerprint"]),
+                       ("audit.key", secrets.token_hex(32))):  # fmt: skip
         (d / name).write_text(data)
         (d / name).chmod(0o600)
     cfg = d / "relay.yaml"
-    cfg.write_text(CONFIG.format(port=port, dir=d, parquet=parquet, commitment=made["commitment"]))
-    return cfg, made["key"]
+    cfg.write_text(CONFIG.format(port=port, dir=d, parquet=parquet, commitment=made["commitment"],
+                                 stats_commitment=stats["commitment"]))  # fmt: skip
+    return cfg, made["key"], stats["key"]
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -296,7 +304,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
 
     port = free_port()
-    config, key = write_relay_config(out, parquet, port)
+    config, key, stats_key = write_relay_config(out, parquet, port)
     relay = subprocess.Popen(
         [sys.executable, __file__, "--serve-relay", str(config)],
         stdin=subprocess.DEVNULL,
@@ -304,6 +312,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {key}"}
+    stats_auth = {"Authorization": f"Bearer {stats_key}"}
     try:
         wait_ready(base + "/readyz", relay)
         record = "/v1/datasets/bench/entities/person/records/"
@@ -328,11 +337,11 @@ def main() -> None:
             base,
             ["/v1/datasets/bench/aggregates/by_municipality"] * args.aggregates,
             args.clients,
-            auth,
+            stats_auth,
         )
         sample = json.loads(
             __import__("httpx")
-            .get(base + "/v1/datasets/bench/aggregates/by_municipality", headers=auth)
+            .get(base + "/v1/datasets/bench/aggregates/by_municipality", headers=stats_auth)
             .text
         )
         print(

@@ -7,6 +7,7 @@ and stopped by the fixtures; ``assay doctor`` runs as the operator would run it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,7 @@ def test_doctor_json_follows_its_schema_for_both_daemons(tmp_path: Path) -> None
         ["doctor", "--config", "{bad}"],
         ["doctor", "--relay-config", "/dev/null"],
         ["doctor", "--profile", "staging"],
+        ["doctor", "--config", "{fifo}"],
     ],
 )
 def test_doctor_refuses_bad_input_without_a_traceback(tmp_path: Path, args: list[str]) -> None:
@@ -230,6 +232,10 @@ def test_doctor_refuses_bad_input_without_a_traceback(tmp_path: Path, args: list
         bad = tmp_path / "config.yaml"
         bad.write_text("server: [unclosed\n")
         args = [str(bad) if a == "{bad}" else a for a in args]
+    if "{fifo}" in args:  # a FIFO where the config belongs: refused, not waited on
+        fifo = tmp_path / "config.fifo"
+        os.mkfifo(fifo)
+        args = [str(fifo) if a == "{fifo}" else a for a in args]
     proc = run_cli(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

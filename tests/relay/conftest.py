@@ -33,22 +33,25 @@ assert _spec is not None and _spec.loader is not None
 GEN: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(GEN)
 
-#: Keys for the scope matrix: one per single scope, all civil scopes, another dataset's.
+#: Keys for the scope matrix: one per single scope, a reader's and a statistician's civil
+#: scopes, another dataset's. No key holds an aggregate's scope together with read access
+#: to an entity over its population: the relay refuses such a key (assay.relay.conflicts),
+#: since reading the rows gives back what the aggregate suppresses.
 KEYS: dict[str, list[str]] = {
     "meta": ["civil:metadata"],
     "read": ["civil:read"],
     "agg": ["civil:aggregate"],
-    "all": ["civil:metadata", "civil:read", "civil:aggregate"],
+    "all": ["civil:metadata", "civil:read"],
+    "stats": ["civil:metadata", "civil:aggregate"],
     "other": ["housing:metadata", "housing:read", "housing:aggregate"],
     # Sees every dataset's metadata, but not the entity that has access of its own.
-    "everything": ["civil:metadata", "civil:read", "civil:aggregate", "housing:metadata"],
-    # The civil scopes plus every scope of the ``case`` entity (which has its own access).
-    "case": [
-        "civil:metadata", "civil:read", "civil:aggregate",
-        "case:metadata", "case:read", "case:aggregate",
-    ],
-    # The civil scopes plus only the ``case`` entity's metadata scope.
-    "case_meta": ["civil:metadata", "civil:read", "civil:aggregate", "case:metadata"],
+    "everything": ["civil:metadata", "civil:read", "housing:metadata"],
+    # A reader's civil scopes plus the ``case`` entity's (which has its own access).
+    "case": ["civil:metadata", "civil:read", "case:metadata", "case:read"],
+    # A statistician's: civil's and case's aggregate scopes, no read scope.
+    "case_stats": ["civil:metadata", "civil:aggregate", "case:metadata", "case:aggregate"],
+    # A reader's civil scopes plus only the ``case`` entity's metadata scope.
+    "case_meta": ["civil:metadata", "civil:read", "case:metadata"],
     # Every scope of ``case`` but only the dataset's metadata scope: both are needed.
     "case_only": ["civil:metadata", "case:metadata", "case:read", "case:aggregate"],
 }  # fmt: skip

@@ -56,9 +56,46 @@ async def test_signed_page_and_aggregate_verify(running: Running) -> None:
         "/v1/datasets/civil/entities/household/records?status=active&limit=3",
         "/v1/datasets/civil/aggregates/people_by_municipality?municipality=M01",
     ):
-        token = await _signed(running, path)
+        token = await _signed(running, path, "stats" if "/aggregates/" in path else "all")
         claims = jws.verify(token, pub, now=_now(token))
         assert claims["query"]["filters"]
+
+
+async def test_jti_is_fresh_and_the_callers_request_id_is_only_a_claim_of_its_own(
+    running: Running,
+) -> None:
+    """A caller that sends one ``X-Request-Id`` with every request gets two answers with
+    two ``jti`` (RFC 7519 4.1.7: unique), each carrying its id as ``request_id``; an id
+    that is not visible ASCII (a C1 control, a bidi override) is replaced, so it reaches
+    no signed claim, response header or audit record."""
+    pub = jws.load_public_key(running.env.public_pem)
+    seen = []
+    for request_id in ("chosen-by-me", "chosen-by-me", "evil\x9b2J", "a\u202eb"):
+        headers = running.env.headers("all") | JOSE | {"X-Request-Id": request_id}
+        r = await running.client.get(RECORD, headers=headers)
+        token = await r.get_data(as_text=True)
+        claims = jws.verify(token, pub, now=_now(token))
+        seen.append(claims["jti"])
+        assert claims["jti"] != request_id and len(claims["jti"]) >= 22
+        echoed = r.headers["X-Request-Id"]
+        assert claims["request_id"] == echoed == running.audit.records[-1]["request_id"]
+        assert (echoed == request_id) == request_id.isascii() and echoed.isprintable()
+    assert len(set(seen)) == len(seen)
+
+
+async def test_an_unprintable_purpose_never_reaches_the_audit(running: Running) -> None:
+    """Served where no purpose is needed (an aggregate), refused on a record read, and
+    recorded as absent and marked in both cases: never the raw CSI."""
+    bad = {"X-Purpose": "audit\x9b2J\x85x"}
+    agg = await running.client.get(
+        "/v1/datasets/civil/aggregates/people_by_municipality",
+        headers=running.env.headers("agg", purpose=False) | bad,
+    )
+    read = await running.client.get(RECORD, headers=running.env.headers("all", purpose=False) | bad)
+    assert agg.status_code == 200
+    assert (await read.get_json())["code"] == "request.purpose_invalid"
+    for record in running.audit.records:
+        assert record["purpose"] is None and record["extra"]["purpose_invalid"] is True
 
 
 def _tamper_payload(token: str, change: Any) -> str:

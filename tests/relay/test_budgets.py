@@ -148,15 +148,51 @@ async def test_an_exhausted_budget_touches_no_data(budgeted: tuple[Running, Cloc
     assert taken == []  # a miss and a hit answer alike once the budget is spent
 
 
-async def test_single_record_lookups_count_and_misses_do_not(
+async def test_every_lookup_and_page_costs_a_row_hit_or_miss(
     budgeted: tuple[Running, Clock],
 ) -> None:
+    """A miss is an answer ("no record with this id has status closed"), so it costs a
+    row like a hit: a 25-row budget asks about at most 25 records, whatever the mix."""
     running, _clock = budgeted
     for i in range(1, 6):
         assert (await running.get(f"{HOUSEHOLDS}/H{i:07d}")).status_code == 200
     assert (await running.get(f"{HOUSEHOLDS}/H9999999")).status_code == 404
+    assert (await running.get(f"{HOUSEHOLDS}/H0000001?status=nope")).status_code == 404
+    status, body, headers = await _page(running, "status=nope&limit=5")
+    assert status == 200 and body["count"] == 0
+    assert headers["Assay-Row-Budget-Remaining"] == str(25 - 5 - 2 - 1)
     _status, _body, headers = await _page(running, "limit=1")
-    assert headers["Assay-Row-Budget-Remaining"] == str(25 - 5 - 1)
+    assert headers["Assay-Row-Budget-Remaining"] == str(25 - 5 - 2 - 1 - 1)
+    # Refused before any filter is evaluated: free.
+    assert (await running.get(f"{HOUSEHOLDS}/H0000001?limit=1")).status_code == 400
+    assert (await _page(running, "size=three"))[0] == 400
+    _status, _body, headers = await _page(running, "limit=1")
+    assert headers["Assay-Row-Budget-Remaining"] == str(25 - 5 - 2 - 1 - 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(asks=st.lists(st.tuples(st.integers(1, 40), st.booleans()), min_size=1, max_size=40))
+def test_no_mix_of_hits_and_misses_learns_about_more_records_than_the_budget(
+    tmp_path_factory: pytest.TempPathFactory, asks: list[tuple[int, bool]]
+) -> None:
+    """Any sequence of lookups (existing or not, matching their filter or not): the
+    number of answers that are not 429 never passes the budget."""
+
+    async def main() -> None:
+        env = budget_env(tmp_path_factory.mktemp("mix"), household=7)
+        parts, _audit = start(env, clock=Clock())
+        answered = 0
+        async with parts.app.test_app() as app:
+            client = app.test_client()
+            for n, match in asks:
+                status = "active,closed,suspended" if match else "nope"
+                path = f"{HOUSEHOLDS}/H{n:07d}?status.in={status}"
+                r = await client.get(path, headers=env.headers("read"))
+                answered += r.status_code != 429
+        parts.close()
+        assert answered == min(len(asks), 7)
+
+    trio.run(main)
 
 
 async def test_the_window_resets_only_when_the_clock_passes_it(
@@ -237,6 +273,10 @@ async def test_aggregate_groups_count_against_the_source_entity(tmp_path: Path) 
         groups = len((await r.get_json())["groups"])
         assert r.status_code == 200 and 0 < groups <= 40
         assert r.headers["Assay-Row-Budget-Remaining"] == str(40 - groups)
+        r = await client.get(f"{AGGREGATE}?municipality=M99", headers=env.headers("agg"))
+        assert (await r.get_json())["groups"] == []  # no cell: still an answer, 1 row
+        assert r.headers["Assay-Row-Budget-Remaining"] == str(40 - groups - 1)
+        groups += 1
         r = await client.get(AGGREGATE, headers=env.headers("agg"))
         body = await r.get_json()
         assert r.status_code == 429 and "groups" not in body  # all of them or none

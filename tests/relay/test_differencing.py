@@ -8,6 +8,7 @@ second grouping of the same population behind another path.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -358,5 +359,9 @@ async def test_a_refresh_between_two_queries_is_named_in_both_answers_and_the_au
         after = await (await client.get(AGG, headers=env.headers("agg"))).get_json()
     assert before["snapshot"] != after["snapshot"]
     assert before["totals"]["people"] != after["totals"]["people"]
-    asked = [r["extra"]["snapshot"] for r in audit.records if r["action"] == "relay.aggregate"]
-    assert asked == [before["snapshot"], after["snapshot"]]
+    asked = [r["extra"] for r in audit.records if r["action"] == "relay.aggregate"]
+    assert [a["snapshot_tag"] for a in asked] == [before["snapshot"], after["snapshot"]]
+    # The audit also keeps the source's own digest, which callers never see.
+    digests = [a["snapshot"] for a in asked]
+    assert digests[1] == "sha256:" + hashlib.sha256(people.read_bytes()).hexdigest()
+    assert not {before["snapshot"], after["snapshot"]} & set(digests)

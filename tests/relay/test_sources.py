@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import trio
 import trio.lowlevel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assay.relay.config import Table
 from assay.relay.decode import SourceInvalid, decode
-from assay.relay.snapshot import SnapshotStore, TableState
+from assay.relay.snapshot import SnapshotStore, TableState, failure_reason, snapshot_tagger
 from tests.relay.conftest import Running, build_env, source_state, start
 
 
@@ -67,6 +71,76 @@ def test_value_that_does_not_fit_fails_the_load_without_quoting_it(row: bytes, s
         decode(GOOD + row, _table(), where="civil.t")
     assert "civil.t" in info.value.detail
     assert secret not in info.value.detail
+
+
+SECRET = "Zq7SECRETx"
+#: Pieces of a CSV row: the secret in every position and spelling a row may hold it.
+_PIECES = st.sampled_from(
+    [SECRET, f'"{SECRET}', f'{SECRET}"', f'"{SECRET},{SECRET}"', f"1{SECRET}", "3", "",
+     "1990-01-02", "2024-01-02T03:04:05Z", f"2024-01-02T03:04:05{SECRET}", "1.5", "true",
+     "\xff" + SECRET, "\r", '"', ",", ";"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.lists(_PIECES, min_size=1, max_size=9), min_size=1, max_size=3),
+    at=st.integers(0, 2),
+    header=st.booleans(),
+)
+def test_no_malformed_csv_puts_a_byte_of_its_rows_in_the_reason(
+    rows: list[list[str]], at: int, header: bool
+) -> None:
+    """Rows with too many or too few fields, open quotes, bad UTF-8, values of the wrong
+    type, with or without a header: decode loads or refuses, and the refusal, which
+    reaches the log and /readyz, holds no part of the data (pyarrow's text quotes the
+    row unquoted, so scrubbing its quoted values was not enough)."""
+    lines = GOOD.decode().splitlines()
+    bad = [",".join(r) for r in rows]
+    body = lines[1 : at + 1] + bad + lines[at + 1 :]
+    data = "\n".join(([lines[0]] if header else []) + body) + "\n"
+    try:
+        decode(data.encode("utf-8", "surrogateescape"), _table(), where="civil.t")
+    except SourceInvalid as exc:
+        assert "SECRET" not in exc.detail and "Zq7" not in exc.detail, exc.detail
+        assert exc.detail.startswith("civil.t: ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 4000), flip=st.integers(0, 4000), byte=st.integers(0, 255))
+def test_no_damaged_parquet_puts_its_bytes_in_the_reason(cut: int, flip: int, byte: int) -> None:
+    """A Parquet file holding the secret, truncated or with one byte changed anywhere."""
+    names = pa.array([SECRET * 3, None])
+    data = bytearray(_parquet(_pq_good(name=names)))
+    if flip < len(data):
+        data[flip] = byte
+    damaged = bytes(data[: max(1, len(data) - cut)])
+    try:
+        decode(damaged, _table("parquet"), where="civil.t")
+    except SourceInvalid as exc:
+        assert "SECRET" not in exc.detail and "Zq7" not in exc.detail, exc.detail
+
+
+def test_a_lossy_parquet_cast_never_names_the_value() -> None:
+    """pyarrow's cast error names the value it would lose, unquoted (``1532015191753713``
+    for a nanosecond timestamp): the reason names the column and type only."""
+    ns = pa.array([1532015191753713123, None], pa.timestamp("ns", tz="UTC"))
+    big = pa.array([1, 18446744073709551557], pa.uint64())
+    for override in ({"seen": ns}, {"id": big}):
+        with pytest.raises(SourceInvalid) as info:
+            decode(_parquet(_pq_good(**override)), _table("parquet"), where="civil.t")
+        assert "does not fit" in info.value.detail
+        assert not any(ch.isdigit() for ch in info.value.detail.removeprefix("civil.t"))
+
+
+def test_undeclared_columns_are_named_by_position_not_by_what_the_header_says() -> None:
+    """A header line is whatever the file's first line holds: an export that glued a
+    data row onto it (or a file without one) has values there."""
+    data = GOOD.replace(b"ok\n", f"ok,{SECRET}\n".encode(), 1)
+    data = data.replace(b"true\n", b"true,x\n").replace(b"false\n", b"false,y\n")
+    with pytest.raises(SourceInvalid) as info:
+        decode(data, _table(), where="civil.t")
+    assert "positions [7]" in info.value.detail and SECRET not in info.value.detail
 
 
 def test_null_in_non_nullable_column_fails() -> None:
@@ -168,7 +242,8 @@ def test_serving_never_changes_source_bytes_or_mtime(tmp_path: Path) -> None:
                 "/v1/datasets/civil/aggregates/people_by_municipality",
                 "/v1/datasets/civil/entities/household/records/H0000001",
             ):
-                r = await client.get(path, headers=env.headers("all"))
+                key = "stats" if "/aggregates/" in path else "all"
+                r = await client.get(path, headers=env.headers(key))
                 assert r.status_code == 200
             await parts.store.reload_all()
 
@@ -211,6 +286,12 @@ async def test_reload_swaps_snapshot_and_old_cursor_is_refused(running: Running)
     assert (await r.get_json())["code"] == "entity.cursor_invalid"
 
 
+def _tag(running: Running, state: TableState) -> str:
+    """The name callers see for the table's current snapshot."""
+    assert state.snapshot is not None
+    return running.parts.store.tag(state.dataset, state.spec.id, state.snapshot)
+
+
 def _versioned(path: Path, version: str, rows: int = 60_000) -> None:
     """A households CSV whose every row carries ``version`` in its status column."""
     body = "".join(f"H{i:07d},M01,1,{version},,\n" for i in range(rows))
@@ -246,10 +327,10 @@ async def test_refresh_under_concurrent_load_never_yields_a_torn_read(running: R
             version = "beta" if i % 2 == 0 else "alpha"
             await trio.to_thread.run_sync(_versioned, households, version)
             await running.parts.store.reload(state)
-            digests[state.snapshot.digest] = version  # type: ignore[union-attr]
+            digests[_tag(running, state)] = version
             await trio.lowlevel.checkpoint()
 
-    digests[state.snapshot.digest] = "alpha"  # type: ignore[union-attr]
+    digests[_tag(running, state)] = "alpha"
     async with trio.open_nursery() as nursery:
         for _ in range(4):
             nursery.start_soon(reader)
@@ -258,3 +339,58 @@ async def test_refresh_under_concurrent_load_never_yields_a_torn_read(running: R
     for digest, statuses in seen:
         assert statuses == {digests[digest]}, "an answer mixed two snapshots"
     print("distinct snapshots seen:", len({d for d, _ in seen}))
+
+
+async def test_no_answer_names_a_source_by_its_sha256(running: Running) -> None:
+    """The SHA-256 of a source confirms a guess of the whole file: answers, signed claims,
+    entity metadata and /readyz's details name a snapshot only by its keyed tag, and the
+    audit keeps both, so an auditor can still tie the two together."""
+    plain = {
+        "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in running.env.data.iterdir()
+        if p.suffix in (".csv", ".parquet")
+    }
+    shown = []
+    for path, key in (
+        ("/v1/datasets/civil/entities/household/records?limit=2", "all"),
+        ("/v1/datasets/civil/entities/household/records/H0000001", "all"),
+        ("/v1/datasets/civil/entities/household", "all"),
+        ("/v1/datasets/civil/entities", "all"),
+        ("/v1/datasets/civil/aggregates/people_by_municipality", "agg"),
+        ("/readyz", "all"),
+    ):
+        for accept in ({}, {"Accept": "application/jose"}):
+            r = await running.client.get(path, headers=running.env.headers(key) | accept)
+            text = await r.get_data(as_text=True)
+            if accept and text.count(".") == 2:
+                text = base64.urlsafe_b64decode(text.split(".")[1] + "==").decode()
+            shown.append(text)
+    assert not [d for d in plain if any(d in t for t in shown)]
+    extra = running.audit.records[0]["extra"]
+    assert extra["snapshot"] in plain and extra["snapshot_tag"].startswith("snap:")
+    assert extra["snapshot_tag"] in shown[0]
+
+
+def test_snapshot_tags_are_keyed_per_table_and_stable_per_key() -> None:
+    tag = snapshot_tagger(b"k" * 32)
+    digest = "sha256:" + "0" * 64
+    assert tag("civil", "people", digest) == snapshot_tagger(b"k" * 32)("civil", "people", digest)
+    assert tag("civil", "people", digest) != snapshot_tagger(b"j" * 32)("civil", "people", digest)
+    names = [("civil", "people", digest), ("census", "people", digest),
+             ("civil", "citizens", digest), ("civil", "people", "sha256:1")]  # fmt: skip
+    assert len({tag(*n) for n in names}) == len(names)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(5, f"I/O error on row {SECRET}"),
+        pa.ArrowInvalid(f"CSV parse error: Expected 3 columns, got 4: 2,{SECRET},John,3"),
+        pa.ArrowMemoryError(SECRET),
+        MemoryError(SECRET),
+    ],
+)
+def test_a_reload_that_fails_outside_the_decoder_logs_a_fixed_reason(exc: Exception) -> None:
+    """``SnapshotStore.reload``'s fallback, for what escapes the decoder's own reasons."""
+    reason = failure_reason("civil.t", exc)
+    assert reason.startswith("civil.t: ") and SECRET not in reason

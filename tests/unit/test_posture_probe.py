@@ -90,6 +90,15 @@ def test_a_symlinked_secret_is_seen_as_a_symlink_not_followed(tmp_path: Path) ->
     assert any("unreadable" in h for h in _hits(ev, "POS-SECRET-INVALID"))
 
 
+def test_a_fifo_planted_as_a_secret_is_refused_without_hanging_the_probe(tmp_path: Path) -> None:
+    d = _deployment(tmp_path)
+    key = d / "secrets" / "audit-hmac.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    ev = _posture(d, Profile.LOCAL)
+    assert any("not a regular file" in h for h in _hits(ev, "POS-SECRET-INVALID"))
+
+
 def test_a_world_writable_config_and_policy_are_startup_fails(tmp_path: Path) -> None:
     d = _deployment(tmp_path)
     (d / "config.yaml").chmod(0o666)

@@ -26,7 +26,7 @@ DEFAULTS = Limits(max_connections=256, keep_alive=5.0, header_read=10.0, request
 
 
 def shipped() -> dict[str, ServerConfig]:
-    init = CONFIG_TEMPLATE.format(bind="127.0.0.1:8470")
+    init = CONFIG_TEMPLATE.format(bind="127.0.0.1:8470", uid=0)
     return {
         "assay init": parse_registry(init, source=Path("config.yaml")).server,
         "packaging/config.yaml": parse_registry(

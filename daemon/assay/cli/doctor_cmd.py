@@ -17,6 +17,8 @@ parse.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _read(path: Path) -> bytes:
+    """The config's bytes, bounded; a FIFO or device is refused, never waited on."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}", path=str(path)) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes", path=str(path))
-    return data
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file", path=str(path))
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes", path=str(path))
+        return os.read(fd, MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES]
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}", path=str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def evaluations(args: argparse.Namespace) -> list[tuple[Path, Evaluation]]:

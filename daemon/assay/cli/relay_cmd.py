@@ -75,11 +75,17 @@ def check_config(path: Path, *, static: bool) -> dict[str, Any]:
         "config": str(path),
         "bind": cfg.server.bind,
         "datasets": [d.id for d in cfg.datasets],
+        "auth_mode": cfg.auth.mode,
         "api_keys": [k.id for k in cfg.auth.api_keys],
         "checked": ["schema", "references"],
     }
     if static:
         return out
+    if cfg.auth.oidc is not None:
+        from assay.relay.oidc import discover
+
+        out["oidc_jwks_url"] = discover(cfg.auth.oidc)  # a discovery failure is its error
+        out["checked"].append("oidc_discovery")
     secrets = load_secrets(loaded)
     out["checked"] += ["secrets", "api_key_commitments"]
     out["answer_signing"] = secrets.signing_key is not None

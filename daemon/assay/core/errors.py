@@ -127,6 +127,47 @@ class InvalidCredential(AuthError):
     title = "Invalid credential"
 
 
+class TokenRejected(AuthError):
+    """A bearer JWT that did not verify. The per-instance ``code`` names the check that
+    refused it (``auth.token_expired``, ``auth.issuer_mismatch``...): audit pipelines tell
+    a bad token from a policy denial by the code alone. ``subject`` is who the token
+    names once its signature verified (for the audit record), else None: an unverified
+    claim is never recorded as an identity."""
+
+    code = "auth.invalid_credential"
+    title = "Token rejected"
+
+    def __init__(self, detail: str, *, code: str, subject: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.subject = subject
+
+
+class JwksUnavailable(AuthError):
+    """The identity provider's keys could not be fetched, so no token can be verified
+    now (fail closed). 503: the same token may verify once the provider is back."""
+
+    code = "auth.jwks_unavailable"
+    status = 503
+    title = "Identity provider keys unavailable"
+
+
+#: The stable codes of a refused bearer JWT (docs/relay.md "Authentication: OIDC").
+TOKEN_CODES: frozenset[str] = frozenset(
+    {
+        "auth.invalid_credential",
+        "auth.token_expired",
+        "auth.token_not_yet_valid",
+        "auth.token_signature_invalid",
+        "auth.issuer_mismatch",
+        "auth.audience_mismatch",
+        "auth.kid_unknown",
+        "auth.algorithm_not_allowed",
+        "auth.client_not_allowed",
+        "auth.jwks_unavailable",
+    }
+)
+
+
 class ScopeDenied(AssayError):
     code = "auth.scope_denied"
     status = 403

@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -266,7 +267,8 @@ def install(
             return param_names()
         return sorted({f"{k}:eq" for k in request.args})
 
-    app.extensions[_EDGE] = _Edge(audit, params, route or route_template)
+    edge = _Edge(audit, params, route or route_template)
+    app.extensions[_EDGE] = edge
 
     @app.before_request
     async def _authenticate() -> None:
@@ -338,7 +340,10 @@ def install(
 
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception) -> Response:
-        log.exception("unhandled error on %s", request.path)
+        # The route as the audit names it (a template, or the relay's keyed hash), never
+        # the raw path, which may hold an id; the exception's type and frames, never its
+        # message, which may quote a value (a KeyError is its key).
+        log.error("unhandled %s on %s\n%s", type(err).__name__, edge.route(), _frames(err))
         status, body = problem.from_status(
             500, "internal error", instance=request.path, request_id=g.get("request_id", "")
         )
@@ -370,6 +375,21 @@ def install(
         if audit_state.receipt and receipt_hook is not None and response.status_code < 400:
             await _attach_receipt(response, record, receipt_hook)
         return response
+
+
+def _frames(err: BaseException) -> str:
+    """The traceback of ``err`` and of what caused it: types and source lines only."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and len(parts) < 8:
+        seen.add(id(current))
+        if parts:
+            parts.append(f"caused by {type(current).__name__}:\n")
+        parts.extend(traceback.format_tb(current.__traceback__))
+        suppressed = current.__suppress_context__
+        current = current.__cause__ or (None if suppressed else current.__context__)
+    return "".join(parts)
 
 
 async def _attach_receipt(

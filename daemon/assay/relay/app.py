@@ -15,7 +15,9 @@ path (``audit_route``), never the path, which may hold an id.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from quart import Response, g, request
@@ -26,16 +28,18 @@ from werkzeug.routing import Map, RoutingException
 from assay import __version__
 from assay.core import web
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest, ScopeDenied
+from assay.core.errors import AuthError, BadRequest, ScopeDenied
 from assay.core.openapi import build_openapi
 from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
-from assay.relay import access, planner
+from assay.relay import access, oidc, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
 from assay.relay.service import Relay, dumps
+from assay.relay.snapshot import Snapshot
 from assay.relay.views import Target, lookup_refused
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Authenticate = Callable[[Mapping[str, str]], Awaitable[Principal]]
 JOSE = "application/jose"
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz"})
 KINDS = ("metadata", "read", "aggregate", "authenticated")
@@ -73,11 +77,36 @@ def _purpose(required: bool) -> None:
                 code="request.purpose_required",
             )
         return
-    if len(value) > web.MAX_PURPOSE_CHARS or any(ord(c) < 32 for c in value):
+    if not purpose_valid(value):
         raise BadRequest(
             f"{web.PURPOSE_HEADER} must be at most {web.MAX_PURPOSE_CHARS} printable characters",
             code="request.purpose_invalid",
         )
+
+
+def purpose_valid(value: str) -> bool:
+    """At most ``MAX_PURPOSE_CHARS``, every one printable (``planner.printable``): an
+    ``X-Purpose`` is copied into the audit, so no C1 control (obs-text bytes arrive as
+    U+0080..U+00FF: ``\x9b`` is CSI) and no bidi override may ride in it."""
+    return len(value) <= web.MAX_PURPOSE_CHARS and planner.printable(value)
+
+
+#: A client's ``X-Request-Id`` is kept only if it is visible ASCII (RFC 9110 token-ish).
+_REQUEST_ID = re.compile(r"[!-~]{1,64}")
+
+
+def caller_text(audit: web.RequestAudit) -> None:
+    """What the audit, the response and signed answers copy from the caller's headers:
+    an ``X-Purpose`` that is not valid is recorded as absent (and marked), and an
+    ``X-Request-Id`` that is not visible ASCII is replaced by a fresh id. Every request,
+    health checks and 404s included; record reads still refuse a bad purpose."""
+    if g.get("purpose") is not None and not purpose_valid(
+        request.headers.get(web.PURPOSE_HEADER, "")
+    ):
+        g.purpose = None
+        audit.extra["purpose_invalid"] = True
+    if not _REQUEST_ID.fullmatch(g.get("request_id", "")):
+        g.request_id = secrets.token_hex(8)
 
 
 def who(principal: Principal) -> str:
@@ -116,8 +145,17 @@ def create_app(
     authenticator: Authenticator,
     audit: AuditSink,
     readiness: Callable[[], dict[str, Any]],
+    authenticate: Authenticate | None = None,
 ) -> QuartTrio:
+    """``authenticate`` (async) replaces ``authenticator`` on dataset routes when given:
+    the OIDC verifier, which may have to fetch the provider's keys first."""
     app = QuartTrio("assay.relay")
+
+    async def verify(headers: Mapping[str, str]) -> Principal:
+        if authenticate is not None:
+            return await authenticate(headers)
+        return authenticator.authenticate(headers)
+
     app.config["MAX_CONTENT_LENGTH"] = 1024  # every route is a GET
     app.config["BODY_TIMEOUT"] = 10
     server = relay.config.server
@@ -140,11 +178,18 @@ def create_app(
     @app.before_request
     async def _dataset_scope() -> None:
         g.relay_headers = {}
+        caller_text(current_audit())
         view = app.view_functions.get(request.endpoint or "")
         kind = getattr(view, "relay_scope", None)
         if kind is None:
             return
-        principal = authenticator.authenticate({k.lower(): v for k, v in request.headers.items()})
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            principal = await verify(headers)
+        except AuthError as exc:
+            current_audit().extra.update(oidc.audit_fields(None, exc))
+            raise
+        current_audit().extra.update(oidc.audit_fields(principal, None))
         g.principal = principal
         if len(request.query_string) > server.max_query_bytes:
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
@@ -167,6 +212,8 @@ def create_app(
         audit_state.extra["scopes_used"] = ",".join(scopes)
         for scope in scopes:
             principal.require(scope)
+        if kind == "aggregate":
+            relay.refuse_conflict(principal.scopes, target)
 
     @app.after_request
     async def _budget_headers(response: Response) -> Response:
@@ -175,8 +222,12 @@ def create_app(
         return response
 
     def answer(
-        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snapshot: str
+        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snap: Snapshot
     ) -> Response:
+        # The audit keeps the source's digest and the tag the caller saw, side by side.
+        audit_state = current_audit()
+        audit_state.extra["snapshot"] = snap.digest
+        audit_state.extra["snapshot_tag"] = body["snapshot"]
         if not _wants_jose():
             return _json(body)
         if relay.signing_key is None:
@@ -185,7 +236,9 @@ def create_app(
             )
         current_audit().extra["signed"] = True
         route = web.route_template().split(" ", 1)[1]
-        token = relay.sign(dataset, route, snapshot, query_doc, body, g.get("request_id", ""))
+        token = relay.sign(
+            dataset, route, body["snapshot"], query_doc, body, g.get("request_id", "")
+        )
         return Response(token, status=200, content_type=JOSE)
 
     def readiness_details(checks: dict[str, Any]) -> dict[str, Any] | None:
@@ -260,7 +313,7 @@ def create_app(
     @app.get("/v1/datasets/<dataset>/entities/<entity>")
     @dataset_route("metadata")
     async def get_entity(dataset: str, entity: str) -> Response:
-        """An entity's public fields, filters, limits and current snapshot digest."""
+        """An entity's public fields, filters, limits and current snapshot (its tag)."""
         current_audit().action = "relay.entity"
         view = target().view
         assert view is not None
@@ -285,8 +338,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records/<record_id>")
     @dataset_route("read")
@@ -310,8 +362,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     @app.get("/v1/datasets/<dataset>/aggregates/<aggregate>")
     @dataset_route("aggregate")
@@ -332,8 +383,7 @@ def create_app(
             who(current_principal()),
             g.relay_headers,
         )
-        audit_state.extra["snapshot"] = snap.digest
-        return answer(body, dataset, query_doc, snap.digest)
+        return answer(body, dataset, query_doc, snap)
 
     check_routes(app)
     return app

@@ -11,9 +11,12 @@ per credential and entity). The cost of that choice, stated: in any interval of
 A window only ever moves forward: a clock that steps back keeps the stored window (and
 what was spent in it) rather than reopening an earlier one.
 
-Counted are rows *returned*: records of a page, a record looked up (a miss is 0), and
-the groups of an aggregate over the entity (a cell with a small ``min_group_size`` is a
-row). This module holds the arithmetic only; the store that makes it durable is
+Counted are rows *returned*: records of a page, a record looked up, and the groups of
+an aggregate over the entity (a cell with a small ``min_group_size`` is a row), and at
+least one row for every request whose filters were evaluated: a miss (an empty page, a
+404 lookup, an aggregate with no group) answers a question about the data too, so a key
+with a budget of 5 learns about at most 5 records, not about every id it can name. This
+module holds the arithmetic only; the store that makes it durable is
 ``assay.relay.budgetstore``.
 """
 

@@ -9,8 +9,6 @@ config in one round instead of one error at a time. Pure: takes parsed values.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -22,6 +20,7 @@ from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
+from assay.relay.oidc_config import OidcConfig, scope_map_problems
 
 FieldType = Literal["string", "integer", "number", "boolean", "date", "timestamp"]
 Op = Literal["eq", "in", "gte", "lte", "between"]
@@ -237,11 +236,27 @@ class ApiKey(Strict):
 
 
 class RelayAuthConfig(Strict):
+    """One mode at a time: ``api_key`` (the default: core tokens and API keys) or
+    ``oidc`` (bearer JWTs from one OpenID Connect provider, and nothing else)."""
+
+    mode: Literal["api_key", "oidc"] = "api_key"
     token_file: SecretRef | None = None
     api_keys: list[ApiKey] = Field(default_factory=list, max_length=1024)
+    oidc: OidcConfig | None = None
 
     @model_validator(mode="after")
     def _some_credential(self) -> RelayAuthConfig:
+        if self.mode == "oidc":
+            if self.oidc is None:
+                raise ValueError("auth.mode oidc needs an auth.oidc section")
+            if self.token_file is not None or self.api_keys:
+                raise ValueError(
+                    "auth.mode oidc accepts only the provider's tokens: remove token_file "
+                    "and api_keys (one auth mode at a time)"
+                )
+            return self
+        if self.oidc is not None:
+            raise ValueError("auth.oidc is set but auth.mode is not oidc")
         if self.token_file is None and not self.api_keys:
             raise ValueError("configure token_file, api_keys or both")
         return self
@@ -426,7 +441,7 @@ def check_references(cfg: RelayConfig) -> list[str]:
             if source in aggregated_sources:
                 # Two groupings of one population let a caller difference their totals.
                 # This is the pure first line, by spelling; settings and snapshot compare
-                # what the files are (population_problems) when they can see them.
+                # what the files are and hold (assay.relay.population) when they can.
                 problems.append(
                     f"{where}.source_entity: source {table.source.path!r} is already "
                     f"aggregated by {aggregated_sources[source]}; two groupings of one "
@@ -445,6 +460,8 @@ def check_references(cfg: RelayConfig) -> list[str]:
                 problems.append(
                     f"auth.api_keys[{i}].scopes[{j}]: no dataset or entity uses {scope!r}"
                 )
+    if cfg.auth.oidc is not None:
+        problems += scope_map_problems(cfg.auth.oidc, scopes)
     return problems
 
 
@@ -458,52 +475,6 @@ def aggregate_sources(cfg: RelayConfig) -> list[tuple[str, str, str]]:
             if entity is not None:
                 out.append((f"datasets[{i}].aggregates[{j}]", ds.id, entity.table))
     return out
-
-
-@dataclass(frozen=True)
-class SourceIdentity:
-    """What a source *is*, not what its path says: the file it resolves to (device and
-    inode, so a symlink, a hard link and every spelling of one path are one file), and
-    once loaded, the SHA-256 of its bytes (a byte-identical copy) and of its sorted
-    primary keys (the same records in another file or format). ``None`` is not known yet:
-    a static check sees only the file system, not the contents."""
-
-    file: tuple[int, int] | None = None
-    real_path: str | None = None
-    content: str | None = None
-    records: str | None = None
-
-    def same_population(self, other: SourceIdentity) -> str | None:
-        """Why ``other`` is the same population as this one, or None if it is not."""
-        reasons = (
-            ("file", "the same file as"),
-            ("real_path", "the same file as"),
-            ("content", "a byte-identical copy of"),
-            ("records", "the same records (primary keys) as"),
-        )
-        for attr, why in reasons:
-            mine, theirs = getattr(self, attr), getattr(other, attr)
-            if mine is not None and mine == theirs:
-                return why
-        return None
-
-
-def population_problems(sources: Sequence[tuple[str, str, SourceIdentity]]) -> list[str]:
-    """One grouping per population: ``path: problem`` for every aggregate whose source is
-    a population an earlier aggregate already groups. ``sources`` holds
-    ``(aggregate path, table name, identity)``."""
-    problems: list[str] = []
-    for i, (where, label, ident) in enumerate(sources):
-        for prev_where, prev_label, prev in sources[:i]:
-            why = ident.same_population(prev)
-            if why is not None:
-                problems.append(
-                    f"{where}.source_entity: table {label} is {why} {prev_label}, the "
-                    f"population {prev_where} already aggregates; two groupings of one "
-                    "population let a caller recover suppressed cells by subtraction"
-                )
-                break
-    return problems
 
 
 def config_error(source: str, problems: list[str]) -> ConfigError:

@@ -60,12 +60,19 @@ def decode(key: bytes, bound: bytes, token: str) -> int:
         code="entity.cursor_invalid",
         reasons=["cursor invalid"],
     )
-    if len(token) != 34 or not all(c.isalnum() or c in "-_" for c in token):
+    # 1. Shape: 34 base64url characters (25 bytes: version, offset, MAC).
+    if len(token) != 34 or not token.isascii():
         raise invalid
     try:
         raw = base64.urlsafe_b64decode(token + "==")
     except ValueError:
         raise invalid from None
+    # 2. Canonical: the last character carries 2 bits of data and 4 the decoder ignores,
+    #    so 16 spellings decode alike. Only the one this module writes is accepted: a
+    #    changed character is a tampered cursor, whatever bits it touched.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        raise invalid
+    # 3. Version and MAC (constant time), over the binding.
     payload, mac = raw[:9], raw[9:]
     if payload[:1] != VERSION or not hmac.compare_digest(mac, _mac(key, bound, payload)):
         raise invalid

@@ -31,8 +31,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 
-_QUOTED = re.compile(r"'[^']*'")
-
 
 class SourceInvalid(ConfigError):
     """A source file does not fit its declared schema; the load is refused."""
@@ -40,9 +38,51 @@ class SourceInvalid(ConfigError):
     code = "relay.source_invalid"
 
 
-def _scrub(message: str) -> str:
-    """pyarrow quotes the offending value; keep the column and reason, drop the value."""
-    return _QUOTED.sub("'<value>'", message.splitlines()[0] if message else "")[:300]
+#: pyarrow's CSV errors, read only for their numbers: its text quotes the offending value
+#: (``invalid value 'x'``) or the whole row, unquoted (``Expected 7 columns, got 8: H1,
+#: M01,...``), and a reason reaches the log and ``/readyz``. So no part of its message is
+#: passed on; each known shape becomes a fixed sentence naming a declared column or a
+#: number, anything else one fixed sentence.
+_FIELDS = re.compile(r"Expected ([0-9]{1,9}) columns, got ([0-9]{1,9})")
+_COLUMN = re.compile(r"In CSV column #([0-9]{1,9}): ")
+_NO_ZONE = re.compile(r"conversion error to timestamp[^:]*: expected a zone offset")
+
+
+def _csv_reason(message: str, data: bytes, spec: Table) -> str:
+    fields = _FIELDS.search(message)
+    if fields:
+        return (
+            f"a row has {fields.group(2)} fields where the header has {fields.group(1)} "
+            "(or a quoted field is not closed)"
+        )
+    if message.startswith("Empty CSV file"):
+        return "the file is empty"
+    column = _COLUMN.match(message)
+    if column is None:
+        return "not readable as CSV"
+    name = _declared_name(data, spec, int(column.group(1)))
+    declared = {c.name: c.type for c in spec.columns}.get(name or "")
+    where = f"column {name!r}" if name else f"column #{int(column.group(1)) + 1}"
+    if "invalid UTF8" in message:
+        return f"{where} is not valid UTF-8"
+    if _NO_ZONE.search(message):
+        return f"{where} has a timestamp without a zone offset"
+    return f"{where} has a value that does not parse as {declared or 'its declared type'}"
+
+
+def _declared_name(data: bytes, spec: Table, index: int) -> str | None:
+    """The header's name at ``index`` if it is a declared column (ours to name), else None:
+    a file without a header has a data row there."""
+    try:
+        header = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(skip_rows_after_names=2**31 - 1),
+            parse_options=pacsv.ParseOptions(delimiter=spec.source.delimiter),
+        ).column_names
+    except pa.ArrowException:
+        return None
+    declared = {c.name for c in spec.columns}
+    return header[index] if 0 <= index < len(header) and header[index] in declared else None
 
 
 def _lossless(actual: pa.DataType, declared: str) -> bool:
@@ -83,7 +123,8 @@ def _csv(data: bytes, spec: Table, where: str) -> pa.Table:
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise SourceInvalid(f"{where}: {_scrub(str(exc))}", path=where) from None
+        reason = _csv_reason(str(exc), data, spec)
+        raise SourceInvalid(f"{where}: {reason}", path=where) from None
     _check_columns(table.column_names, spec, where)
     return table
 
@@ -95,8 +136,9 @@ def _parquet(data: bytes, spec: Table, where: str) -> pa.Table:
         _check_columns(names, spec, where)
         # Undeclared columns (when ignored) are never even decoded.
         table = pf.read(columns=[c.name for c in spec.columns])
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise SourceInvalid(f"{where}: not readable Parquet: {_scrub(str(exc))}") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        # pyarrow's reason may quote bytes of the file: none of it is passed on.
+        raise SourceInvalid(f"{where}: not readable as Parquet", path=where) from None
     for col in spec.columns:
         actual = table.schema.field(col.name).type
         if not _lossless(actual, col.type):
@@ -115,10 +157,13 @@ def _check_columns(names: list[str], spec: Table, where: str) -> None:
     missing = [c.name for c in spec.columns if c.name not in present]
     if missing:
         raise SourceInvalid(f"{where}: missing declared columns {missing}", path=where)
-    extra = sorted(present - {c.name for c in spec.columns})
+    declared = {c.name for c in spec.columns}
+    extra = [i + 1 for i, name in enumerate(names) if name not in declared]
     if extra and not spec.ignore_extra_columns:
+        # By position, not name: in a file without a header the "names" are a data row.
         raise SourceInvalid(
-            f"{where}: undeclared columns {extra} (declare them or set ignore_extra_columns)",
+            f"{where}: undeclared columns at positions {extra[:20]} (declare them or set "
+            "ignore_extra_columns)",
             path=where,
         )
 
@@ -132,9 +177,10 @@ def _conform(table: pa.Table, spec: Table, where: str) -> pa.Table:
         if arr.type != target:
             try:
                 arr = arr.cast(target, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                # pyarrow names the value that would be lost, unquoted: not passed on.
                 raise SourceInvalid(
-                    f"{where}: column {col.name!r} does not fit {col.type}: {_scrub(str(exc))}",
+                    f"{where}: column {col.name!r} does not fit {col.type} without loss",
                     path=where,
                 ) from None
         nullable = col.nullable and col.name != spec.primary_key
@@ -161,7 +207,18 @@ def _conform(table: pa.Table, spec: Table, where: str) -> pa.Table:
 
 
 def decode(data: bytes, spec: Table, *, where: str) -> pa.Table:
-    """Decode ``data`` as ``spec`` declares; ``where`` names the table in errors."""
+    """Decode ``data`` as ``spec`` declares; ``where`` names the table in errors.
+
+    Any other failure of pyarrow's (its exceptions are ``ValueError``, ``TypeError``,
+    ``KeyError``... subclasses) is one fixed reason naming only its type: its text may
+    quote the data, and this reason reaches the log, ``/readyz`` and the CLI."""
     fmt = spec.source.resolved_format()
-    raw = _csv(data, spec, where) if fmt == "csv" else _parquet(data, spec, where)
-    return _conform(raw, spec, where)
+    try:
+        raw = _csv(data, spec, where) if fmt == "csv" else _parquet(data, spec, where)
+        return _conform(raw, spec, where)
+    except SourceInvalid:
+        raise
+    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise SourceInvalid(
+            f"{where}: the source could not be decoded ({type(exc).__name__})", path=where
+        ) from None

@@ -15,9 +15,10 @@ The rules (docs/relay.md explains why each is needed):
    always zero (an average total is the published cells' sums over their counts, never
    over a cell whose count is masked), and the response says how many groups were
    suppressed, never their sum.
-5. One aggregate per source population, judged by what a source is (its file, bytes and
-   primary keys; enforced in config and snapshot loading), so two groupings cannot be
-   differenced against each other.
+5. One aggregate per source population, judged by what a source is and holds (its file,
+   bytes and identifier sets exactly, row overlap as an estimate; ``assay.relay.population``,
+   enforced in config and snapshot loading), so two groupings cannot be differenced
+   against each other.
 
 tests/relay/test_disclosure_audit.py proves the result with an auditor: no suppressed
 value is a linear function of the published numbers. Pure: pyarrow ``group_by`` over a

@@ -31,9 +31,15 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    if not text or any(not (c.isalnum() or c in "-_") for c in text):
+    """Unpadded base64url in its one canonical spelling (RFC 7515 2 and appendix C):
+    ignored trailing bits set, or any other alphabet, make another token of the same
+    bytes, so they are refused rather than verified as the original."""
+    if not text or not text.isascii() or len(text) % 4 == 1:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _fail(code: str, detail: str) -> IntegrityError:
@@ -100,12 +106,17 @@ def answer_claims(
     now: float,
     ttl_seconds: int,
     answer_id: str,
+    request_id: str,
 ) -> dict[str, Any]:
+    """``jti`` is ``answer_id``, the relay's own unique id for this answer (RFC 7519
+    4.1.7); the caller's ``X-Request-Id`` is only ``request_id``, for correlation with
+    the audit record, since a caller may send one id with every request."""
     return {
         "iss": issuer,
         "iat": int(now),
         "exp": int(now) + ttl_seconds,
         "jti": answer_id,
+        "request_id": request_id,
         "dataset": dataset,
         "snapshot": snapshot,
         "query": query,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -87,6 +88,20 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+#: Unicode categories a caller's text may not hold: controls (C0, DEL, C1: CSI, NEL),
+#: format characters (bidi overrides and isolates, zero-width joiners), surrogates,
+#: private use, unassigned code points, and line and paragraph separators. Each either
+#: drives a terminal or reorders what an auditor reads; spaces (Zs) are ordinary text.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str) -> bool:
+    """Whether ``text`` holds only characters that display as themselves, in order."""
+    if text.isprintable():  # the fast path: printable ASCII and most text
+        return True
+    return not any(unicodedata.category(c) in _UNPRINTABLE for c in text)
+
+
 def _refuse(code: str, detail: str, reason: str | None = None) -> BadRequest:
     return BadRequest(detail, code=code, reasons=[reason or detail])
 
@@ -97,7 +112,7 @@ def parse_value(raw: str, ftype: str, bounds: Bounds) -> Any:
         raise _refuse("entity.filter_value_invalid", "a filter value is too long")
     bad = _refuse("entity.filter_value_invalid", f"a filter value is not a valid {ftype}")
     if ftype == "string":
-        if not raw or any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        if not raw or not printable(raw):
             raise bad
         return raw
     if ftype == "integer":
@@ -126,7 +141,12 @@ def parse_value(raw: str, ftype: str, bounds: Bounds) -> Any:
             ts = None
         if ts is None or ts.tzinfo is None:
             raise bad
-        return ts.astimezone(UTC)
+        try:
+            # At the ends of the range an offset carries the instant out of it
+            # (0001-01-01T00:00+01:00 is in year 0 in UTC): a bad value, not a 500.
+            return ts.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise bad from None
     raise bad
 
 

@@ -12,8 +12,9 @@ groups. Routes stay thin.
 from __future__ import annotations
 
 import json
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -21,9 +22,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from assay.core.audit.chain import redact
-from assay.core.errors import BadRequest, NotFound
+from assay.core.errors import BadRequest, NotFound, ScopeDenied
 from assay.core.web import RequestAudit
-from assay.relay import access, cursor, disclosure, jws, order, planner, query
+from assay.relay import access, conflicts, cursor, disclosure, jws, order, planner, query
 from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
 from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
 from assay.relay.errors import BudgetExhausted
@@ -37,6 +38,12 @@ THREAD_ROWS = 20_000
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=planner.canonical, separators=(",", ":")).encode()
+
+
+def charge(rows: int) -> int:
+    """What an answer costs: its rows, and at least 1 for every request whose filters
+    were evaluated, since a miss (no row, no group) is an answer about the data too."""
+    return max(1, rows)
 
 
 def _exhausted_headers(policy: RowBudget, reset: int) -> dict[str, str]:
@@ -53,8 +60,11 @@ class Relay:
         signing_key: Ed25519PrivateKey | None,
         clock: Callable[[], float] = time.time,
         budgets: BudgetStore | None = None,
+        readers: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] | None = None,
     ) -> None:
         self.config = config
+        #: Per aggregate, the entities over its table or file (``conflicts.readers``).
+        self.readers = dict(readers or {})
         self.store = store
         self.signing_key = signing_key
         self.clock = clock
@@ -106,6 +116,22 @@ class Relay:
             raise access.hidden()
         return Target(ds, view, agg)
 
+    def refuse_conflict(self, scopes: frozenset[str], target: Target) -> None:
+        """An aggregate is refused to a credential that may also read an entity over its
+        table or file (``assay.relay.conflicts``): for it, suppression hides nothing. API
+        keys are refused at startup already; this covers the token file's credentials."""
+        agg = target.aggregate
+        assert agg is not None
+        over = self.readers.get((target.dataset.id, agg.id), ())
+        hit = conflicts.conflicting(scopes, self.config.datasets, over)
+        if hit is not None:
+            raise ScopeDenied(
+                f"this credential may also read the entity {hit[0]}/{hit[1]}, over the rows "
+                "this aggregate groups; ask with a credential that reads none of them",
+                code="auth.scope_conflict",
+                reasons=[f"reads {hit[0]}/{hit[1]} over the aggregate's population"],
+            )
+
     def listed(self, ds: Dataset, scopes: frozenset[str]) -> list[EntityView]:
         """The entities a dataset's metadata shows to these scopes."""
         return [
@@ -118,6 +144,11 @@ class Relay:
 
     def snapshot(self, view: EntityView) -> Snapshot:
         return self.store.get(view.dataset.id, view.table.id)
+
+    def published(self, view: EntityView, snap: Snapshot) -> str:
+        """The snapshot's name in answers and signed claims: a keyed tag, never the
+        source's SHA-256 (``snapshot.snapshot_tagger``)."""
+        return self.store.tag(view.dataset.id, view.table.id, snap)
 
     # --- metadata ------------------------------------------------------------------------
 
@@ -155,6 +186,7 @@ class Relay:
         e = view.entity
         budget = self.config.row_budget(e)
         snap = self.store.status().get(f"{view.dataset.id}.{view.table.id}", {})
+        # "snapshot" is the keyed tag (SnapshotStore.tag), never the source's digest.
         return {
             "dataset": view.dataset.id,
             "name": e.name,
@@ -170,7 +202,7 @@ class Relay:
             "require_purpose_header": e.require_purpose_header,
             "record_lookup": view.lookup,
             "row_budget": None if budget is None else budget.model_dump(),
-            "snapshot": {"digest": snap.get("digest"), "loaded_at": snap.get("loaded_at")},
+            "snapshot": {"digest": snap.get("snapshot"), "loaded_at": snap.get("loaded_at")},
         }
 
     # --- budgets ------------------------------------------------------------------------
@@ -294,15 +326,16 @@ class Relay:
             result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
             self._scanned("records", started)
             audit.extra["row_count"] = len(result.records)
-            # 2. Spend what is returned, durably, before it leaves.
-            await self._spend(grant, len(result.records), out)
+            # 2. Spend what is returned, and at least one row, durably, before it leaves:
+            #    an empty page is an answer about the records its filters name.
+            await self._spend(grant, charge(len(result.records)), out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
         body = {
             "dataset": view.dataset.id,
             "entity": e.name,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "count": len(result.records),
             "records": result.records,
             "next_cursor": None
@@ -370,7 +403,9 @@ class Relay:
             )
             self._scanned("record", started)
             audit.extra["row_count"] = len(page.records)
-            await self._spend(grant, len(page.records), out)
+            # A miss costs its row too: "no such record under these filters" is the
+            # record's status (closed or not) when the id is known.
+            await self._spend(grant, charge(len(page.records)), out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
@@ -379,7 +414,7 @@ class Relay:
         body = {
             "dataset": view.dataset.id,
             "entity": e.name,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "record": page.records[0],
         }
         query_doc = {
@@ -428,9 +463,10 @@ class Relay:
         audit.extra["suppressed_groups"] = answer.suppressed_groups
         # 2. All of the groups or none: an aggregate is not clamped (part of it would
         #    mislead). Then spent durably before they leave.
-        grant = self._reserve(budget, len(answer.groups), out, whole=True)
+        cost = charge(len(answer.groups))
+        grant = self._reserve(budget, cost, out, whole=True)
         try:
-            await self._spend(grant, len(answer.groups), out)
+            await self._spend(grant, cost, out)
         finally:
             self._release(grant)
         self._report(grant, out, audit)
@@ -438,7 +474,7 @@ class Relay:
         body = {
             "dataset": ds.id,
             "aggregate": agg.id,
-            "snapshot": snap.digest,
+            "snapshot": self.published(view, snap),
             "dimensions": list(agg.dimensions),
             "groups": answer.groups,
             "suppressed_groups": answer.suppressed_groups,
@@ -458,8 +494,9 @@ class Relay:
 
     def sign(
         self, dataset: str, route: str, snapshot: str, query_doc: dict[str, Any],
-        answer: dict[str, Any], answer_id: str,
+        answer: dict[str, Any], request_id: str,
     ) -> str:  # fmt: skip
+        """A JWS of the answer; its ``jti`` is fresh (128 random bits), never the caller's."""
         signing = self.config.instance.answer_signing
         assert signing is not None and self.signing_key is not None
         claims = jws.answer_claims(
@@ -470,6 +507,7 @@ class Relay:
             answer=json.loads(dumps(answer)),
             now=self.clock(),
             ttl_seconds=signing.ttl_seconds,
-            answer_id=answer_id,
+            answer_id=secrets.token_urlsafe(16),
+            request_id=request_id,
         )
         return jws.sign(self.signing_key, signing.key_id, claims)

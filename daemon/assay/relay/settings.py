@@ -9,6 +9,8 @@ checked against its commitment before the relay serves anything.
 from __future__ import annotations
 
 import os
+import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +21,10 @@ from assay.core.secrets import read_secret, resolve_path
 from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
 from assay.core.trusted_files import read_trusted
-from assay.relay import apikeys, jws
-from assay.relay.config import (
-    RelayConfig,
-    SourceIdentity,
-    aggregate_sources,
-    config_error,
-    parse_config,
-    population_problems,
-)
+from assay.relay import apikeys, conflicts, jws
+from assay.relay.config import RelayConfig, aggregate_sources, config_error, parse_config
+from assay.relay.conflicts import TableKey
+from assay.relay.population import SourceIdentity, population_problems
 from assay.relay.snapshot import TableState
 
 
@@ -57,9 +54,35 @@ def load_config(path: Path) -> LoadedConfig:
         [(where, f"{ds}.{table}", file_identity(loaded.path(src)))
          for where, ds, table, src in _aggregated(loaded)]
     )  # fmt: skip
+    problems += conflicts.problems(config, same_file(loaded))
     if problems:
         raise config_error(str(path), problems)
     return loaded
+
+
+def same_file(loaded: LoadedConfig) -> Callable[[TableKey, TableKey], str | None]:
+    """Whether two tables are one population by what the config and the file system say:
+    one table, one spelling of a path, or one file (``file_identity``); the population
+    check of their contents comes once they load."""
+    tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
+    identity: dict[TableKey, SourceIdentity] = {}
+
+    def ident(key: TableKey) -> SourceIdentity:
+        if key not in identity:
+            identity[key] = file_identity(loaded.path(tables[key].source.path))
+        return identity[key]
+
+    def same(a: TableKey, b: TableKey) -> str | None:
+        if a == b:
+            return f"the aggregate's own table {a[0]}.{a[1]}"
+        if a not in tables or b not in tables:
+            return None
+        pa_, pb = (posixpath.normpath(str(loaded.path(tables[k].source.path))) for k in (a, b))
+        if pa_ == pb or ident(a).same_population(ident(b)) is not None:
+            return f"{b[0]}.{b[1]}, the same file as the aggregate's table {a[0]}.{a[1]}"
+        return None
+
+    return same
 
 
 def _aggregated(loaded: LoadedConfig) -> list[tuple[str, str, str, str]]:
@@ -114,11 +137,21 @@ def token_path(loaded: LoadedConfig) -> Path | None:
     return path
 
 
+def population_readers(loaded: LoadedConfig) -> dict[tuple[str, str], tuple[TableKey, ...]]:
+    """Per aggregate, the entities over its table or file (``conflicts.readers``)."""
+    return conflicts.readers(loaded.config, same_file(loaded))
+
+
 def table_states(loaded: LoadedConfig) -> list[TableState]:
     cfg = loaded.config
     by_table: dict[tuple[str, str], list[str]] = {}
     for where, ds_id, table_id in aggregate_sources(cfg):
         by_table.setdefault((ds_id, table_id), []).append(where)
+    # API keys whose aggregate and readable tables are two files: judged by content.
+    guards: dict[TableKey, list[conflicts.Conflict]] = {}
+    for c in conflicts.undecided(cfg, same_file(loaded)):
+        guards.setdefault(c.aggregate_table, []).append(c)
+        guards.setdefault(c.entity_table, []).append(c)
     states: list[TableState] = []
     for ds in cfg.datasets:
         for table in ds.tables:
@@ -127,6 +160,7 @@ def table_states(loaded: LoadedConfig) -> list[TableState]:
                 TableState(
                     ds.id, table, loaded.path(table.source.path), cap,
                     aggregated_by=tuple(by_table.get((ds.id, table.id), ())),
+                    guards=tuple(guards.get((ds.id, table.id), ())),
                 )
             )  # fmt: skip
     return states

@@ -11,17 +11,22 @@ exactly the bytes decoded, read under a size cap; if the file changes while it i
 read (in-place rewrite) the reload is refused and retried on the next poll.
 
 One grouping per population is checked here by what the sources are, at startup and at
-every reload: an aggregated table whose file (device and inode), bytes or primary keys
-are another aggregated table's fails the startup, or has its reload refused (the old
-snapshot keeps serving), since two groupings of one population difference each other.
+every reload: an aggregated table whose file (device and inode), bytes or identifier
+sets are another aggregated table's, or whose rows largely are (the estimate), fails the
+startup, or has its reload refused (the old snapshot keeps serving), since two groupings
+of one population difference each other (``assay.relay.population`` says which evidence
+is exact and which estimated).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,9 +38,11 @@ import pyarrow as pa
 import trio
 
 from assay.core.errors import AssayError, StorageError
-from assay.relay.config import SourceIdentity, Table, config_error, population_problems
+from assay.relay import population
+from assay.relay.config import Table, config_error
+from assay.relay.conflicts import Conflict, problem
 from assay.relay.decode import SourceInvalid, decode
-from assay.relay.planner import canonical
+from assay.relay.population import Fingerprint, SourceIdentity, population_problems
 from assay.relay.query import build_index
 
 log = logging.getLogger("assay.relay.snapshot")
@@ -53,16 +60,16 @@ class Snapshot:
     stamp: Stamp
     loaded_at: float
     generation: int
-    #: SHA-256 of the sorted primary keys, for aggregated tables (who the rows are).
-    records: str | None = None
+    #: Who the rows are (``assay.relay.population``), for tables that are compared.
+    fingerprint: Fingerprint | None = None
 
     @property
     def rows(self) -> int:
         return int(self.data.num_rows)
 
     def identity(self, real_path: str | None = None) -> SourceIdentity:
-        return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest,
-                              self.records)  # fmt: skip
+        ids = self.fingerprint.identifiers if self.fingerprint is not None else None
+        return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest, ids)
 
 
 @dataclass
@@ -78,6 +85,14 @@ class TableState:
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: Config paths of the aggregates over this table (one grouping per population).
     aggregated_by: tuple[str, ...] = ()
+    #: API keys that may aggregate one of these two tables and read the other: refused
+    #: if their contents are one population (``assay.relay.conflicts``).
+    guards: tuple[Conflict, ...] = ()
+
+    @property
+    def compared(self) -> bool:
+        """Whether this table's population is compared with another's (fingerprinted)."""
+        return bool(self.aggregated_by or self.guards)
 
     @property
     def where(self) -> str:
@@ -127,16 +142,6 @@ def read_source(path: Path, max_bytes: int, where: str) -> tuple[bytes, Stamp]:
     return b"".join(chunks), stamp_of(after)
 
 
-def records_digest(index: Mapping[Any, int]) -> str:
-    """SHA-256 over the sorted primary keys, each length-prefixed: the same records give
-    the same digest whatever the file's format, column order or row order."""
-    h = hashlib.sha256(b"assay.relay.records.v1\0")
-    for key in sorted(str(canonical(k)) for k in index):
-        raw = key.encode()
-        h.update(len(raw).to_bytes(8, "big") + raw)
-    return "sha256:" + h.hexdigest()
-
-
 def load(state: TableState, generation: int) -> Snapshot:
     """Blocking: read, digest, decode and index one table (run in a worker thread)."""
     data, stamp = read_source(state.path, state.max_bytes, state.where)
@@ -146,8 +151,46 @@ def load(state: TableState, generation: int) -> Snapshot:
     table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
-    records = records_digest(index) if state.aggregated_by else None
-    return Snapshot(table, index, digest, stamp, time.time(), generation, records)
+    fp = _fingerprint(table, state.where) if state.compared else None
+    return Snapshot(table, index, digest, stamp, time.time(), generation, fp)
+
+
+def _fingerprint(table: pa.Table, where: str) -> Fingerprint:
+    try:
+        return population.fingerprint(table)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+        # Fail closed: a population that cannot be compared is not served as distinct.
+        raise SourceInvalid(
+            f"{where}: its population could not be compared ({type(exc).__name__})", path=where
+        ) from None
+
+
+def _overlap(mine: Snapshot, theirs: Snapshot, where: str) -> str | None:
+    """Blocking: the estimated-overlap reason (``population.overlap_reason``), if any."""
+    if mine.fingerprint is None or theirs.fingerprint is None:
+        return None
+    try:
+        return population.overlap_reason(
+            mine.data, mine.fingerprint, theirs.data, theirs.fingerprint
+        )
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+        raise SourceInvalid(
+            f"{where}: its population could not be compared ({type(exc).__name__})", path=where
+        ) from None
+
+
+def failure_reason(where: str, exc: BaseException) -> str:
+    """Why a reload failed, for the log and ``/readyz``: the relay's own reasons (which
+    never quote a value), else a fixed sentence by kind. Never the text of an OS or
+    pyarrow error, which may quote a path's bytes or a row."""
+    if isinstance(exc, AssayError):
+        return exc.detail
+    if isinstance(exc, MemoryError):
+        return f"{where}: out of memory while loading the source"
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        return f"{where}: the source could not be read ({name})"
+    return f"{where}: the source could not be decoded ({type(exc).__name__})"
 
 
 def _config_order(where: str) -> list[int]:
@@ -169,14 +212,44 @@ def _identity_now(state: TableState) -> SourceIdentity | None:
     return replace(served, file=(info.st_dev, info.st_ino), real_path=real)
 
 
+Tagger = Callable[[str, str, str], str]
+
+_TAG_DOMAIN = b"assay.relay.snapshot-tag.v1\x00"
+
+
+def snapshot_tagger(key: bytes) -> Tagger:
+    """``(dataset, table, digest)`` to the snapshot name callers see.
+
+    Why keyed: the digest is the SHA-256 of the source file, so handed to a caller it
+    confirms any guess of the whole file (suppressed cells included) and tells every
+    refresh of it apart. The tag is HMAC-SHA256 under a key of its own derived from the
+    relay's key, over the dataset, the table and the digest: it still changes with every
+    new snapshot and names one snapshot in answers, signed claims and the audit, but
+    without the key it confirms nothing, and one file under two tables gives two tags.
+    The raw digest stays in the audit record and the operator's log.
+    """
+
+    def tag(dataset: str, table: str, digest: str) -> str:
+        msg = _TAG_DOMAIN + b"\x00".join(s.encode() for s in (dataset, table, digest))
+        return "snap:" + hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+    return tag
+
+
 class SnapshotStore:
     """Every table's current snapshot, behind one reference each."""
 
-    def __init__(self, tables: list[TableState]) -> None:
+    def __init__(self, tables: list[TableState], *, tag: Tagger | None = None) -> None:
         self._tables: dict[tuple[str, str], TableState] = {
             (t.dataset, t.spec.id): t for t in tables
         }
         self._generation = 0
+        #: Without a key, a random one: no raw digest is ever published.
+        self._tag = tag or snapshot_tagger(secrets.token_bytes(32))
+
+    def tag(self, dataset: str, table: str, snap: Snapshot) -> str:
+        """The name of ``snap`` that callers see (``snapshot_tagger``)."""
+        return self._tag(dataset, table, snap.digest)
 
     def tables(self) -> list[TableState]:
         return list(self._tables.values())
@@ -203,18 +276,70 @@ class SnapshotStore:
             if state.snapshot is not None
             for where in state.aggregated_by
         ]
-        problems = population_problems(sorted(sources, key=lambda s: _config_order(s[0])))
+        ordered = sorted(sources, key=lambda s: _config_order(s[0]))
+        problems = population_problems(ordered)
         if problems:
             raise config_error("sources", problems)
+        # Then the estimate, pair by pair: subsets, supersets, overlapping extracts.
+        states = {state.where: state for state in self._tables.values()}
+        for i, (where, label, _ident) in enumerate(ordered):
+            for prev_where, prev_label, _prev in ordered[:i]:
+                mine, theirs = states[label].snapshot, states[prev_label].snapshot
+                assert mine is not None and theirs is not None
+                why = _overlap(mine, theirs, label)
+                if why is not None:
+                    problems.append(population.same_population_problem(
+                        where, label, why, prev_label, prev_where))  # fmt: skip
+                    break
+        if problems:
+            raise config_error("sources", problems)
+        # And no API key both aggregates a population and reads it from another file.
+        for state in self._tables.values():
+            for guard in state.guards:
+                if (state.dataset, state.spec.id) == guard.aggregate_table:
+                    why = self._guard_reason(guard, state, state.snapshot)
+                    if why is not None:
+                        problems.append(why)
+        if problems:
+            raise config_error("auth", problems)
+
+    def _guard_reason(
+        self, guard: Conflict, state: TableState, snap: Snapshot | None
+    ) -> str | None:
+        """Blocking: the key's problem if ``snap`` (``state``'s, new or current) and the
+        guard's other table are one population, else None."""
+        aggregated = (state.dataset, state.spec.id) == guard.aggregate_table
+        other_key = guard.entity_table if aggregated else guard.aggregate_table
+        other = self._tables.get(other_key)
+        if snap is None or other is None or other.snapshot is None:
+            return None
+        theirs = _identity_now(other)
+        assert theirs is not None
+        why = snap.identity(os.path.realpath(state.path)).same_population(theirs)
+        if why is None:
+            why = _overlap(snap, other.snapshot, state.where)
+        if why is None:
+            return None
+        agg_where, ent_where = (
+            (state.where, other.where) if aggregated else (other.where, state.where)
+        )
+        return problem(guard, f"{ent_where}, which is {why} the aggregate's table {agg_where}")
 
     def _population_check(self, state: TableState, snap: Snapshot) -> None:
-        """Blocking: refuse a reload that makes this table another aggregate's population."""
+        """Blocking: refuse a reload that makes this table another aggregate's population,
+        or the population of an aggregate that a key reading this table may ask."""
+        for guard in state.guards:
+            why = self._guard_reason(guard, state, snap)
+            if why is not None:
+                raise SourceInvalid(f"{state.where}: reload refused: {why.split(': ', 1)[1]}")
         if not state.aggregated_by:
             return
         mine = snap.identity(os.path.realpath(state.path))
         for other in self._tables.values():
             theirs = _identity_now(other) if other is not state and other.aggregated_by else None
             why = mine.same_population(theirs) if theirs is not None else None
+            if why is None and theirs is not None and other.snapshot is not None:
+                why = _overlap(snap, other.snapshot, state.where)
             if why is not None:
                 raise SourceInvalid(
                     f"{state.where}: reload refused: the source is now {why} {other.where}, "
@@ -244,7 +369,7 @@ class SnapshotStore:
                 snap = await trio.to_thread.run_sync(self._load_checked, state, generation)
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
-                state.last_error = exc.detail if isinstance(exc, AssayError) else str(exc)[:300]
+                state.last_error = failure_reason(state.where, exc)
                 log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                     "reload of %s failed, still serving %s: %s",
                     state.where,
@@ -291,7 +416,7 @@ class SnapshotStore:
             out[state.where] = {
                 "ok": snap is not None,
                 "stale": state.last_error is not None,
-                "digest": snap.digest if snap else None,
+                "snapshot": self.tag(state.dataset, state.spec.id, snap) if snap else None,
                 "loaded_at": snap.loaded_at if snap else None,
                 "last_error": state.last_error,
                 "failures": state.failures,

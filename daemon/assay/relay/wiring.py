@@ -19,9 +19,17 @@ from assay.core.web import AuditSink
 from assay.relay import apikeys
 from assay.relay.app import audit_route, create_app
 from assay.relay.budgetstore import BudgetStore
+from assay.relay.cursor import derive_key
+from assay.relay.oidc import OidcVerifier, discover
 from assay.relay.service import Relay
-from assay.relay.settings import LoadedConfig, RelaySecrets, table_states, token_path
-from assay.relay.snapshot import SnapshotStore
+from assay.relay.settings import (
+    LoadedConfig,
+    RelaySecrets,
+    population_readers,
+    table_states,
+    token_path,
+)
+from assay.relay.snapshot import SnapshotStore, snapshot_tagger
 
 #: Used when no token file is configured: never loaded, so it holds no tokens.
 NO_TOKEN_FILE = Path("/nonexistent/assay-relay-no-token-file")
@@ -36,6 +44,8 @@ class Assembled:
     has_token_file: bool
     #: Spent row budgets (None when no entity has one); close it on the way out.
     budgets: BudgetStore | None = None
+    #: The OIDC verifier in ``auth.mode: oidc``.
+    oidc: OidcVerifier | None = None
 
     def audit_route(self) -> Callable[[str, str], str]:
         """(method, path) to the audit ``route``, for the 431 refused before routing."""
@@ -66,7 +76,20 @@ def budget_store(loaded: LoadedConfig, clock: Callable[[], float]) -> BudgetStor
     return store
 
 
-def authenticator_for(loaded: LoadedConfig, secrets: RelaySecrets) -> tuple[Authenticator, bool]:
+def oidc_verifier(loaded: LoadedConfig, clock: Callable[[], float]) -> OidcVerifier | None:
+    """The OIDC verifier in ``auth.mode: oidc`` (blocking: reads the discovery document)."""
+    policy = loaded.config.auth.oidc
+    if loaded.config.auth.mode != "oidc" or policy is None:
+        return None
+    return OidcVerifier(policy, discover(policy), clock=clock)
+
+
+def authenticator_for(
+    loaded: LoadedConfig, secrets: RelaySecrets, verifier: OidcVerifier | None = None
+) -> tuple[Authenticator, bool]:
+    if verifier is not None:
+        # Bearer JWTs only; the sync path (health routes) uses the keys already held.
+        return Authenticator(NO_TOKEN_FILE, extra={"bearer": verifier.verify_cached}), False
     verify = apikeys.verifier(secrets.api_keys)
     path = token_path(loaded)
     authn = Authenticator(path or NO_TOKEN_FILE, extra={"x-api-key": verify, "bearer": verify})
@@ -82,9 +105,12 @@ def assemble(
     clock: Callable[[], float] | None = None,
 ) -> Assembled:
     """Blocking (loads every table and the token file): run it in a worker thread."""
-    store = SnapshotStore(table_states(loaded))
-    store.load_all_blocking()
     now = time.time if clock is None else clock
+    # First: a discovery that fails stops startup before any table or store is opened.
+    verifier = oidc_verifier(loaded, now)
+    tag = snapshot_tagger(derive_key(secrets.audit_key, "snapshot-tag"))
+    store = SnapshotStore(table_states(loaded), tag=tag)
+    store.load_all_blocking()
     budgets = budget_store(loaded, now)
     relay = Relay(
         loaded.config,
@@ -93,13 +119,20 @@ def assemble(
         signing_key=secrets.signing_key,
         clock=now,
         budgets=budgets,
+        readers=population_readers(loaded),
     )
-    authn, has_tokens = authenticator_for(loaded, secrets)
+    authn, has_tokens = authenticator_for(loaded, secrets, verifier)
     if has_tokens:
         authn.load()
 
     def ready() -> dict[str, Any]:
         return readiness(store) if readiness is not None else {"tables": tables_check(store)}
 
-    app = create_app(relay, authenticator=authn, audit=audit, readiness=ready)
-    return Assembled(relay, store, authn, app, has_tokens, budgets)
+    app = create_app(
+        relay,
+        authenticator=authn,
+        audit=audit,
+        readiness=ready,
+        authenticate=verifier.authenticate if verifier is not None else None,
+    )
+    return Assembled(relay, store, authn, app, has_tokens, budgets, verifier)

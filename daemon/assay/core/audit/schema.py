@@ -44,6 +44,7 @@ class AuthMode(StrEnum):
     NONE = "none"  # unauthenticated request (refused or public route)
     LOCAL = "local"  # offline CLI action by whoever can write the files
     PEER = "peer"  # Unix socket peer credentials (SO_PEERCRED), mapped by config
+    OIDC = "oidc"  # relay: a bearer JWT from the operator's OpenID Connect provider
 
 
 class Decision(StrEnum):

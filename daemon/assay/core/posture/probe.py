@@ -95,7 +95,8 @@ class Target:
     unit_names: tuple[str, ...]
     unit_files: tuple[Path, ...] = ()
     fault_injection: bool = False
-    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: Where ``env`` secrets are read; never in the repr (it holds their values).
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
 
 # -- 1. modes ------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def bind_of(bind: str) -> Bind | None:
 
 def _read_file(path: Path) -> tuple[bytes, float]:
     """A regular file's bytes (bounded, no symlink followed) and its mtime."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO planted where a secret belongs must not hang the probe.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
