@@ -77,7 +77,8 @@ def reload_routes(store: SnapshotStore) -> Callable[[QuartTrio], None]:
                 "table": state.spec.id,
                 "changed": changed,
                 "rows": snap.rows if snap else None,
-                "digest": snap.digest if snap else None,
+                # The name answers carry (keyed), never the source's raw digest.
+                "snapshot": store.tag(state.dataset, state.spec.id, snap) if snap else None,
                 **kept,
             }
             return Response(dumps(body), status=200, content_type="application/json")
