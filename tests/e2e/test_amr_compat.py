@@ -258,10 +258,10 @@ def test_acquire_refusals_point_at_upload_and_keep_amr_statuses(dep: Deployment)
     body = {"name": "acq/one", "filename": "one.safetensors", "sha256": hex_of(data),
             "size_bytes": len(data)}  # fmt: skip
     with dep.client() as c:
-        r = checked(c, "POST", "/v1/model/acquire", 400, json=body)
+        r = checked(c, "POST", "/v1/model/acquire", 409, json=body)
         assert r.json()["code"] == "artifact.not_uploaded" and "/v1/artifacts" in r.json()["error"]
         rec = dep.audit_records()[-1]
-        assert (rec["action"], rec["decision"], rec["status"]) == ("amr.acquire", "deny", 400)
+        assert (rec["action"], rec["decision"], rec["status"]) == ("amr.acquire", "deny", 409)
         assert rec["target"] == "sha256:" + hex_of(data)
         checked(c, "POST", "/v1/model/acquire", 403, json=body | {"filename": "one.pt"})
         checked(c, "POST", "/v1/model/acquire", 400, json=body | {"filename": "../one.gguf"})

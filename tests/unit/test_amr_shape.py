@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from assay.core.errors import AssayError, BadRequest
-from assay.registry import amr, amr_shape
+from assay.registry import amr, amr_shape, bodies
 from assay.registry.base import RegistryBase
 from assay.registry.errors import FormatNotAllowed
 from assay.registry.model import Artifact, ArtifactTable
@@ -210,6 +210,26 @@ def test_hostile_promote_bodies_are_refused_as_typed_errors_only(body: dict[str,
     assert (failed == []) == all(
         v == "pass" and body.get("scanner_versions", {}).get(k) for k, v in results.items()
     )
+
+
+def _acquire(size_literal: str) -> dict[str, Any]:
+    raw = ('{"name": "m/one", "filename": "one.gguf", "sha256": "' + "a" * 64
+           + '", "size_bytes": ' + size_literal + "}")  # fmt: skip
+    return bodies.parse_object(raw.encode(), allowed=amr_shape.ACQUIRE_FIELDS)
+
+
+@given(st.integers(0, 2**52 - 1), st.sampled_from(["{}", "{}.0", "{}e0", "{}.000"]))
+def test_an_integral_size_spelled_as_a_float_is_that_integer_not_a_400(
+    n: int, spelling: str
+) -> None:
+    """Found by schemathesis: ``"size_bytes": 69888.0`` is an integer by JSON Schema (the
+    document's ``type: integer``), so it is that integer; a fraction stays a 400."""
+    _name, _fmt, _digest, size = amr_shape.identity(_acquire(spelling.format(n)),
+                                                    size_required=True)  # fmt: skip
+    assert size == n and isinstance(size, int)
+    for bad in (f"{n}.5", "-1", "-1.0", "true", '"1"', f"{2**53}.0"):
+        with pytest.raises(BadRequest):
+            amr_shape.identity(_acquire(bad), size_required=True)
 
 
 # -- the audit page scan, over a fake log ---------------------------------------------

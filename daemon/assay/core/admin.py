@@ -32,7 +32,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.routing import Map
 
-from assay.core import refusals, serving, unix_listen
+from assay.core import apidoc, refusals, serving, unix_listen
 from assay.core.admin_config import METRICS_SCOPE, POSTURE_SCOPE, AdminConfig
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.writer import AuditWriter
@@ -44,6 +44,8 @@ from assay.core.web import AuditSink, current_audit, install, requires
 log = logging.getLogger("assay.admin")
 
 LISTENER = "admin"
+#: The text exposition format's media type (prometheus_client's CONTENT_TYPE_LATEST).
+CONTENT_TYPE = "text/plain"
 
 
 class MarkedAudit:
@@ -85,6 +87,7 @@ def create_admin_app(
 
     @app.get("/metrics")
     @requires(METRICS_SCOPE)
+    @apidoc.declare({200: apidoc.Reply("Prometheus text exposition", media=CONTENT_TYPE)})
     async def metrics_route() -> Response:
         """Prometheus text exposition of this daemon's metrics."""
         current_audit().action = "admin.metrics"
@@ -109,6 +112,7 @@ def add_posture_route(app: QuartTrio, posture: Callable[[], Mapping[str, Any]]) 
 
     @app.get("/admin/v1/posture")
     @requires(POSTURE_SCOPE)
+    @apidoc.declare({200: apidoc.Reply("The posture report (assay.posture.v1)")})
     async def posture_route() -> Response:
         """The deployment's posture: profile, findings, evidence, waivers."""
         audit = current_audit()

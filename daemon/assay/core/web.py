@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from assay.core import problem
+from assay.core import apidoc, problem
 from assay.core.audit.bounds import bound
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, AuditWriteFailed, AuthError, ScopeDenied
@@ -165,12 +165,14 @@ def add_health_routes(
 
     @app.get("/healthz")
     @public
+    @apidoc.attach(apidoc.HEALTH_API)
     async def healthz() -> dict[str, Any]:
         """Liveness: the event loop answers."""
         return {"status": "ok"}
 
     @app.get("/readyz")
     @public
+    @apidoc.attach(apidoc.READY_API)
     async def readyz() -> Response:
         """Readiness: every named check (store, audit, config, tables...) passes."""
         checks = readiness()
@@ -207,6 +209,19 @@ def scoped_details(authenticator: Authenticator, scope: str) -> Details:
         return checks if principal is not None and scope in principal.scopes else None
 
     return details
+
+
+def check_query() -> None:
+    """Refuse query parameters the matched route did not declare (``apidoc``)."""
+    api = apidoc.api_of(current_app.view_functions.get(request.endpoint or ""))
+    if api is not None:
+        apidoc.unknown_query(api, request.args.keys())
+
+
+def declared_fields() -> frozenset[str]:
+    """The body fields the matched route declared: the only ones its parser accepts."""
+    api = apidoc.api_of(current_app.view_functions.get(request.endpoint or ""))
+    return apidoc.body_fields(api) if api is not None else frozenset()
 
 
 @dataclass(frozen=True)
@@ -296,12 +311,20 @@ def install(
         if not hasattr(view, "required_scope"):
             # Fail closed: a route that never declared its scope is never served.
             raise ScopeDenied("route has no declared scope", code="auth.route_unscoped")
+        if apidoc.api_of(view) is None:
+            # Nor one that never declared its API: its parameters would go unchecked and
+            # the OpenAPI document could not describe it (``assay.core.apidoc``).
+            raise ScopeDenied("route has no declared API", code="auth.route_undeclared")
         scope = getattr(view, "required_scope")  # noqa: B009 - checked just above
         if scope is None:
+            # A route another hook authenticates (the relay's) checks its query after.
+            if not getattr(view, "deferred_auth", False):
+                check_query()
             return
         principal = authenticator.authenticate(lowered)
         g.principal = principal
         principal.require(scope)
+        check_query()
 
     def _problem(
         status: int, body: dict[str, Any], headers: dict[str, str] | None = None

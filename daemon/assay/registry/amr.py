@@ -19,10 +19,11 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from assay.core import web
+from assay.core.apidoc import attach
 from assay.core.audit.reader import Position
-from assay.core.errors import BadRequest, NotFound, StorageError
+from assay.core.errors import NotFound, StorageError
 from assay.core.web import current_audit, current_principal, public, requires
-from assay.registry import amr_shape, bodies
+from assay.registry import amr_api, amr_shape, bodies
 from assay.registry.errors import PolicyRefused, StateConflict, StoredBytesCorrupt
 from assay.registry.model import Artifact
 from assay.registry.service import Registry
@@ -62,16 +63,18 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     async def no_body() -> None:
         """AMR clients post ``{}``; nothing else is accepted where no field is defined."""
-        bodies.parse_object(await _raw(), allowed=frozenset())
+        await _body()
 
     @app.get("/health")
     @public
+    @attach(amr_api.HEALTH)
     async def amr_health() -> dict[str, Any]:
         """AMR: liveness (as ``/healthz``)."""
         return {"status": "ok"}
 
     @app.get("/v1/models")
     @requires("artifacts:read")
+    @attach(amr_api.LIST)
     async def amr_list_models() -> Response:
         """AMR: artifacts in registration order, a page at a time (``Link: rel=next``)."""
         limit, cursor = amr_shape.page_args(_args(), "cursor")
@@ -83,12 +86,14 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.get("/v1/model")
     @requires("artifacts:read")
+    @attach(amr_api.GET)
     async def amr_get_model() -> Response:
         """AMR: the artifact a name means (its current trusted one, else its newest)."""
         return _json(amr_shape.artifact(the(amr_shape.name_arg(_args()))))
 
     @app.get("/v1/model/path")
     @requires("artifacts:read")
+    @attach(amr_api.PATH)
     async def amr_model_path() -> Response:
         """AMR: the content-addressed path of a name's trusted, re-verified bytes."""
         current_audit().action = "artifact.locate"
@@ -142,6 +147,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/verify")
     @requires("artifacts:verify")
+    @attach(amr_api.VERIFY)
     async def amr_verify_model() -> Response:
         """AMR: re-hash a name's current artifact now (409 if its bytes do not match)."""
         current_audit().action = "artifact.verify"
@@ -183,6 +189,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/models/verify-all")
     @requires("artifacts:verify")
+    @attach(amr_api.VERIFY_ALL)
     async def amr_verify_all() -> Response:
         """AMR: re-hash every stored artifact now (a sweep); 409 if any failed."""
         audit_state = current_audit()
@@ -210,6 +217,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.get("/v1/integrity/status")
     @requires("artifacts:read")
+    @attach(amr_api.INTEGRITY)
     async def amr_integrity_status() -> Response:
         """AMR: the integrity of the stored bytes as last checked."""
         values = registry.artifacts.values()
@@ -217,6 +225,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/verify-manifest")
     @requires("artifacts:verify")
+    @attach(amr_api.MANIFEST)
     async def amr_verify_manifest() -> Response:
         """AMR: gguf-guard manifest check; always skipped (assay keeps no manifests)."""
         current_audit().action = "amr.verify_manifest"
@@ -227,16 +236,19 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/acquire")
     @requires("artifacts:write")
+    @attach(amr_api.ACQUIRE)
     async def amr_acquire() -> Response:
         """AMR: acquire; answered for bytes already uploaded (assay takes bytes, not paths)."""
         current_audit().action = "amr.acquire"
-        body = bodies.parse_object(await _raw(), allowed=amr_shape.ACQUIRE_FIELDS)
+        body = await _body()
         name, fmt, digest, size = amr_shape.identity(body, size_required=True)
         current_audit().target = digest
         amr_shape.require_format(fmt)
         art = registry.artifacts.get(digest)
         if art is None:
-            raise BadRequest(
+            # 409, not 400: the request is well formed; the registry has no such upload
+            # yet (AMR's schema allows 409 here too).
+            raise StateConflict(
                 "assay registers bytes, not file names: upload them first with "
                 f"POST /v1/artifacts?name={name}&digest={digest} (they enter quarantined, "
                 "AMR's acquired and quarantined in one step), then acquire",
@@ -250,6 +262,7 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/quarantine")
     @requires("artifacts:write")
+    @attach(amr_api.QUARANTINE)
     async def amr_quarantine() -> Response:
         """AMR: quarantine; every upload already is quarantined, so this only confirms."""
         current_audit().action = "amr.quarantine"
@@ -266,10 +279,11 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/promote")
     @requires("artifacts:promote")
+    @attach(amr_api.PROMOTE)
     async def amr_promote() -> Response:
         """AMR: promote the quarantined upload a request names; assay's policy decides."""
         current_audit().action = "amr.promote"  # a refusal's record; a change records itself
-        body = bodies.parse_object(await _raw(), allowed=amr_shape.PROMOTE_FIELDS)
+        body = await _body()
         name, fmt, digest, size = amr_shape.identity(body, size_required=False)
         current_audit().target = digest
         failed = amr_shape.evidence(body)
@@ -294,11 +308,12 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.post("/v1/model/revoke")
     @requires("artifacts:revoke")
+    @attach(amr_api.REVOKE)
     async def amr_revoke() -> Response:
         """AMR: revoke a name: every artifact of it that is not yet revoked or deleted."""
         current_audit().action = "amr.revoke"
         name = amr_shape.name_arg(_args())
-        reason = bodies.reason(await _body({"reason"}), required=False) or REVOKE_REASON
+        reason = bodies.reason(await _body(), required=False) or REVOKE_REASON
         arts = named(name)
         the(name)
         targets = amr_shape.revocable(arts)
@@ -312,11 +327,12 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.delete("/v1/model/delete")
     @requires("artifacts:delete")
+    @attach(amr_api.DELETE)
     async def amr_delete() -> Response:
         """AMR: soft-delete a name: every artifact of it (bytes removed, metadata kept)."""
         current_audit().action = "amr.delete"
         name = amr_shape.name_arg(_args())
-        reason = bodies.reason(await _body({"reason"}), required=False) or DELETE_REASON
+        reason = bodies.reason(await _body(), required=False) or DELETE_REASON
         arts = named(name)
         the(name)
         targets = amr_shape.deletable(arts)
@@ -327,12 +343,14 @@ def install(app: QuartTrio, registry: Registry, *, audit_records: AuditRecords |
 
     @app.get("/v1/stats")
     @requires("artifacts:read")
+    @attach(amr_api.STATS)
     async def amr_stats() -> Response:
         """AMR: counts of artifacts by state."""
         return _json(amr_shape.stats(registry.artifacts.values()))
 
     @app.get("/v1/audit")
     @requires("audit:read")
+    @attach(amr_api.AUDIT)
     async def amr_audit() -> Response:
         """AMR: lifecycle events from the audit chain, a page at a time (``?after=``)."""
         limit, raw = amr_shape.page_args(_args(), "after")
@@ -444,8 +462,9 @@ async def _raw() -> bytes:
     return raw
 
 
-async def _body(allowed: set[str]) -> dict[str, Any]:
-    return bodies.parse_object(await _raw(), allowed=frozenset(allowed))
+async def _body() -> dict[str, Any]:
+    """The body as the route declared it (``amr_api``): only its fields are known."""
+    return bodies.parse_object(await _raw(), allowed=web.declared_fields())
 
 
 def _rid() -> str:

@@ -84,6 +84,11 @@ def problem_shape(path: str, status: int, body: dict[str, Any]) -> tuple[int, di
     return status, shaped
 
 
+def problem_statuses(path: str, statuses: set[int]) -> set[int]:
+    """The problem statuses an AMR path can give, as ``problem_shape`` reshapes them."""
+    return {403 if s == 401 else s for s in statuses} if path in PATHS else statuses
+
+
 # -- query arguments -------------------------------------------------------------------
 
 
@@ -260,6 +265,11 @@ def _size(body: Mapping[str, Any], *, required: bool) -> int | None:
     value = body.get("size_bytes")
     if value is None and not required:
         return None
+    # An integral number is an integer whatever its spelling (``69888.0``), as JSON
+    # Schema says; a fraction, a bool or a negative is not. Only below 2**53, where a
+    # float still tells an integer from a fraction (``9007199254740993.5`` is not one).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest("size_bytes must be a non-negative integer")
     return value

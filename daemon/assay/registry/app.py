@@ -21,18 +21,19 @@ from quart_trio import QuartTrio
 
 from assay import __version__
 from assay.core import web
+from assay.core.apidoc import attach
 from assay.core.asgi import ASGIApp
 from assay.core.authn import Authenticator
-from assay.core.errors import BadRequest
+from assay.core.errors import BadRequest, NotFound
 from assay.core.openapi import build_openapi
 from assay.core.web import AuditSink, current_audit, current_principal, requires
-from assay.registry import amr, amr_shape, bodies
+from assay.registry import amr, amr_api, amr_shape, api, bodies
 from assay.registry.digests import parse_digest
 from assay.registry.download import OpenObject, ReleaseAtEnd, own
 from assay.registry.service import Registry
 from assay.registry.states import Action
 from assay.registry.store import describe
-from assay.registry.upload import UPLOAD_ROUTE, UPLOAD_SCOPE
+from assay.registry.upload import UPLOAD_PATH, UPLOAD_SCOPE
 from assay.registry.validate import check_name
 
 SERVE_CHUNK = 1024 * 1024
@@ -40,12 +41,6 @@ READINESS_SCOPE = "artifacts:read"
 
 #: Hook that turns a mutation's audit record into response headers (receipts).
 ReceiptHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, str]]
-
-#: Routes served outside Quart (streaming upload): method+path -> (scope, summary).
-STREAMING_ROUTES: dict[str, tuple[str, str]] = {
-    UPLOAD_ROUTE: (UPLOAD_SCOPE, "Upload an artifact (streamed); it enters quarantined."),
-}
-
 
 #: One digest's history read: the rows, or the exception the read raised.
 _Read = tuple[list[dict[str, Any]] | None, BaseException | None]
@@ -121,11 +116,12 @@ class HistoryReads:
                 self._busy = False
 
 
-async def _body(*allowed: str) -> dict[str, Any]:
-    """The request's JSON object, parsed strictly (``assay.registry.bodies``)."""
+async def _body() -> dict[str, Any]:
+    """The request's JSON object, parsed strictly (``assay.registry.bodies``); its known
+    fields are the ones the route declared (``assay.registry.api``)."""
     raw = await request.get_data(cache=True, as_text=False)
     assert isinstance(raw, bytes)
-    return bodies.parse_object(raw, allowed=frozenset(allowed))
+    return bodies.parse_object(raw, allowed=web.declared_fields())
 
 
 def create_app(
@@ -137,6 +133,8 @@ def create_app(
     readiness: Callable[[], dict[str, Any]],
     receipt_hook: ReceiptHook | None = None,
     audit_records: amr.AuditRecords | None = None,
+    max_name_chars: int = 200,
+    max_metadata_entries: int = 64,
 ) -> QuartTrio:
     app = QuartTrio("assay.registry")
     # Whatever a request's handler owns (a download's open file) is closed when its ASGI
@@ -163,6 +161,7 @@ def create_app(
 
     @app.get("/v1/status")
     @requires("artifacts:read")
+    @attach(api.STATUS)
     async def status() -> dict[str, Any]:
         """Version, uptime, counts and the last integrity sweep."""
         return {
@@ -177,25 +176,43 @@ def create_app(
             "ready": readiness(),
         }
 
+    schemas = (
+        api.components(max_name_chars=max_name_chars, max_metadata_entries=max_metadata_entries)
+        | amr_api.SCHEMAS
+    )
+
     @app.get("/openapi.json")
     @requires("artifacts:read")
+    @attach(api.OPENAPI)
     async def openapi() -> dict[str, Any]:
         """This API's OpenAPI 3.1 description."""
-        return build_openapi(
-            app, title="assay registry", version=__version__, streaming=STREAMING_ROUTES
-        )
+        return build_openapi(app, title="assay registry", version=__version__,
+                             path_params=api.PATH_PARAMS, schemas=schemas,
+                             shape=amr_shape.problem_statuses, tag_of=_tag)  # fmt: skip
+
+    @app.post(UPLOAD_PATH)
+    @requires(UPLOAD_SCOPE)
+    @attach(api.UPLOAD)
+    async def upload() -> Response:
+        """Upload an artifact (streamed); it enters quarantined.
+
+        Served by ``assay.registry.upload.UploadAdapter`` before Quart sees the request,
+        so it streams with backpressure; declared here so the route table, its ``Allow``
+        and the OpenAPI document know it. A request reaches this view only on a path the
+        router takes for this one but the adapter does not (``//v1/artifacts``): that is
+        not the upload route, and is answered as any other unknown path is.
+        """
+        raise NotFound(f"uploads are POST {UPLOAD_PATH} exactly", code="request.not_found")
 
     @app.get("/v1/artifacts")
     @requires("artifacts:read")
+    @attach(api.LIST)
     async def list_artifacts() -> dict[str, Any]:
         """List artifacts a page at a time, in registration order, by ?state= and ?name=.
 
         ``?limit=`` (default 100, at most 1000) bounds the page; pass ``next_cursor``
         back as ``?cursor=`` for the next one (null on the last page).
         """
-        unknown = set(request.args) - {"state", "name", "limit", "cursor"}
-        if unknown:
-            raise BadRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
         arts, next_cursor = registry.list(
             state=request.args.get("state"),
             name=request.args.get("name"),
@@ -210,6 +227,7 @@ def create_app(
 
     @app.get("/v1/artifacts/<digest>")
     @requires("artifacts:read")
+    @attach(api.SHOW)
     async def show(digest: str) -> dict[str, Any]:
         """One artifact's metadata, state and history."""
         art = registry.get(digest)
@@ -219,10 +237,11 @@ def create_app(
 
     @app.post("/v1/artifacts/<digest>/promote")
     @requires("artifacts:promote")
+    @attach(api.PROMOTE)
     async def promote(digest: str) -> Response:
         """Approve and, once the policy passes, promote quarantined -> trusted."""
         current_audit().target = parse_digest(digest)
-        body = await _body("signatures")
+        body = await _body()
         out = await registry.transition(
             current_principal(),
             digest,
@@ -244,10 +263,11 @@ def create_app(
 
     @app.post("/v1/artifacts/<digest>/revoke")
     @requires("artifacts:revoke")
+    @attach(api.REVOKE)
     async def revoke(digest: str) -> Response:
         """Revoke (terminal). A reason is required."""
         current_audit().target = parse_digest(digest)
-        reason = bodies.reason(await _body("reason"), required=True)
+        reason = bodies.reason(await _body(), required=True)
         out = await registry.transition(
             current_principal(),
             digest,
@@ -260,10 +280,11 @@ def create_app(
 
     @app.delete("/v1/artifacts/<digest>")
     @requires("artifacts:delete")
+    @attach(api.DELETE)
     async def delete(digest: str) -> Response:
         """Soft delete: bytes removed, metadata and history kept."""
         current_audit().target = parse_digest(digest)
-        reason = bodies.reason(await _body("reason"), required=False)
+        reason = bodies.reason(await _body(), required=False)
         out = await registry.transition(
             current_principal(),
             digest,
@@ -276,6 +297,7 @@ def create_app(
 
     @app.post("/v1/artifacts/<digest>/verify")
     @requires("artifacts:verify")
+    @attach(api.VERIFY)
     async def verify(digest: str) -> Response:
         """Re-hash one artifact's stored bytes now."""
         audit_state = current_audit()
@@ -303,6 +325,7 @@ def create_app(
 
     @app.post("/v1/sweep")
     @requires("artifacts:verify")
+    @attach(api.SWEEP_API)
     async def sweep() -> Response:
         """Re-hash every stored artifact now."""
         audit_state = current_audit()
@@ -324,6 +347,7 @@ def create_app(
 
     @app.get("/v1/artifacts/<digest>/content")
     @requires("artifacts:read")
+    @attach(api.CONTENT)
     async def content(digest: str) -> Response:
         """Stream a trusted artifact's bytes; a hash mismatch aborts before the last chunk."""
         current_audit().target = parse_digest(digest)
@@ -353,9 +377,10 @@ def create_app(
 
     @app.get("/v1/trusted/<path:name>")
     @requires("artifacts:read")
+    @attach(api.TRUSTED)
     async def trusted(name: str) -> dict[str, Any]:
         """Resolve a name to its current trusted digest, for local services."""
-        art = registry.resolve_trusted(check_name(name))
+        art = registry.resolve_trusted(check_name(name, max_chars=max_name_chars))
         current_audit().target = art.digest
         current_audit().action = "artifact.resolve"
         return {"name": name, "digest": art.digest, "size": art.size, "format": art.format}
@@ -399,6 +424,11 @@ def _page_limit(raw: str | None) -> int:
         raise BadRequest(f"limit must be an integer from 1 to {LIST_PAGE_MAX}",
                          code="request.bad_limit")  # fmt: skip
     return int(raw)
+
+
+def _tag(path: str) -> str:
+    """Operations are grouped: assay's own, and the AMR-compatible ones."""
+    return "amr" if path in amr_shape.PATHS else "registry"
 
 
 def _rid() -> str:

@@ -163,6 +163,8 @@ async def run(
         readiness=readiness,
         receipt_hook=audit.receipt_headers,
         audit_records=audit.records_after,
+        max_name_chars=cfg.registry.max_name_chars,
+        max_metadata_entries=cfg.registry.max_metadata_entries,
     )
     upload = UploadAdapter(
         RecordBeforeDisconnect(cast(ASGIApp, app)),

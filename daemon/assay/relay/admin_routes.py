@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from quart import Response
 from quart_trio import QuartTrio
 
+from assay.core import apidoc
 from assay.core.admin_config import RELOAD_SCOPE
 from assay.core.errors import NotFound
 from assay.core.web import current_audit, record_request, requires
@@ -45,6 +46,9 @@ def reload_routes(store: SnapshotStore) -> Callable[[QuartTrio], None]:
     def add(app: QuartTrio) -> None:
         @app.post("/admin/v1/tables/<dataset>/<table>/reload")
         @requires(RELOAD_SCOPE)
+        @apidoc.declare(
+            {200: apidoc.Reply("The snapshot serving after the reload")}, problems=(404, 409)
+        )
         async def reload_table(dataset: str, table: str) -> Response:
             """Reload one table from its source now; a failure keeps the old snapshot."""
             audit = current_audit()

@@ -27,12 +27,13 @@ from werkzeug.routing import Map, RoutingException
 
 from assay import __version__
 from assay.core import web
+from assay.core.apidoc import attach
 from assay.core.authn import Authenticator
 from assay.core.errors import AuthError, BadRequest, ScopeDenied
 from assay.core.openapi import build_openapi
 from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
-from assay.relay import access, oidc, planner
+from assay.relay import access, api, oidc, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
 from assay.relay.service import Relay, dumps
 from assay.relay.snapshot import Snapshot
@@ -52,6 +53,7 @@ def dataset_route(kind: str) -> Callable[[F], F]:
     def mark(fn: F) -> F:
         fn.required_scope = None  # type: ignore[attr-defined]  # the core skips it...
         fn.relay_scope = kind  # type: ignore[attr-defined]  # ...and this module checks it
+        fn.deferred_auth = True  # type: ignore[attr-defined]  # (and its query, after auth)
         return fn
 
     return mark
@@ -194,6 +196,7 @@ def create_app(
         if len(request.query_string) > server.max_query_bytes:
             raise QueryTooLarge(f"query string over {server.max_query_bytes} bytes")
         if kind == "authenticated":
+            web.check_query()
             return
         names = request.view_args or {}
         # 1. Every name in the path, resolved for this credential: unknown and invisible
@@ -214,6 +217,9 @@ def create_app(
             principal.require(scope)
         if kind == "aggregate":
             relay.refuse_conflict(principal.scopes, target)
+        # 3. Then the query: a name this credential may not know of is the same 404
+        #    whatever parameters came with it.
+        web.check_query()
 
     @app.after_request
     async def _budget_headers(response: Response) -> Response:
@@ -257,6 +263,7 @@ def create_app(
 
     web.add_health_routes(app, readiness, readiness_details)
 
+    @attach(api.OPENAPI)
     async def openapi() -> Response:
         """This API's OpenAPI 3.1 description."""
         current_audit().action = "relay.openapi"
@@ -270,6 +277,7 @@ def create_app(
 
     @app.get("/v1/datasets")
     @dataset_route("authenticated")
+    @attach(api.DATASETS)
     async def list_datasets() -> Response:
         """Datasets whose metadata scope the caller holds."""
         principal = current_principal()
@@ -297,6 +305,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>")
     @dataset_route("metadata")
+    @attach(api.DATASET)
     async def get_dataset(dataset: str) -> Response:
         """One dataset's catalog metadata, entities and aggregates."""
         current_audit().action = "relay.dataset"
@@ -304,6 +313,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>/entities")
     @dataset_route("metadata")
+    @attach(api.ENTITIES)
     async def list_entities(dataset: str) -> Response:
         """A dataset's entities with their public fields."""
         current_audit().action = "relay.entities"
@@ -312,6 +322,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>")
     @dataset_route("metadata")
+    @attach(api.ENTITY)
     async def get_entity(dataset: str, entity: str) -> Response:
         """An entity's public fields, filters, limits and current snapshot (its tag)."""
         current_audit().action = "relay.entity"
@@ -322,6 +333,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records")
     @dataset_route("read")
+    @attach(api.RECORDS)
     async def list_records(dataset: str, entity: str) -> Response:
         """A page of records matching allowed filters; only declared fields."""
         audit_state = current_audit()
@@ -342,6 +354,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>/entities/<entity>/records/<record_id>")
     @dataset_route("read")
+    @attach(api.RECORD)
     async def get_record(dataset: str, entity: str, record_id: str) -> Response:
         """One record by primary key, where the entity exposes and filters it; takes the
         entity's other required filters as parameters; only declared fields."""
@@ -366,6 +379,7 @@ def create_app(
 
     @app.get("/v1/datasets/<dataset>/aggregates/<aggregate>")
     @dataset_route("aggregate")
+    @attach(api.AGGREGATE)
     async def get_aggregate(dataset: str, aggregate: str) -> Response:
         """Grouped counts, sums and averages with small cells suppressed."""
         audit_state = current_audit()
@@ -417,28 +431,22 @@ def check_routes(app: QuartTrio) -> None:
 
 
 def openapi_doc(app: QuartTrio) -> dict[str, Any]:
-    doc = build_openapi(app, title="assay relay", version=__version__, streaming={})
-    doc["components"]["securitySchemes"]["apiKey"] = {
-        "type": "apiKey",
-        "in": "header",
-        "name": "X-API-Key",
-    }
-    for rule in app.url_map.iter_rules():
-        kind = getattr(app.view_functions[rule.endpoint], "relay_scope", None)
-        if kind is None:
-            continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
-        for op in doc["paths"].get(path, {}).values():
-            op["security"] = [{"bearer": []}, {"apiKey": []}]
-            op["x-required-scope"] = (
-                "any credential"
-                if kind == "authenticated"
-                else f"datasets[].access.{kind}_scope"
-                + ("" if path == "/v1/datasets/{dataset}" or path.endswith("/entities")
-                   else f", and entities[].access.{kind}_scope where the entity has access")
-            )  # fmt: skip
-            if kind == "read":
-                op["parameters"].append(
-                    {"name": web.PURPOSE_HEADER, "in": "header", "schema": {"type": "string"}}
-                )
-    return doc
+    """The relay's document: the core's builder over its routes and declarations."""
+    return build_openapi(app, title="assay relay", version=__version__,
+                         path_params=api.PATH_PARAMS, auth_of=_auth_of,
+                         security_schemes={"apiKey": {"type": "apiKey", "in": "header",
+                                                      "name": "X-API-Key"}})  # fmt: skip
+
+
+def _auth_of(view: Any) -> tuple[list[dict[str, list[str]]], str] | None:
+    """A dataset route takes a bearer token or an API key; its scope is the config's."""
+    kind = getattr(view, "relay_scope", None)
+    if kind is None:
+        return None
+    if kind == "authenticated":
+        return [{"bearer": []}, {"apiKey": []}], "any credential"
+    return (
+        [{"bearer": []}, {"apiKey": []}],
+        f"datasets[].access.{kind}_scope (and the "
+        f"entity's {kind}_scope where the entity has access of its own)",
+    )
