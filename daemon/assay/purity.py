@@ -14,6 +14,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.schema",
     "assay.core.strict_yaml",
     "assay.core.connlimits",
+    "assay.core.admin_config",
     "assay.core.apidoc",
     "assay.registry.errors",
     "assay.registry.states",

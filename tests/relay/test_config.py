@@ -45,8 +45,11 @@ def test_unknown_nested_key_is_named_by_its_path() -> None:
 
 def test_unknown_top_level_block_is_refused() -> None:
     doc = example_doc()
-    doc["admin"] = {"enabled": True}
-    assert "admin" in _paths(_refused(doc))
+    doc["adminz"] = {"enabled": True}  # ``admin`` is a section now (the admin listener)
+    assert "adminz" in _paths(_refused(doc))
+    doc = example_doc()
+    doc["admin"] = {"enabled": True}  # and a section refuses keys it does not know
+    assert "admin.enabled" in _paths(_refused(doc))
 
 
 def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:

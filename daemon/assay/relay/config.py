@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from assay.core import admin_config
+from assay.core.admin_config import ADMIN_SCOPES, AdminConfig
 from assay.core.errors import ConfigError
 from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
@@ -347,6 +349,8 @@ class RelayConfig(Strict):
     logging: LoggingSection = LoggingSection()
     #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
     deployment: DeploymentSection = DeploymentSection()
+    #: The admin listener (``/metrics``, table reload); absent = off (``assay.core.admin``).
+    admin: AdminConfig | None = None
 
     def row_budget(self, entity: Entity) -> RowBudget | None:
         """The entity's budget: its own, else the default, else none."""
@@ -548,6 +552,9 @@ def check_references(cfg: RelayConfig) -> list[str]:
                     "population let a caller recover suppressed cells by subtraction"
                 )
             aggregated_sources.setdefault(source, where)
+    problems += admin_config.conflicts(cfg.admin, cfg.server.bind, cfg.server.unix_socket)
+    if cfg.admin is not None:
+        scopes |= ADMIN_SCOPES  # an operator's key may hold admin:* once there is a listener
     key_ids = [k.id for k in cfg.auth.api_keys]
     for i in _dupes(key_ids):
         problems.append(f"auth.api_keys[{i}].id: duplicate key id {key_ids[i]!r}")

@@ -8,7 +8,7 @@ cannot be recorded). Everything else uses a core class with a ``code``. Pure.
 
 from __future__ import annotations
 
-from assay.core.errors import ConfigError, RejectedInput, StorageError
+from assay.core.errors import ConfigError, Conflict, RejectedInput, StorageError
 
 
 class NotAcceptable(RejectedInput):
@@ -64,3 +64,11 @@ class DsnRefused(ConfigError):
     """A Postgres connection string does not meet the policy (TLS to a TCP host)."""
 
     code = "config.dsn_refused"
+
+
+class ReloadFailed(Conflict):
+    """An operator's table reload could not load the source; the old snapshot serves on."""
+
+    code = "relay.reload_failed"
+    status = 409
+    title = "Table reload failed"

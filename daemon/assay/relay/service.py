@@ -81,6 +81,12 @@ class Relay:
         self.entities = {
             (d.id, e.name): entity_view(d, e) for d in config.datasets for e in d.entities
         }
+        #: Told ``(kind, seconds)`` for each table scan (the admin listener's metrics).
+        self.scan_observer: Callable[[str, float], None] | None = None
+
+    def _scanned(self, kind: str, started: float) -> None:
+        if self.scan_observer is not None:
+            self.scan_observer(kind, time.perf_counter() - started)
 
     # --- names -------------------------------------------------------------------------
 
@@ -320,12 +326,14 @@ class Relay:
                     key_column=key_column,
                 )
 
+            started = time.perf_counter()
             if live is not None:
                 result = await live.page(plan.conditions, plan.fields, offset=offset, limit=limit)
             elif snap.rows > THREAD_ROWS:  # type: ignore[union-attr]
                 result = await trio.to_thread.run_sync(run)
             else:
                 result = run()
+            self._scanned("records", started)
             audit.extra["row_count"] = len(result.records)
             # 2. Spend what is returned, and at least one row, durably, before it leaves:
             #    an empty page is an answer about the records its filters name.
@@ -392,6 +400,7 @@ class Relay:
         grant = self._reserve(self._budget(view, who), 1, out)
         try:
             live = self.store.pool(view.dataset.id, view.table.id)
+            started = time.perf_counter()
             snap: Snapshot | LiveTag
             if live is not None:
                 snap = live.tag
@@ -407,6 +416,7 @@ class Relay:
                     index=snap.index,
                     key_column=view.table.primary_key,
                 )
+            self._scanned("record", started)
             audit.extra["row_count"] = len(page.records)
             # A miss costs its row too: "no such record under these filters" is the
             # record's status (closed or not) when the id is known.
@@ -461,7 +471,9 @@ class Relay:
             mask = query.mask_for(snap.data, conditions)
             return disclosure.aggregate(snap.data, mask, agg, view.by_name)
 
+        started = time.perf_counter()
         answer = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+        self._scanned("aggregate", started)
         audit.extra["row_count"] = len(answer.groups)
         audit.extra["suppressed_groups"] = answer.suppressed_groups
         # 2. All of the groups or none: an aggregate is not clamped (part of it would

@@ -33,7 +33,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -412,9 +412,16 @@ class SnapshotStore:
         self._population_check(state, snap)
         return snap
 
-    async def reload(self, state: TableState) -> bool:
+    async def reload(
+        self, state: TableState, *, before_swap: Callable[[Snapshot], Awaitable[None]] | None = None
+    ) -> bool:
         """Reload one table; True when a new snapshot was swapped in. A live table has no
-        snapshot to reload (SIGHUP or a reload route must not COPY it whole)."""
+        snapshot to reload (SIGHUP or a reload route must not COPY it whole).
+
+        ``before_swap`` runs once the new snapshot is loaded and differs, before it
+        serves: an operator's reload writes its record there, so that a reload whose
+        record cannot be written (it raises) swaps nothing.
+        """
         if state.live:
             return False
         async with state.lock:
@@ -439,6 +446,8 @@ class SnapshotStore:
             if old is not None and old.digest == snap.digest:
                 state.snapshot = snap  # same bytes: only the stamp moved
                 return False
+            if before_swap is not None:
+                await before_swap(snap)
             state.snapshot = snap  # the one atomic swap
             log.info("reloaded %s: %d rows, %s", state.where, snap.rows, snap.digest)
             return True
