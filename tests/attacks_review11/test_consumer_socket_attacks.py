@@ -203,7 +203,7 @@ def test_attack_open_racing_a_revoke_never_gets_an_fd_asked_after_the_revoke_ans
                 return
             sent = time.monotonic()
             try:
-                ans, fds = raw_exchange(consumers.socket, b'{"name":"demo/tiny"}')
+                _ans, fds = raw_exchange(consumers.socket, b'{"name":"demo/tiny"}')
             except OSError:
                 continue
             for fd in fds:
@@ -234,7 +234,7 @@ def test_attack_open_racing_a_revoke_never_gets_an_fd_asked_after_the_revoke_ans
     [
         b'{"digest":"sha256:' + b"0" * 10 + b'"}',  # a digest prefix
         '{"name":"demo/t\u0131ny"}'.encode(),  # dotless i: a look-alike name
-        '{"name":"demo/tiny\\u0000"}'.encode(),
+        b'{"name":"demo/tiny\\u0000"}',
         b'{"name":"demo/tiny","name":"other/x"}',  # a duplicate key
         b'{"name":"' + b"a/" * 2000 + b'x"}',  # oversize
     ],
