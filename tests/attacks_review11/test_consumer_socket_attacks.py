@@ -249,3 +249,76 @@ def test_attack_odd_requests_get_no_fd_and_each_leaves_a_record(
         os.close(fd)
     assert fds == [] and answer.get("status", 0) >= 400, answer
     assert len(consumers.opens()) == before + 1
+
+
+@needs_root
+def test_attack_untrusted_digests_get_no_fd_and_each_refusal_is_recorded(
+    consumers: ConsumerDeployment,
+) -> None:
+    """By digest, not name: quarantined, revoked and deleted objects, and an unknown one."""
+    from tests.conftest import upload
+
+    with consumers.dep.client() as c:
+        r = upload(c, safetensors_bytes()[:-8] + b"\x00" * 8, name="q/waiting")
+        quarantined = r.json()["artifact"]["digest"] if r.status_code == 201 else None
+    revoked = consumers.trusted(ST, "r/gone")
+    with consumers.dep.client() as c:
+        assert c.post(f"/v1/artifacts/{revoked}/revoke", json={"reason": "x"}).status_code == 200
+    targets = [revoked, "sha256:" + "ab" * 32]
+    if quarantined:
+        targets.append(quarantined)
+    for digest in targets:
+        before = len(consumers.opens())
+        answer, fds = raw_exchange(consumers.socket, json.dumps({"digest": digest}).encode())
+        for fd in fds:
+            os.close(fd)
+        assert fds == [] and answer.get("status", 0) >= 400, (digest, answer)
+        assert len(consumers.opens()) == before + 1, digest
+
+
+@pytest.fixture
+def consumers_with_trust(tmp_path: Path, shared_dir: Path) -> Iterator[ConsumerDeployment]:
+    """The consumer deployment with its ``trust:`` section kept (``configure`` cuts it)."""
+    from tests.conftest import init_deployment
+    from tests.consumer_support import configure
+
+    dep = init_deployment(tmp_path, max_bytes=1024 * 1024)
+    text = dep.config.read_text()
+    trust = text[text.index("trust:\n") :]
+    sock = shared_dir / "consumer.sock"
+    configure(dep, sock)
+    dep.config.write_text(dep.config.read_text() + "\n" + trust)
+    dep.start()
+    try:
+        yield ConsumerDeployment(dep, sock)
+    finally:
+        dep.stop()
+
+
+@needs_root
+def test_attack_bytes_corrupted_behind_the_daemon_leave_the_tuf_set_before_the_refusal(
+    consumers_with_trust: ConsumerDeployment,
+) -> None:
+    """The handoff finds the change (ctime) and the bad bytes; by the time its refusal
+    arrives, is_trusted must already say no."""
+    from assay.consumer.tuf import TrustCheck
+
+    consumers = consumers_with_trust
+    digest = consumers.trusted(ST, "demo/tiny")
+    dep = consumers.dep
+    root = (dep.dir / "trust" / "root" / "1.root.json").read_bytes()
+    check = TrustCheck(dep.dir / "run" / "trust", root, dep.dir / "tuf-cache")
+    assert check.is_trusted("demo/tiny", digest)
+    obj = object_path(consumers, digest)
+    st = obj.stat()
+    obj.chmod(0o644)
+    with obj.open("r+b") as f:
+        f.seek(st.st_size - 1)
+        f.write(b"\x01")
+    obj.chmod(0o444)
+    os.utime(obj, ns=(st.st_atime_ns, st.st_mtime_ns))
+    answer, fds = raw_exchange(consumers.socket, b'{"name":"demo/tiny"}')
+    for fd in fds:
+        os.close(fd)
+    assert fds == [] and answer.get("status", 0) >= 400, answer
+    assert not check.is_trusted("demo/tiny", digest)
