@@ -183,3 +183,42 @@ def test_attack_is_trusted_never_accepts_another_names_digest_or_odd_spellings(
         ("x//a", a),
     ]:
         assert not check.is_trusted(name, digest), (name, digest)
+
+
+def test_attack_cache_writable_by_others_lets_old_signed_metadata_undo_a_revocation(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The consumer's cache is its rollback protection, but TrustCheck takes a cache dir
+    that others can write (``mkdir(exist_ok=True)`` never checks an existing one). Another
+    user saves the world-readable published metadata from before a revoke, writes it into
+    the cache while the daemon is down, and the revoked artifact is trusted again."""
+    dep = deployment
+    d = trusted(dep, 20)
+    pub = publish_dir(dep)
+    ts = json.loads((pub / "timestamp.json").read_bytes())["signed"]
+    sv = ts["meta"]["snapshot.json"]["version"]
+    snap = json.loads((pub / f"{sv}.snapshot.json").read_bytes())["signed"]
+    tv = snap["meta"]["targets.json"]["version"]
+    saved = {
+        "timestamp.json": (pub / "timestamp.json").read_bytes(),
+        "snapshot.json": (pub / f"{sv}.snapshot.json").read_bytes(),
+        "targets.json": (pub / f"{tv}.targets.json").read_bytes(),
+    }
+    shared = Path("/tmp") / f"assay-r11-cache-{os.getpid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # e.g. ASSAY_TRUST_CACHE=/tmp/assay-trust shared by services
+    try:
+        root = (dep.dir / "trust" / "root" / "1.root.json").read_bytes()
+        check = TrustCheck(pub, root, shared)
+        assert check.is_trusted("m/20", d)
+        with dep.client() as c:
+            assert c.post(f"/v1/artifacts/{d}/revoke", json={"reason": "x"}).status_code == 200
+        assert not check.is_trusted("m/20", d)  # the cache now holds the revoked set
+        for name, data in saved.items():  # the other user's write
+            (shared / name).write_bytes(data)
+        dep.stop()
+        shutil.rmtree(pub)
+        again = TrustCheck(pub, root, shared)
+        assert not again.is_trusted("m/20", d), "a revoked artifact is trusted again"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
