@@ -49,11 +49,14 @@ def trusted(dep: Deployment, i: int, name: str | None = None) -> str:
 
 
 def block_next_targets(dep: Deployment) -> None:
-    """Make the next publish fail: a directory squats the next targets file's name."""
-    nxt = versions(dep)["targets"] + 1
-    squat = publish_dir(dep) / f"{nxt}.targets.json"
-    squat.mkdir()
-    (squat / "x").write_text("x")
+    """Make the next publish fail: a directory squats ``versions.json``, so reserving the
+    next versions (PUB-1, a rename over it) fails. (Squatting the next targets file's
+    name no longer works: versions follow the wall clock, so the next one is unknown.)"""
+    state = dep.dir / "state" / "trust" / "versions.json"
+    saved = state.read_bytes()
+    state.unlink()
+    state.mkdir()
+    (state / "x").write_bytes(saved)
 
 
 def test_attack_withdrawn_revocation_is_forgotten_once_the_daemon_is_down(
