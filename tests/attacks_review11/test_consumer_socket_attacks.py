@@ -278,16 +278,14 @@ def test_attack_untrusted_digests_get_no_fd_and_each_refusal_is_recorded(
 
 @pytest.fixture
 def consumers_with_trust(tmp_path: Path, shared_dir: Path) -> Iterator[ConsumerDeployment]:
-    """The consumer deployment with its ``trust:`` section kept (``configure`` cuts it)."""
+    """The consumer deployment, whose ``trust:`` section ``configure`` now keeps."""
     from tests.conftest import init_deployment
     from tests.consumer_support import configure
 
     dep = init_deployment(tmp_path, max_bytes=1024 * 1024)
-    text = dep.config.read_text()
-    trust = text[text.index("trust:\n") :]
     sock = shared_dir / "consumer.sock"
     configure(dep, sock)
-    dep.config.write_text(dep.config.read_text() + "\n" + trust)
+    assert "\ntrust:\n" in dep.config.read_text()
     dep.start()
     try:
         yield ConsumerDeployment(dep, sock)
