@@ -45,8 +45,11 @@ def test_unknown_nested_key_is_named_by_its_path() -> None:
 
 def test_unknown_top_level_block_is_refused() -> None:
     doc = example_doc()
-    doc["admin"] = {"enabled": True}
-    assert "admin" in _paths(_refused(doc))
+    doc["adminz"] = {"enabled": True}  # ``admin`` is a section now (the admin listener)
+    assert "adminz" in _paths(_refused(doc))
+    doc = example_doc()
+    doc["admin"] = {"enabled": True}  # and a section refuses keys it does not know
+    assert "admin.enabled" in _paths(_refused(doc))
 
 
 def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
@@ -94,8 +97,16 @@ def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
             "datasets[0].tables[0].primary_key",
         ),
         (
-            lambda d: d["tables"][0]["source"].update(path="people.xlsx"),
+            lambda d: d["tables"][0]["source"].update(path="people.ods"),
             "datasets[0].tables[0].source.format",
+        ),
+        (
+            lambda d: d["tables"][0]["source"].update(path="people.xlsx"),
+            "datasets[0].tables[0].source.xlsx",
+        ),
+        (
+            lambda d: d["tables"][0]["source"].update(xlsx={"sheet": "People"}),
+            "datasets[0].tables[0].source.xlsx",
         ),
         (
             lambda d: d["entities"][1]["allowed_filters"].append(
@@ -114,6 +125,8 @@ def test_duplicate_yaml_key_is_refused_not_last_wins() -> None:
         "sum-over-text",
         "primary-key-not-in-schema",
         "unknown-source-format",
+        "xlsx-without-its-sheet",
+        "xlsx-options-on-a-csv-source",
         "duplicate-filter",
     ],
 )

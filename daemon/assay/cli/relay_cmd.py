@@ -145,7 +145,7 @@ def check_config(path: Path, *, static: bool) -> dict[str, Any]:
     secrets = load_secrets(loaded)
     out["checked"] += ["secrets", "api_key_commitments"]
     out["answer_signing"] = secrets.signing_key is not None
-    store = SnapshotStore(table_states(loaded))
+    store = SnapshotStore(table_states(loaded, secrets.pg))
     store.load_all_blocking()
     out["checked"].append("sources")
     out["tables"] = {

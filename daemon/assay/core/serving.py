@@ -29,27 +29,44 @@ log = logging.getLogger("assay.serving")
 
 
 def hypercorn_config(server: ServerConfig, *, unix_socket: Path | None = None) -> HyperConfig:
-    hc = HyperConfig()
     fds = listen_fds()
-    hc.bind = [f"fd://{fds[0]}"] if fds else [server.bind]
+    binds = [f"fd://{fds[0]}"] if fds else [server.bind]
     if unix_socket is not None:
-        hc.bind.append(f"unix:{unix_socket}")
+        binds.append(f"unix:{unix_socket}")
+    return guarded_config(
+        binds,
+        max_header_bytes=server.max_header_bytes,
+        limits=connection_limits(server),
+        shutdown_seconds=server.shutdown_timeout_seconds,
+    )
+
+
+def guarded_config(
+    binds: list[str], *, max_header_bytes: int, limits: Limits, shutdown_seconds: float
+) -> HyperConfig:
+    """hypercorn settings for ``binds`` under a connection guard of its own (``limits``).
+
+    Also the admin listener's (``assay.core.admin``): its own binds, never the socket
+    systemd passed for the public API, and its own connection table.
+    """
+    hc = HyperConfig()
+    hc.bind = list(binds)
     # The configured header cap is enforced per request (audited 431) by
     # ``assay.core.asgi.HeaderCap``; h11's bound on *incomplete* data is only a memory
     # backstop above it, because when it fires hypercorn answers a bare, unaudited 400.
-    hc.h11_max_incomplete_size = max(server.max_header_bytes, H11_BACKSTOP_BYTES)
+    hc.h11_max_incomplete_size = max(max_header_bytes, H11_BACKSTOP_BYTES)
     # The connection guard (``assay.core.hypercorn_guard``) enforces the keep-alive, header
     # read and request timeouts and the connection cap. hypercorn's own idle timer runs from a
     # connection's start to its first complete head, so it is set past the guard's
     # keep-alive plus header read time, never cutting a head the guard still allows.
-    hc.keep_alive_timeout = server.keep_alive_timeout_seconds + server.header_read_timeout_seconds
-    hc.graceful_timeout = server.shutdown_timeout_seconds
+    hc.keep_alive_timeout = limits.keep_alive + limits.header_read
+    hc.graceful_timeout = shutdown_seconds
     hc.include_server_header = False
     hc.include_date_header = True
     hc.accesslog = None
     hc.errorlog = logging.getLogger("assay.hypercorn")
     hc.alpn_protocols = ["http/1.1"]
-    hypercorn_guard.install(hc, fitted_limits(connection_limits(server)))
+    hypercorn_guard.install(hc, fitted_limits(limits))
     return hc
 
 

@@ -198,7 +198,7 @@ UPLOAD = Api(
         Param(
             "meta",
             {"type": "string", "pattern": META_PATTERN, "format": META_FORMAT},
-            "key=value metadata (the value one line of text).",
+            "key=value metadata (the value one line of text); each key at most once.",
             repeated=True,
         ),
         Param("digest", ref("DigestParam"), "The digest the bytes must have."),

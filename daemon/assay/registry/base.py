@@ -101,6 +101,8 @@ class RegistryBase:
         self._locks: dict[str, trio.Lock] = {}
         self.artifacts = ArtifactTable()
         self.last_sweep: dict[str, Any] | None = None
+        #: While a sweep re-hashes: (artifacts hashed, artifacts to hash); else None.
+        self.sweep_progress: tuple[int, int] | None = None
         #: What startup replay read and applied (``reconcile.ReplayReport``).
         self.last_replay: dict[str, Any] | None = None
         self._in_flight = InFlight()

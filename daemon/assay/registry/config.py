@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from assay.core import admin_config
+from assay.core.admin_config import AdminConfig
 from assay.core.errors import ConfigError
 from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, AuthConfig, ServerConfig, Strict, validate
@@ -68,6 +70,15 @@ class RegistryConfig(Strict):
     trust: TrustSection | None = None
     #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
     deployment: DeploymentSection = DeploymentSection()
+    #: The admin listener (``/metrics``); absent = off (``assay.core.admin``).
+    admin: AdminConfig | None = None
+
+    @model_validator(mode="after")
+    def _admin_apart(self) -> RegistryConfig:
+        problems = admin_config.conflicts(self.admin, self.server.bind, self.server.unix_socket)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True)

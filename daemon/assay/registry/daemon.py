@@ -22,11 +22,14 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import tcp_server as hypercorn_tcp
 
 from assay import __version__
-from assay.core import logsetup, refusals, serving
+from assay.core import admin, logsetup, refusals, serving
+from assay.core.admin import create_admin_app
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, PostureRefused
+from assay.core.metrics import Metrics
+from assay.core.posture import report
 from assay.core.posture.assess import announce
 from assay.core.posture.gate import PostureGate
 from assay.core.secrets import resolve_path
@@ -41,6 +44,7 @@ from assay.registry.consumer_socket import Listener, group_ids, open_listener
 from assay.registry.consumers import rules
 from assay.registry.db import RegistryDB
 from assay.registry.health import Probe
+from assay.registry.metrics import registry_gauges
 from assay.registry.posture import registry_posture
 from assay.registry.reconcile import reconcile
 from assay.registry.service import Registry
@@ -174,7 +178,16 @@ async def run(
         max_metadata_entries=cfg.registry.max_metadata_entries,
         response_hook=audit.receipt_headers_for_upload,
     )
-    asgi = HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer)
+    metrics: Metrics | None = None
+    if cfg.admin is not None:
+        metrics = Metrics("registry")
+        admin.watch_audit(metrics, audit.writer)
+        metrics.add_gauges(registry_gauges(registry))
+    asgi = admin.public_metrics(
+        HeaderCap(upload, max_header_bytes=cfg.server.max_header_bytes, audit=audit.writer),
+        metrics,
+        app.url_map,
+    )
     shutdown = trio.Event()
     hc = hypercorn_config(loaded)
     refusals.install(hc, audit.writer)
@@ -198,6 +211,15 @@ async def run(
         nursery.start_soon(authenticator.watch)
         drained = trio.Event()
         binds: list[str] = await nursery.start(serving.serve, asgi, hc, shutdown, drained)
+        admin_binds, admin_drained = await admin.start(
+            nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
+            app=lambda m: create_admin_app(
+                "registry", authenticator=authenticator, audit=audit.writer,
+                metrics=m,
+                posture=lambda: report(posture_probe())),
+            shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
+        )  # fmt: skip
+        binds += admin_binds
         consumers_done = trio.Event()
         if consumers is not None:
             gate = ConsumerGate(registry, authenticator=authenticator, audit=audit.writer,
@@ -230,6 +252,7 @@ async def run(
         # log closes; each is bounded by its timeout and its handoff.
         with trio.move_on_after(cfg.server.shutdown_timeout_seconds):
             await consumers_done.wait()
+        await admin.wait_drained(admin_drained, cfg.server.shutdown_timeout_seconds)
         await serving.stop_after_drain(
             name="assay",
             notifier=notifier,

@@ -160,16 +160,21 @@ class IntegrityOps(RegistryBase):
         digests = sorted(self.artifacts)
         found: list[tuple[Artifact, str, os.stat_result | None]] = []
         # Step SWP-1 (re-hash): every stored artifact, under its lock; nothing changes.
-        for i, digest in enumerate(digests):
-            async with self._lock(digest):
-                art = self.artifacts.get(digest)
-                if art is not None and art.state != State.DELETED:
-                    actual, _size, hashed = await trio.to_thread.run_sync(
-                        self.store.hash_object, digest
-                    )
-                    found.append((art, actual, hashed))
-            if progress is not None:
-                progress(i + 1, len(digests))
+        self.sweep_progress = (0, len(digests))
+        try:
+            for i, digest in enumerate(digests):
+                async with self._lock(digest):
+                    art = self.artifacts.get(digest)
+                    if art is not None and art.state != State.DELETED:
+                        actual, _size, hashed = await trio.to_thread.run_sync(
+                            self.store.hash_object, digest
+                        )
+                        found.append((art, actual, hashed))
+                self.sweep_progress = (i + 1, len(digests))
+                if progress is not None:
+                    progress(i + 1, len(digests))
+        finally:
+            self.sweep_progress = None
         failed = [art.digest for art, actual, _hashed in found if actual != art.digest]
         summary: dict[str, Any] = {"started": started, "checked": len(found), "failed": failed}
         # Step SWP-2 (the request's record): if it cannot be written, nothing is applied.

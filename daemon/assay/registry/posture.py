@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
+from assay.core.admin_config import admin_binds
 from assay.core.posture.assess import posture, resolve
 from assay.core.posture.evaluate import Evaluation
 from assay.core.posture.model import Profile
@@ -42,7 +43,7 @@ def registry_target(
         state.append(("trust.state_dir", resolve(base, cfg.trust.state_dir)))
         secrets.append(SecretSpec("trust.online_key", cfg.trust.online_key, "ed25519"))
     return Target(
-        daemon="registry", base=base, binds=(cfg.server.bind,),
+        daemon="registry", base=base, binds=admin_binds(cfg.server.bind, cfg.admin),
         config_paths=tuple(config_paths), state_paths=tuple(state), secrets=tuple(secrets),
         audit=cfg.audit, unit_names=(UNIT,), unit_files=unit_files,
         fault_injection=cfg.watchdog.allow_fault_injection,

@@ -35,6 +35,7 @@ from assay.core.tokens import Principal
 from assay.core.web import AuditSink, current_audit, current_principal, public
 from assay.relay import access, api, oidc, planner
 from assay.relay.errors import NotAcceptable, QueryTooLarge
+from assay.relay.pglive import LiveTag
 from assay.relay.service import Relay, dumps
 from assay.relay.snapshot import Snapshot
 from assay.relay.views import Target, lookup_refused
@@ -228,7 +229,7 @@ def create_app(
         return response
 
     def answer(
-        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snap: Snapshot
+        body: dict[str, Any], dataset: str, query_doc: dict[str, Any], snap: Snapshot | LiveTag
     ) -> Response:
         # The audit keeps the source's digest and the tag the caller saw, side by side.
         audit_state = current_audit()

@@ -11,14 +11,18 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from assay.core import admin_config
+from assay.core.admin_config import ADMIN_SCOPES, AdminConfig
 from assay.core.errors import ConfigError
 from assay.core.posture.config import DeploymentSection
 from assay.core.schema import AuditConfig, SecretRef, ServerConfig, Strict, validate
 from assay.core.strict_yaml import load_yaml
 from assay.core.tokens import ID_PATTERN, SCOPE_PATTERN
+from assay.relay.cellrange import CellRange, parse_range
 from assay.relay.oidc_config import OidcConfig, scope_map_problems
+from assay.relay.pgsource import PostgresSource
 
 FieldType = Literal["string", "integer", "number", "boolean", "date", "timestamp"]
 Op = Literal["eq", "in", "gte", "lte", "between"]
@@ -43,20 +47,82 @@ class SourceField(Strict):
     nullable: bool = True
 
 
+class XlsxOptions(Strict):
+    """Where the table is in a workbook: one named sheet, its header row, its data cells.
+
+    ``data_range`` (A1, e.g. ``A2:F100000``) is an upper bound on rows (rows past the
+    sheet's last row are absent, not an error) and exact on columns; when omitted the
+    data is every row below the header over the header's columns.
+    """
+
+    sheet: str = Field(min_length=1, max_length=31)
+    header_row: int = Field(default=1, ge=1, le=1_048_575)
+    data_range: str | None = None
+
+    @field_validator("data_range")
+    @classmethod
+    def _a1(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_range(value)  # ValueError names what is wrong with it
+        return value
+
+    @model_validator(mode="after")
+    def _range_below_header(self) -> XlsxOptions:
+        cells = self.cells()
+        if cells is not None and cells.min_row <= self.header_row:
+            raise ValueError(
+                f"data_range {self.data_range!r} must start below header_row {self.header_row}"
+            )
+        return self
+
+    def cells(self) -> CellRange | None:
+        """The parsed ``data_range`` (ValueError for a malformed one, at validation)."""
+        return parse_range(self.data_range) if self.data_range is not None else None
+
+
 class Source(Strict):
-    path: str = Field(min_length=1)
-    #: Inferred from the file name (.csv, .parquet, .pq) when omitted.
-    format: Literal["csv", "parquet"] | None = None
+    """A file (``path``) or a Postgres source (``postgres``, see ``assay.relay.pgsource``)."""
+
+    path: str | None = Field(default=None, min_length=1)
+    #: Inferred from the file name (.csv, .parquet, .pq, .xlsx) when omitted; ``postgres``
+    #: is implied by a ``postgres`` block.
+    format: Literal["csv", "parquet", "xlsx", "postgres"] | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    postgres: PostgresSource | None = None
+    #: Required for (and only allowed with) XLSX sources.
+    xlsx: XlsxOptions | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> Source:
+        if self.postgres is not None:
+            if self.path is not None or self.format not in (None, "postgres"):
+                raise ValueError("a postgres source takes no path and no other format")
+        elif self.path is None:
+            raise ValueError("give a path (a file) or a postgres block")
+        elif self.format == "postgres":
+            raise ValueError("format postgres needs a postgres block")
+        return self
+
+    def spelling(self) -> str:
+        """How the config names the source: its normalized path or its database source."""
+        if self.postgres is not None:
+            return self.postgres.spelling()
+        assert self.path is not None
+        return posixpath.normpath(self.path)
 
     def resolved_format(self) -> str | None:
+        if self.postgres is not None:
+            return "postgres"
         if self.format is not None:
             return self.format
+        assert self.path is not None
         lower = self.path.lower()
         if lower.endswith(".csv"):
             return "csv"
         if lower.endswith((".parquet", ".pq")):
             return "parquet"
+        if lower.endswith(".xlsx"):
+            return "xlsx"
         return None
 
 
@@ -283,6 +349,8 @@ class RelayConfig(Strict):
     logging: LoggingSection = LoggingSection()
     #: The deployment profile, evidence and waivers (``docs/posture.md``); absent = local.
     deployment: DeploymentSection = DeploymentSection()
+    #: The admin listener (``/metrics``, table reload); absent = off (``assay.core.admin``).
+    admin: AdminConfig | None = None
 
     def row_budget(self, entity: Entity) -> RowBudget | None:
         """The entity's budget: its own, else the default, else none."""
@@ -332,8 +400,13 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
             problems.append(f"{tat}.schema[{j}].name: duplicate column {names[j]!r}")
         if t.primary_key not in names:
             problems.append(f"{tat}.primary_key: no column {t.primary_key!r} in schema")
-        if t.source.resolved_format() is None:
+        fmt = t.source.resolved_format()
+        if fmt is None:
             problems.append(f"{tat}.source.format: cannot infer from {t.source.path!r}")
+        elif fmt == "xlsx" and t.source.xlsx is None:
+            problems.append(f"{tat}.source.xlsx: an XLSX source needs xlsx.sheet")
+        elif fmt != "xlsx" and t.source.xlsx is not None:
+            problems.append(f"{tat}.source.xlsx: only for XLSX sources, this one is {fmt}")
         columns[t.id] = {c.name: c.type for c in t.columns}
     entity_types: dict[str, dict[str, str]] = {}
     columns_of: dict[str, dict[str, str]] = {}
@@ -398,6 +471,40 @@ def _check_dataset(ds: Dataset, at: str, problems: list[str]) -> None:
                 )
 
 
+def _check_postgres(ds: Dataset, at: str, problems: list[str]) -> None:
+    """A Postgres table refreshes by its change token; a live one serves only entities
+    that expose their key (live pages are in key order; the keyed order of hidden-key
+    entities needs a snapshot) and no aggregates (one grouping per population is checked
+    by content, which a live table does not have)."""
+    live: set[str] = set()
+    for i, t in enumerate(ds.tables):
+        pg = t.source.postgres
+        if pg is None:
+            continue
+        if pg.mode == "live":
+            live.add(t.id)
+        elif t.refresh.mode == "mtime" and pg.change_token_sql is None:
+            problems.append(
+                f"{at}.tables[{i}].refresh.mode: mtime on a postgres source needs "
+                "source.postgres.change_token_sql (or use interval or manual)"
+            )
+    entities = {e.name: e for e in ds.entities}
+    tables = {t.id: t for t in ds.tables}
+    for j, e in enumerate(ds.entities):
+        if e.table in live and tables[e.table].primary_key not in {f.column for f in e.fields}:
+            problems.append(
+                f"{at}.entities[{j}].table: {e.table!r} is live; an entity over it must "
+                "expose the primary key (live pages are in key order)"
+            )
+    for j, agg in enumerate(ds.aggregates):
+        ent = entities.get(agg.source_entity)
+        if ent is not None and ent.table in live:
+            problems.append(
+                f"{at}.aggregates[{j}].source_entity: table {ent.table!r} is live; "
+                "aggregates need a snapshot (disclosure checks are by content)"
+            )
+
+
 def _check_entity_access(cfg: RelayConfig, ds: Dataset, at: str, problems: list[str]) -> set[str]:
     """The scopes of entities with access of their own; a budget needs a state dir."""
     scopes: set[str] = set()
@@ -423,6 +530,7 @@ def check_references(cfg: RelayConfig) -> list[str]:
     for i, ds in enumerate(cfg.datasets):
         at = f"datasets[{i}]"
         _check_dataset(ds, at, problems)
+        _check_postgres(ds, at, problems)
         scopes |= {ds.access.metadata_scope, ds.access.read_scope, ds.access.aggregate_scope}
         scopes |= _check_entity_access(cfg, ds, at, problems)
         tables = {t.id: t for t in ds.tables}
@@ -432,18 +540,21 @@ def check_references(cfg: RelayConfig) -> list[str]:
             table = tables.get(entity.table) if entity else None
             if table is None:
                 continue
-            source = posixpath.normpath(table.source.path)
+            source = table.source.spelling()
             where = f"{at}.aggregates[{j}]"
             if source in aggregated_sources:
                 # Two groupings of one population let a caller difference their totals.
                 # This is the pure first line, by spelling; settings and snapshot compare
                 # what the files are and hold (assay.relay.population) when they can.
                 problems.append(
-                    f"{where}.source_entity: source {table.source.path!r} is already "
+                    f"{where}.source_entity: source {source!r} is already "
                     f"aggregated by {aggregated_sources[source]}; two groupings of one "
                     "population let a caller recover suppressed cells by subtraction"
                 )
             aggregated_sources.setdefault(source, where)
+    problems += admin_config.conflicts(cfg.admin, cfg.server.bind, cfg.server.unix_socket)
+    if cfg.admin is not None:
+        scopes |= ADMIN_SCOPES  # an operator's key may hold admin:* once there is a listener
     key_ids = [k.id for k in cfg.auth.api_keys]
     for i in _dupes(key_ids):
         problems.append(f"auth.api_keys[{i}].id: duplicate key id {key_ids[i]!r}")

@@ -21,14 +21,18 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from assay import __version__
-from assay.core import logsetup, refusals, serving
+from assay.core import admin, logsetup, refusals, serving
+from assay.core.admin import create_admin_app
 from assay.core.asgi import ASGIApp, HeaderCap, RecordBeforeDisconnect
 from assay.core.audit.runtime import AuditRuntime, open_audit
 from assay.core.errors import PostureRefused
+from assay.core.metrics import Metrics
+from assay.core.posture import report
 from assay.core.posture.assess import announce
 from assay.core.posture.gate import PostureGate
 from assay.core.serving import hypercorn_config as core_hypercorn_config
 from assay.core.systemd import Notifier, watchdog_interval
+from assay.relay.admin_routes import reload_routes, snapshot_gauges
 from assay.relay.posture import relay_posture
 from assay.relay.settings import LoadedConfig, load_secrets
 from assay.relay.snapshot import SnapshotStore
@@ -92,6 +96,12 @@ async def run(
     parts = await trio.to_thread.run_sync(
         partial(assemble, loaded, secrets, audit=audit.writer, readiness=readiness)
     )
+    metrics: Metrics | None = None
+    if cfg.admin is not None:
+        metrics = Metrics("relay")
+        admin.watch_audit(metrics, audit.writer)
+        metrics.add_gauges(snapshot_gauges(parts.store))
+        parts.relay.scan_observer = metrics.observe_scan
     started = time.monotonic()
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -100,17 +110,30 @@ async def run(
             nursery.start_soon(parts.authenticator.watch)
         for state in parts.store.tables():
             nursery.start_soon(parts.store.watch, state)
-        asgi = HeaderCap(
-            RecordBeforeDisconnect(cast(ASGIApp, parts.app)),
-            max_header_bytes=cfg.server.max_header_bytes,
-            audit=audit.writer,
-            route=parts.audit_route(),
+        asgi = admin.public_metrics(
+            HeaderCap(
+                RecordBeforeDisconnect(cast(ASGIApp, parts.app)),
+                max_header_bytes=cfg.server.max_header_bytes,
+                audit=audit.writer,
+                route=parts.audit_route(),
+            ),
+            metrics,
+            parts.app.url_map,
         )
         drained = trio.Event()
         hc = hypercorn_config(loaded)
         refusals.install(hc, audit.writer)
         serve = partial(serving.serve, asgi, hc, shutdown, drained)
         binds: list[str] = await nursery.start(serve)
+        admin_binds, admin_drained = await admin.start(
+            nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
+            app=lambda m: create_admin_app(
+                "relay", authenticator=parts.authenticator, audit=audit.writer,
+                metrics=m, routes=reload_routes(parts.store),
+                posture=lambda: report(probe())),
+            shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,
+        )  # fmt: skip
+        binds += admin_binds
         nursery.start_soon(_signals, shutdown, notifier, parts.store)
         interval = watchdog_interval()
         if interval is not None:
@@ -124,6 +147,7 @@ async def run(
         )
         task_status.started(binds)
         await shutdown.wait()
+        await admin.wait_drained(admin_drained, cfg.server.shutdown_timeout_seconds)
         await serving.stop_after_drain(
             name="assay relay",
             notifier=notifier,

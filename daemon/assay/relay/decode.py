@@ -48,7 +48,7 @@ _COLUMN = re.compile(r"In CSV column #([0-9]{1,9}): ")
 _NO_ZONE = re.compile(r"conversion error to timestamp[^:]*: expected a zone offset")
 
 
-def _csv_reason(message: str, data: bytes, spec: Table) -> str:
+def _csv_reason(message: str, data: bytes, spec: Table, delimiter: str) -> str:
     fields = _FIELDS.search(message)
     if fields:
         return (
@@ -60,7 +60,7 @@ def _csv_reason(message: str, data: bytes, spec: Table) -> str:
     column = _COLUMN.match(message)
     if column is None:
         return "not readable as CSV"
-    name = _declared_name(data, spec, int(column.group(1)))
+    name = _declared_name(data, spec, delimiter, int(column.group(1)))
     declared = {c.name: c.type for c in spec.columns}.get(name or "")
     where = f"column {name!r}" if name else f"column #{int(column.group(1)) + 1}"
     if "invalid UTF8" in message:
@@ -70,14 +70,14 @@ def _csv_reason(message: str, data: bytes, spec: Table) -> str:
     return f"{where} has a value that does not parse as {declared or 'its declared type'}"
 
 
-def _declared_name(data: bytes, spec: Table, index: int) -> str | None:
+def _declared_name(data: bytes, spec: Table, delimiter: str, index: int) -> str | None:
     """The header's name at ``index`` if it is a declared column (ours to name), else None:
     a file without a header has a data row there."""
     try:
         header = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(skip_rows_after_names=2**31 - 1),
-            parse_options=pacsv.ParseOptions(delimiter=spec.source.delimiter),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
         ).column_names
     except pa.ArrowException:
         return None
@@ -106,24 +106,28 @@ def _lossless(actual: pa.DataType, declared: str) -> bool:
     return False
 
 
-def _csv(data: bytes, spec: Table, where: str) -> pa.Table:
+def _csv(data: bytes, spec: Table, where: str, *, copy: bool = False) -> pa.Table:
+    """CSV as files hold it, or (``copy``) as Postgres ``COPY ... (FORMAT csv)`` writes
+    it: booleans ``t``/``f``, NULL unquoted empty, an empty string quoted ``""``."""
     declared = {c.name: ARROW_TYPES[c.type] for c in spec.columns}
+    delimiter = "," if copy else spec.source.delimiter
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(use_threads=True, block_size=4 * 1024 * 1024),
-            parse_options=pacsv.ParseOptions(delimiter=spec.source.delimiter),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
                 column_types=declared,
                 null_values=[""],
                 strings_can_be_null=True,
-                true_values=["true"],
-                false_values=["false"],
+                quoted_strings_can_be_null=not copy,
+                true_values=["t"] if copy else ["true"],
+                false_values=["f"] if copy else ["false"],
                 check_utf8=True,
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        reason = _csv_reason(str(exc), data, spec)
+        reason = _csv_reason(str(exc), data, spec, delimiter)
         raise SourceInvalid(f"{where}: {reason}", path=where) from None
     _check_columns(table.column_names, spec, where)
     return table
@@ -214,7 +218,10 @@ def decode(data: bytes, spec: Table, *, where: str) -> pa.Table:
     quote the data, and this reason reaches the log, ``/readyz`` and the CLI."""
     fmt = spec.source.resolved_format()
     try:
-        raw = _csv(data, spec, where) if fmt == "csv" else _parquet(data, spec, where)
+        if fmt == "parquet":
+            raw = _parquet(data, spec, where)
+        else:
+            raw = _csv(data, spec, where, copy=fmt == "postgres")
         return _conform(raw, spec, where)
     except SourceInvalid:
         raise

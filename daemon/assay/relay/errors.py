@@ -8,7 +8,7 @@ cannot be recorded). Everything else uses a core class with a ``code``. Pure.
 
 from __future__ import annotations
 
-from assay.core.errors import RejectedInput, StorageError
+from assay.core.errors import ConfigError, Conflict, RejectedInput, StorageError
 
 
 class NotAcceptable(RejectedInput):
@@ -41,3 +41,34 @@ class BudgetUnavailable(StorageError):
     code = "relay.row_budget_unavailable"
     status = 503
     title = "Row budget unavailable"
+
+
+class SourceUnavailable(StorageError):
+    """A database source cannot be reached or answered; a snapshot keeps serving, a live
+    read is refused (fail closed, never a partial answer)."""
+
+    code = "relay.source_unavailable"
+    status = 503
+    title = "Source unavailable"
+
+
+class SourceTimeout(SourceUnavailable):
+    """The database cancelled a statement at the source's ``query_timeout``."""
+
+    code = "relay.source_timeout"
+    status = 504
+    title = "Source timeout"
+
+
+class DsnRefused(ConfigError):
+    """A Postgres connection string does not meet the policy (TLS to a TCP host)."""
+
+    code = "config.dsn_refused"
+
+
+class ReloadFailed(Conflict):
+    """An operator's table reload could not load the source; the old snapshot serves on."""
+
+    code = "relay.reload_failed"
+    status = 409
+    title = "Table reload failed"

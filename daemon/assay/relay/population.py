@@ -166,12 +166,15 @@ class SourceIdentity:
     """What a source *is*, not what its path says: the file it resolves to (device and
     inode, so a symlink, a hard link and every spelling of one path are one file), and
     once loaded, the SHA-256 of its bytes and its identifier sets (``Fingerprint``).
-    ``None`` is not known yet: a static check sees only the file system."""
+    ``None`` is not known yet: a static check sees only the file system. A database
+    source has no file: its ``locator`` is the server, database and relation the server
+    itself reported (``pgread``), so two spellings of one relation are one population."""
 
     file: tuple[int, int] | None = None
     real_path: str | None = None
     content: str | None = None
     identifiers: tuple[tuple[str, str], ...] | None = None
+    locator: str | None = None
 
     def same_population(self, other: SourceIdentity) -> str | None:
         """Why ``other`` is certainly the same population as this one, or None."""
@@ -179,6 +182,7 @@ class SourceIdentity:
             ("file", "the same file as"),
             ("real_path", "the same file as"),
             ("content", "a byte-identical copy of"),
+            ("locator", "the same database relation as"),
         )
         for attr, why in reasons:
             mine, theirs = getattr(self, attr), getattr(other, attr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from assay.core.admin_config import admin_binds
 from assay.core.posture.assess import posture, resolve
 from assay.core.posture.evaluate import Evaluation
 from assay.core.posture.model import Profile
@@ -38,7 +39,7 @@ def relay_target(
             SecretSpec("instance.answer_signing.key", cfg.instance.answer_signing.key, "ed25519")
         )
     return Target(
-        daemon="relay", base=base, binds=(cfg.server.bind,),
+        daemon="relay", base=base, binds=admin_binds(cfg.server.bind, cfg.admin),
         config_paths=(("config", source), ("config directory", source.resolve().parent)),
         state_paths=tuple(state), secrets=tuple(secrets), audit=cfg.audit,
         unit_names=(UNIT,), unit_files=unit_files,

@@ -28,6 +28,7 @@ from assay.relay import access, conflicts, cursor, disclosure, jws, order, plann
 from assay.relay.budgetstore import BudgetStore, Grant, Key, headers
 from assay.relay.config import Aggregate, Dataset, RelayConfig, RowBudget
 from assay.relay.errors import BudgetExhausted
+from assay.relay.pglive import LiveTag
 from assay.relay.planner import Bounds, Condition
 from assay.relay.snapshot import Snapshot, SnapshotStore
 from assay.relay.views import EntityView, Target, entity_view, lookup_refused
@@ -80,6 +81,12 @@ class Relay:
         self.entities = {
             (d.id, e.name): entity_view(d, e) for d in config.datasets for e in d.entities
         }
+        #: Told ``(kind, seconds)`` for each table scan (the admin listener's metrics).
+        self.scan_observer: Callable[[str, float], None] | None = None
+
+    def _scanned(self, kind: str, started: float) -> None:
+        if self.scan_observer is not None:
+            self.scan_observer(kind, time.perf_counter() - started)
 
     # --- names -------------------------------------------------------------------------
 
@@ -139,9 +146,9 @@ class Relay:
     def snapshot(self, view: EntityView) -> Snapshot:
         return self.store.get(view.dataset.id, view.table.id)
 
-    def published(self, view: EntityView, snap: Snapshot) -> str:
+    def published(self, view: EntityView, snap: Snapshot | LiveTag) -> str:
         """The snapshot's name in answers and signed claims: a keyed tag, never the
-        source's SHA-256 (``snapshot.snapshot_tagger``)."""
+        source's SHA-256 (``snapshot.snapshot_tagger``); a live table's tag likewise."""
         return self.store.tag(view.dataset.id, view.table.id, snap)
 
     # --- metadata ------------------------------------------------------------------------
@@ -276,7 +283,7 @@ class Relay:
         audit: RequestAudit,
         who: str,
         out: dict[str, str],
-    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot | LiveTag]:
         """A page; ``who`` (auth mode and id) binds cursors and budgets, ``out`` gets the
         budget headers (also when refused)."""
         e = view.entity
@@ -295,7 +302,9 @@ class Relay:
         #    clamped to what is left, so the budget is never exceeded and all of it usable.
         grant = self._reserve(self._budget(view, who), plan.limit, out)
         try:
-            snap = self.snapshot(view)  # the one snapshot this request sees
+            live = self.store.pool(view.dataset.id, view.table.id)
+            # The one snapshot this request sees; a live table names itself instead.
+            snap: Snapshot | LiveTag = live.tag if live is not None else self.snapshot(view)
             normalized = plan.normalized()
             bound = cursor.binding(view.dataset.id, e.name, normalized, snap.digest, who)
             offset = (
@@ -305,6 +314,7 @@ class Relay:
             limit = plan.limit if grant is None else grant.rows
 
             def run() -> query.Page:
+                assert isinstance(snap, Snapshot)
                 table, index, key_column = self._rows(view, snap)
                 return query.page(
                     table,
@@ -316,7 +326,14 @@ class Relay:
                     key_column=key_column,
                 )
 
-            result = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+            started = time.perf_counter()
+            if live is not None:
+                result = await live.page(plan.conditions, plan.fields, offset=offset, limit=limit)
+            elif snap.rows > THREAD_ROWS:  # type: ignore[union-attr]
+                result = await trio.to_thread.run_sync(run)
+            else:
+                result = run()
+            self._scanned("records", started)
             audit.extra["row_count"] = len(result.records)
             # 2. Spend what is returned, and at least one row, durably, before it leaves:
             #    an empty page is an answer about the records its filters name.
@@ -344,7 +361,7 @@ class Relay:
         audit: RequestAudit,
         who: str,
         out: dict[str, str],
-    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Snapshot | LiveTag]:
         """The records query ``key=raw_id`` plus the caller's filters, at most one row.
 
         1. Only where the key is exposed and ``eq``-filterable (``EntityView.lookup``).
@@ -382,16 +399,24 @@ class Relay:
         audit.extra.update(planner.audit_extra(conditions, self.redactor))
         grant = self._reserve(self._budget(view, who), 1, out)
         try:
-            snap = self.snapshot(view)
-            page = query.page(
-                snap.data,
-                conditions,
-                view.fields,
-                offset=0,
-                limit=1,
-                index=snap.index,
-                key_column=view.table.primary_key,
-            )
+            live = self.store.pool(view.dataset.id, view.table.id)
+            started = time.perf_counter()
+            snap: Snapshot | LiveTag
+            if live is not None:
+                snap = live.tag
+                page = await live.page(conditions, view.fields, offset=0, limit=1)
+            else:
+                snap = self.snapshot(view)
+                page = query.page(
+                    snap.data,
+                    conditions,
+                    view.fields,
+                    offset=0,
+                    limit=1,
+                    index=snap.index,
+                    key_column=view.table.primary_key,
+                )
+            self._scanned("record", started)
             audit.extra["row_count"] = len(page.records)
             # A miss costs its row too: "no such record under these filters" is the
             # record's status (closed or not) when the id is known.
@@ -446,7 +471,9 @@ class Relay:
             mask = query.mask_for(snap.data, conditions)
             return disclosure.aggregate(snap.data, mask, agg, view.by_name)
 
+        started = time.perf_counter()
         answer = await trio.to_thread.run_sync(run) if snap.rows > THREAD_ROWS else run()
+        self._scanned("aggregate", started)
         audit.extra["row_count"] = len(answer.groups)
         audit.extra["suppressed_groups"] = answer.suppressed_groups
         # 2. All of the groups or none: an aggregate is not clamped (part of it would

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from assay.core.errors import SecretError
+from assay.core.errors import AssayError, SecretError
 from assay.core.secrets import read_secret, resolve_path
 from assay.core.strict_yaml import MAX_CONFIG_BYTES
 from assay.core.tokens import TokenRecord
@@ -24,8 +24,11 @@ from assay.core.trusted_files import read_trusted
 from assay.relay import apikeys, conflicts, jws
 from assay.relay.config import RelayConfig, aggregate_sources, config_error, parse_config
 from assay.relay.conflicts import TableKey
+from assay.relay.pgread import PgBinding, bind
 from assay.relay.population import SourceIdentity, population_problems
 from assay.relay.snapshot import TableState
+
+PgBindings = dict[tuple[str, str], PgBinding]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class RelaySecrets:
     audit_key: bytes
     api_keys: tuple[TokenRecord, ...]
     signing_key: Ed25519PrivateKey | None
+    #: (dataset, table) to its Postgres source with the DSN read and checked.
+    pg: PgBindings = field(default_factory=dict)
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -62,14 +67,14 @@ def load_config(path: Path) -> LoadedConfig:
 
 def same_file(loaded: LoadedConfig) -> Callable[[TableKey, TableKey], str | None]:
     """Whether two tables are one population by what the config and the file system say:
-    one table, one spelling of a path, or one file (``file_identity``); the population
-    check of their contents comes once they load."""
+    one table, one spelling of a path or of a database source, or one file
+    (``file_identity``); the population check of their contents comes once they load."""
     tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
     identity: dict[TableKey, SourceIdentity] = {}
 
-    def ident(key: TableKey) -> SourceIdentity:
+    def ident(key: TableKey, path: str) -> SourceIdentity:
         if key not in identity:
-            identity[key] = file_identity(loaded.path(tables[key].source.path))
+            identity[key] = file_identity(loaded.path(path))
         return identity[key]
 
     def same(a: TableKey, b: TableKey) -> str | None:
@@ -77,8 +82,15 @@ def same_file(loaded: LoadedConfig) -> Callable[[TableKey, TableKey], str | None
             return f"the aggregate's own table {a[0]}.{a[1]}"
         if a not in tables or b not in tables:
             return None
-        pa_, pb = (posixpath.normpath(str(loaded.path(tables[k].source.path))) for k in (a, b))
-        if pa_ == pb or ident(a).same_population(ident(b)) is not None:
+        src_a, src_b = tables[a].source, tables[b].source
+        if src_a.path is None or src_b.path is None:
+            # A database source has no file: one spelling (DSN ref and relation or query)
+            # is one source here; the relation the server names is compared once read.
+            if src_a.spelling() != src_b.spelling():
+                return None
+            return f"{b[0]}.{b[1]}, the same database source as the aggregate's table {a[0]}.{a[1]}"
+        pa_, pb = (posixpath.normpath(str(loaded.path(p))) for p in (src_a.path, src_b.path))
+        if pa_ == pb or ident(a, src_a.path).same_population(ident(b, src_b.path)) is not None:
             return f"{b[0]}.{b[1]}, the same file as the aggregate's table {a[0]}.{a[1]}"
         return None
 
@@ -88,10 +100,10 @@ def same_file(loaded: LoadedConfig) -> Callable[[TableKey, TableKey], str | None
 def _aggregated(loaded: LoadedConfig) -> list[tuple[str, str, str, str]]:
     tables = {(ds.id, t.id): t for ds in loaded.config.datasets for t in ds.tables}
     return [
-        (where, ds, table, tables[(ds, table)].source.path)
+        (where, ds, table, path)
         for where, ds, table in aggregate_sources(loaded.config)
-        if (ds, table) in tables
-    ]
+        if (ds, table) in tables and (path := tables[(ds, table)].source.path) is not None
+    ]  # a database source has no file: its identity is known once it is read
 
 
 def file_identity(path: Path) -> SourceIdentity:
@@ -124,7 +136,30 @@ def load_secrets(loaded: LoadedConfig) -> RelaySecrets:
     if cfg.instance.answer_signing is not None:
         raw = read_secret(cfg.instance.answer_signing.key, base=base)
         signing = jws.load_private_key(raw)
-    return RelaySecrets(audit_key, tuple(records), signing)
+    return RelaySecrets(audit_key, tuple(records), signing, pg_bindings(loaded))
+
+
+def pg_bindings(loaded: LoadedConfig) -> PgBindings:
+    """Every Postgres source's DSN, read from its secret ref and held to the TLS policy
+    (``pgsource.check_dsn``); a refusal names the table and the ref, never the value."""
+    out: PgBindings = {}
+    for i, ds in enumerate(loaded.config.datasets):
+        for j, table in enumerate(ds.tables):
+            src = table.source.postgres
+            if src is None:
+                continue
+            where = f"datasets[{i}].tables[{j}].source.postgres.dsn"
+            try:
+                dsn = read_secret(src.dsn, base=loaded.base, min_bytes=1).decode()
+            except SecretError as exc:
+                raise SecretError(f"{where}: {exc.detail}", path=where) from None
+            except UnicodeDecodeError:
+                raise SecretError(f"{where}: {src.dsn.describe()} is not text") from None
+            try:
+                out[(ds.id, table.id)] = bind(src, dsn)
+            except AssayError as exc:
+                raise type(exc)(f"{where}: {exc.detail}", path=where) from None
+    return out
 
 
 def token_path(loaded: LoadedConfig) -> Path | None:
@@ -142,8 +177,10 @@ def population_readers(loaded: LoadedConfig) -> dict[tuple[str, str], tuple[Tabl
     return conflicts.readers(loaded.config, same_file(loaded))
 
 
-def table_states(loaded: LoadedConfig) -> list[TableState]:
+def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[TableState]:
+    """Every table's state; a Postgres table takes its binding from ``pg`` (the secrets)."""
     cfg = loaded.config
+    pg = pg or {}
     by_table: dict[tuple[str, str], list[str]] = {}
     for where, ds_id, table_id in aggregate_sources(cfg):
         by_table.setdefault((ds_id, table_id), []).append(where)
@@ -156,10 +193,14 @@ def table_states(loaded: LoadedConfig) -> list[TableState]:
     for ds in cfg.datasets:
         for table in ds.tables:
             cap = min(table.max_bytes or cfg.server.max_source_bytes, cfg.server.max_source_bytes)
+            path = table.source.path
+            binding = pg.get((ds.id, table.id))
+            if table.source.postgres is not None and binding is None:
+                raise SecretError(f"{ds.id}.{table.id}: its postgres DSN was not loaded")
             states.append(
                 TableState(
-                    ds.id, table, loaded.path(table.source.path), cap,
-                    aggregated_by=tuple(by_table.get((ds.id, table.id), ())),
+                    ds.id, table, None if path is None else loaded.path(path), cap,
+                    aggregated_by=tuple(by_table.get((ds.id, table.id), ())), pg=binding,
                     guards=tuple(guards.get((ds.id, table.id), ())),
                 )
             )  # fmt: skip

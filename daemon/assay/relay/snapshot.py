@@ -10,6 +10,10 @@ Sources are opened ``O_RDONLY`` and never locked or written. The digest is the S
 exactly the bytes decoded, read under a size cap; if the file changes while it is being
 read (in-place rewrite) the reload is refused and retried on the next poll.
 
+A Postgres source (``pgread``) is read by COPY through a read-only session under the
+same cap and decoded by the same strict schema; its refresh polls ``change_token_sql``
+(the token moves: reload), and a live table keeps no snapshot at all (``pglive``).
+
 One grouping per population is checked here by what the sources are, at startup and at
 every reload: an aggregated table whose file (device and inode), bytes or identifier
 sets are another aggregated table's, or whose rows largely are (the estimate), fails the
@@ -29,7 +33,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,8 +46,11 @@ from assay.relay import population
 from assay.relay.config import Table, config_error
 from assay.relay.conflicts import Conflict, problem
 from assay.relay.decode import SourceInvalid, decode
+from assay.relay.pglive import LivePool, LiveTag, check_live
+from assay.relay.pgread import PgBinding, change_token, read_snapshot
 from assay.relay.population import Fingerprint, SourceIdentity, population_problems
 from assay.relay.query import build_index
+from assay.relay.xlsxsource import decode_xlsx
 
 log = logging.getLogger("assay.relay.snapshot")
 
@@ -62,6 +69,10 @@ class Snapshot:
     generation: int
     #: Who the rows are (``assay.relay.population``), for tables that are compared.
     fingerprint: Fingerprint | None = None
+    #: A database source's server, database and relation (it has no file).
+    locator: str | None = None
+    #: ``change_token_sql``'s value, read just before this snapshot's COPY.
+    token: str | None = None
 
     @property
     def rows(self) -> int:
@@ -69,6 +80,8 @@ class Snapshot:
 
     def identity(self, real_path: str | None = None) -> SourceIdentity:
         ids = self.fingerprint.identifiers if self.fingerprint is not None else None
+        if self.locator is not None:  # a database source: no file, the relation instead
+            return SourceIdentity(None, None, self.digest, ids, self.locator)
         return SourceIdentity((self.stamp[0], self.stamp[1]), real_path, self.digest, ids)
 
 
@@ -76,10 +89,13 @@ class Snapshot:
 class TableState:
     dataset: str
     spec: Table
-    path: Path
+    #: The source file; None for a Postgres source (``pg``).
+    path: Path | None
     max_bytes: int
     snapshot: Snapshot | None = None
     last_error: str | None = None
+    #: The stable code of the last failed load (e.g. ``relay.xlsx_formula``).
+    last_error_code: str | None = None
     last_attempt: float | None = None
     failures: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -88,6 +104,9 @@ class TableState:
     #: API keys that may aggregate one of these two tables and read the other: refused
     #: if their contents are one population (``assay.relay.conflicts``).
     guards: tuple[Conflict, ...] = ()
+    pg: PgBinding | None = None
+    #: A live table's sessions (set at startup; a live table has no snapshot).
+    pool: LivePool | None = None
 
     @property
     def compared(self) -> bool:
@@ -97,6 +116,14 @@ class TableState:
     @property
     def where(self) -> str:
         return f"{self.dataset}.{self.spec.id}"
+
+    @property
+    def live(self) -> bool:
+        """Answered by the database per request (``pglive``); never snapshotted."""
+        return self.pg is not None and self.pg.source.mode == "live"
+
+    def real_path(self) -> str | None:
+        return None if self.path is None else os.path.realpath(self.path)
 
 
 def stamp_of(info: os.stat_result) -> Stamp:
@@ -144,15 +171,27 @@ def read_source(path: Path, max_bytes: int, where: str) -> tuple[bytes, Stamp]:
 
 def load(state: TableState, generation: int) -> Snapshot:
     """Blocking: read, digest, decode and index one table (run in a worker thread)."""
-    data, stamp = read_source(state.path, state.max_bytes, state.where)
+    token: str | None = None
+    locator: str | None = None
+    if state.pg is not None:
+        read = read_snapshot(state.pg, state.spec, state.max_bytes, state.where)
+        data, token, locator = read.data, read.token, read.locator
+        stamp: Stamp = (0, 0, 0, len(data))
+    else:
+        assert state.path is not None
+        data, stamp = read_source(state.path, state.max_bytes, state.where)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if state.snapshot is not None and state.snapshot.digest == digest:
-        return replace(state.snapshot, stamp=stamp)  # same bytes: only the stamp moved
-    table = decode(data, state.spec, where=state.where)
+        # Same bytes: only the stamp (and the token read before them) moved.
+        return replace(state.snapshot, stamp=stamp, token=token, locator=locator)
+    if state.spec.source.resolved_format() == "xlsx":
+        table = decode_xlsx(data, state.spec, where=state.where, max_bytes=state.max_bytes)
+    else:
+        table = decode(data, state.spec, where=state.where)
     del data
     index = build_index(table, state.spec.primary_key)
     fp = _fingerprint(table, state.where) if state.compared else None
-    return Snapshot(table, index, digest, stamp, time.time(), generation, fp)
+    return Snapshot(table, index, digest, stamp, time.time(), generation, fp, locator, token)
 
 
 def _fingerprint(table: pa.Table, where: str) -> Fingerprint:
@@ -204,7 +243,9 @@ def _identity_now(state: TableState) -> SourceIdentity | None:
     if state.snapshot is None:
         return None
     served = state.snapshot.identity()
-    real = os.path.realpath(state.path)
+    real = state.real_path()
+    if real is None:
+        return served
     try:
         info = os.stat(real)
     except OSError:
@@ -247,12 +288,22 @@ class SnapshotStore:
         #: Without a key, a random one: no raw digest is ever published.
         self._tag = tag or snapshot_tagger(secrets.token_bytes(32))
 
-    def tag(self, dataset: str, table: str, snap: Snapshot) -> str:
-        """The name of ``snap`` that callers see (``snapshot_tagger``)."""
+    def tag(self, dataset: str, table: str, snap: Snapshot | LiveTag) -> str:
+        """The name of ``snap`` (or of a live table) that callers see (``snapshot_tagger``)."""
         return self._tag(dataset, table, snap.digest)
 
     def tables(self) -> list[TableState]:
         return list(self._tables.values())
+
+    def pool(self, dataset: str, table: str) -> LivePool | None:
+        """A live table's pool, or None for a snapshotted table."""
+        return self._tables[(dataset, table)].pool
+
+    def close(self) -> None:
+        """Blocking: close every live table's idle sessions."""
+        for state in self._tables.values():
+            if state.pool is not None:
+                state.pool.close()
 
     def get(self, dataset: str, table: str) -> Snapshot:
         """The current snapshot; take it once per request and use only that one."""
@@ -265,13 +316,18 @@ class SnapshotStore:
         """Startup: every table must load, or the relay does not start (fail closed), and
         no two aggregates may group one population."""
         for state in self._tables.values():
+            if state.pg is not None and state.live:
+                check_live(state.pg, state.spec, state.where)
+                state.pool = LivePool(state.pg, state.spec, state.where)
+                log.info("%s is live from %s", state.where, state.pg)
+                continue
             self._generation += 1
             state.snapshot = load(state, self._generation)
             log.info(
                 "loaded %s: %d rows, %s", state.where, state.snapshot.rows, state.snapshot.digest
             )
         sources = [
-            (where, state.where, state.snapshot.identity(os.path.realpath(state.path)))
+            (where, state.where, state.snapshot.identity(state.real_path()))
             for state in self._tables.values()
             if state.snapshot is not None
             for where in state.aggregated_by
@@ -311,11 +367,15 @@ class SnapshotStore:
         aggregated = (state.dataset, state.spec.id) == guard.aggregate_table
         other_key = guard.entity_table if aggregated else guard.aggregate_table
         other = self._tables.get(other_key)
+        if snap is not None and other is not None and other.live:
+            # A live table keeps no rows to compare: fail closed, not "distinct".
+            return problem(guard, f"{other.where}, a live table whose rows cannot be compared "
+                           f"with the aggregate's table {state.where}")  # fmt: skip
         if snap is None or other is None or other.snapshot is None:
             return None
         theirs = _identity_now(other)
         assert theirs is not None
-        why = snap.identity(os.path.realpath(state.path)).same_population(theirs)
+        why = snap.identity(state.real_path()).same_population(theirs)
         if why is None:
             why = _overlap(snap, other.snapshot, state.where)
         if why is None:
@@ -334,7 +394,7 @@ class SnapshotStore:
                 raise SourceInvalid(f"{state.where}: reload refused: {why.split(': ', 1)[1]}")
         if not state.aggregated_by:
             return
-        mine = snap.identity(os.path.realpath(state.path))
+        mine = snap.identity(state.real_path())
         for other in self._tables.values():
             theirs = _identity_now(other) if other is not state and other.aggregated_by else None
             why = mine.same_population(theirs) if theirs is not None else None
@@ -352,8 +412,18 @@ class SnapshotStore:
         self._population_check(state, snap)
         return snap
 
-    async def reload(self, state: TableState) -> bool:
-        """Reload one table; True when a new snapshot was swapped in."""
+    async def reload(
+        self, state: TableState, *, before_swap: Callable[[Snapshot], Awaitable[None]] | None = None
+    ) -> bool:
+        """Reload one table; True when a new snapshot was swapped in. A live table has no
+        snapshot to reload (SIGHUP or a reload route must not COPY it whole).
+
+        ``before_swap`` runs once the new snapshot is loaded and differs, before it
+        serves: an operator's reload writes its record there, so that a reload whose
+        record cannot be written (it raises) swaps nothing.
+        """
+        if state.live:
+            return False
         async with state.lock:
             state.last_attempt = time.time()
             self._generation += 1
@@ -363,6 +433,7 @@ class SnapshotStore:
             except (AssayError, OSError, pa.ArrowException, MemoryError) as exc:
                 state.failures += 1
                 state.last_error = failure_reason(state.where, exc)
+                state.last_error_code = exc.code if isinstance(exc, AssayError) else None
                 log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                     "reload of %s failed, still serving %s: %s",
                     state.where,
@@ -370,11 +441,13 @@ class SnapshotStore:
                     state.last_error,
                 )
                 return False
-            state.last_error = None
+            state.last_error = state.last_error_code = None
             old = state.snapshot
             if old is not None and old.digest == snap.digest:
                 state.snapshot = snap  # same bytes: only the stamp moved
                 return False
+            if before_swap is not None:
+                await before_swap(snap)
             state.snapshot = snap  # the one atomic swap
             log.info("reloaded %s: %d rows, %s", state.where, snap.rows, snap.digest)
             return True
@@ -386,30 +459,61 @@ class SnapshotStore:
     async def watch(self, state: TableState) -> None:
         """Poll by the table's refresh mode: ``mtime`` on change, ``interval`` on a timer."""
         mode = state.spec.refresh.mode
-        if mode == "manual":
+        if mode == "manual" or state.live:
             return
         interval = state.spec.refresh.interval_seconds
+        if state.pg is not None and mode == "mtime":
+            await self._watch_token(state, state.pg, interval)
+            return
         seen = state.snapshot.stamp if state.snapshot else None
         while True:
             await trio.sleep(interval)
             if mode == "interval":
                 await self.reload(state)
                 continue
+            assert state.path is not None
             stamp = await trio.to_thread.run_sync(source_stamp, state.path)
             if stamp != seen:  # retried only when the file moves again, so no log storm
                 seen = stamp
                 await self.reload(state)
 
+    async def _watch_token(self, state: TableState, pg: PgBinding, interval: float) -> None:
+        """``mtime`` for a database: reload when ``change_token_sql``'s value is not the one
+        read just before the served snapshot's COPY. An unreadable token keeps the snapshot
+        serving, marked stale and logged once; a token whose reload failed is not retried
+        until it moves again (no log storm)."""
+        tried: str | None = None
+        while True:
+            await trio.sleep(interval)
+            try:
+                token = await trio.to_thread.run_sync(change_token, pg, state.where)
+            except AssayError as exc:
+                if state.last_error != exc.detail:
+                    log.error("change token of %s unreadable, still serving %s: %s",  # noqa: TRY400
+                              state.where, state.snapshot.digest if state.snapshot else "nothing",
+                              exc.detail)  # fmt: skip
+                state.last_error = exc.detail
+                state.failures += 1
+                tried = None
+                continue
+            served = state.snapshot.token if state.snapshot is not None else None
+            if token == served:
+                state.last_error = None  # answering again, and nothing moved meanwhile
+            elif token != tried and not await self.reload(state) and state.last_error:
+                tried = token
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for state in self._tables.values():
             snap = state.snapshot
+            live_ok = state.pool is not None and state.pool.last_error is None
             out[state.where] = {
-                "ok": snap is not None,
+                "ok": snap is not None or live_ok,
                 "stale": state.last_error is not None,
                 "snapshot": self.tag(state.dataset, state.spec.id, snap) if snap else None,
                 "loaded_at": snap.loaded_at if snap else None,
-                "last_error": state.last_error,
-                "failures": state.failures,
+                "last_error": state.pool.last_error if state.pool else state.last_error,
+                "last_error_code": None if state.pool else state.last_error_code,
+                "failures": state.pool.failures if state.pool else state.failures,
             }
         return out

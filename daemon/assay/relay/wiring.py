@@ -52,6 +52,8 @@ class Assembled:
         return audit_route(self.app.url_map, self.relay.redactor)
 
     def close(self) -> None:
+        """Blocking: the budget store and the live tables' idle database sessions."""
+        self.store.close()
         if self.budgets is not None:
             self.budgets.close()
 
@@ -109,7 +111,7 @@ def assemble(
     # First: a discovery that fails stops startup before any table or store is opened.
     verifier = oidc_verifier(loaded, now)
     tag = snapshot_tagger(derive_key(secrets.audit_key, "snapshot-tag"))
-    store = SnapshotStore(table_states(loaded), tag=tag)
+    store = SnapshotStore(table_states(loaded, secrets.pg), tag=tag)
     store.load_all_blocking()
     budgets = budget_store(loaded, now)
     relay = Relay(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -90,12 +91,19 @@ class AuditWriter:
         self.dropped = 0
         self.failures = 0
         self.last_error: str | None = None
+        #: Told ``(records, seconds, ok)`` after each batch (the daemon's metrics).
+        self.batch_observer: Callable[[int, float, bool], None] | None = None
 
     # -- state --------------------------------------------------------------------------
 
     @property
     def head_seq(self) -> int:
         return self.log.head_seq
+
+    @property
+    def outstanding(self) -> int:
+        """Appends made and not yet answered: the queue a slow disk builds up."""
+        return self._outstanding
 
     @property
     def latest_checkpoint(self) -> Checkpoint | None:
@@ -209,6 +217,7 @@ class AuditWriter:
             self._fail_queued("audit writer stopped")
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             records = await trio.to_thread.run_sync(
                 partial(self.log.append_batch, [p.fields for p in batch], validated=True)
@@ -223,6 +232,8 @@ class AuditWriter:
             for p, rec in zip(batch, records, strict=True):
                 p.result = rec
                 p.done.set()
+        if self.batch_observer is not None:
+            self.batch_observer(len(batch), time.perf_counter() - started, self._last_ok)
         self._notify_checkpoints()
 
     def _failed(self, batch: list[_Pending], exc: BaseException) -> None:
@@ -272,6 +283,8 @@ class AuditWriter:
     async def _checkpoint_loop(self, every: float) -> None:
         while True:
             await trio.sleep(every)
+            if self.log.head_seq == 0:
+                continue  # an empty log has nothing to commit to; its first record will
             await self.checkpoint_now()
 
     def _notify_checkpoints(self) -> None:
