@@ -8,9 +8,9 @@ old signed metadata passes). So anyone who can write the cache can plant the set
 before a revocation. Hence, at every verification:
 
   CACHE-1 the directory is opened ``O_NOFOLLOW | O_DIRECTORY`` and its ``fstat`` must be
-          owned by this process's euid with no group or other write bit; its parent must
-          not let anyone else replace it (``check_parent``: not group/other-writable
-          unless sticky, owned by root or this uid);
+          owned by this process's euid with no group or other write bit; no directory
+          above it may let anyone else replace it (``check_ancestors``: each one not
+          group/other-writable unless sticky, owned by root or this uid);
   CACHE-2 every file the checker or ngclient reads there, if present, must be a regular
           file (never a link, but ngclient's own ``root.json`` link into
           ``root_history/``), owned by this euid, with no group or other write bit, and
@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 
 from assay.core.errors import UnsafeFile
-from assay.core.trusted_files import check_parent
+from assay.core.trusted_files import check_ancestors
 
 #: What ngclient keeps in its metadata dir, and this checker's own files.
 NGCLIENT_FILES = ("root.json", "timestamp.json", "snapshot.json", "targets.json")
@@ -70,7 +70,7 @@ def cache_problem(directory: Path) -> str | None:
 
 def _parent_problem(directory: Path) -> str | None:
     try:
-        check_parent(directory)
+        check_ancestors(directory)
     except UnsafeFile as exc:
         return exc.detail
     return None

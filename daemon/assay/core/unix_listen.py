@@ -6,8 +6,8 @@ to the admin listener; it also removes whatever socket is at the path, live or n
 Here, as for the registry's consumer socket (``assay.registry.consumer_socket``), the
 socket is bound at a temporary name beside the path, given its mode, made to listen and
 only then renamed into place; a live socket already at the path is refused, a dead one
-(left by a crash) replaced. The directory must be one nobody else can rename things in
-(``trusted_files.check_parent``). Blocking.
+(left by a crash) replaced. The directory, and every one above it, must be one nobody else can rename things in
+(``trusted_files.check_ancestors``). Blocking.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assay.core.errors import ConfigError, StorageError
-from assay.core.trusted_files import check_parent
+from assay.core.trusted_files import check_ancestors
 
 #: sun_path holds 108 bytes; longer paths are bound through their directory's fd.
 MAX_SUN_PATH = 100
@@ -52,7 +52,7 @@ def bind_stream(path: Path, mode: int, *, where: str) -> UnixListener:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     except OSError as exc:
         raise StorageError(f"{where}: creating {path.parent} failed: {exc.strerror}") from None
-    check_parent(path)
+    check_ancestors(path)
     _clear_stale(path, where)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
