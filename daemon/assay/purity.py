@@ -11,6 +11,7 @@ PURE_MODULES: tuple[str, ...] = (
     "assay.core.errors",
     "assay.core.tokens",
     "assay.core.problem",
+    "assay.core.caller_text",
     "assay.core.schema",
     "assay.core.strict_yaml",
     "assay.core.connlimits",

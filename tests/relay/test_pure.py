@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from assay.core.caller_text import printable, purpose_valid
 from assay.core.errors import BadRequest
 from assay.relay import cursor, jws
-from assay.relay.app import purpose_valid
-from assay.relay.planner import Bounds, FieldSpec, plan_records, printable
+from assay.relay.planner import Bounds, FieldSpec, plan_records
 
 FIELDS = (
     FieldSpec("id", "id", "string", True),

@@ -6,8 +6,8 @@ to the admin listener; it also removes whatever socket is at the path, live or n
 Here, as for the registry's consumer socket (``assay.registry.consumer_socket``), the
 socket is bound at a temporary name beside the path, given its mode, made to listen and
 only then renamed into place; a live socket already at the path is refused, a dead one
-(left by a crash) replaced. The directory, and every one above it, must be one nobody else can rename things in
-(``trusted_files.check_ancestors``). Blocking.
+(left by a crash) replaced. The directory, and every one above it, must be one nobody
+else can rename things in (``trusted_files.check_ancestors``). Blocking.
 """
 
 from __future__ import annotations

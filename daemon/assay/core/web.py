@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from assay.core import apidoc, problem
+from assay.core import apidoc, caller_text, problem
 from assay.core.audit.bounds import bound
 from assay.core.authn import Authenticator
 from assay.core.errors import AssayError, AuditWriteFailed, AuthError, ScopeDenied
@@ -31,8 +31,8 @@ log = logging.getLogger("assay.http")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 PURPOSE_HEADER = "x-purpose"
-MAX_PURPOSE_CHARS = 200
-MAX_REQUEST_ID_CHARS = 64
+MAX_PURPOSE_CHARS = caller_text.MAX_PURPOSE_CHARS
+MAX_REQUEST_ID_CHARS = caller_text.MAX_REQUEST_ID_CHARS
 
 
 class AuditSink(Protocol):
@@ -97,17 +97,24 @@ def route_template() -> str:
 
 
 def purpose() -> str | None:
-    return purpose_of(request.headers.get(PURPOSE_HEADER))
+    return caller_text.purpose_of(request.headers.get(PURPOSE_HEADER))[0]
 
 
-def purpose_of(value: str | None) -> str | None:
-    """What a record keeps of an ``X-Purpose`` header (the relay refuses longer ones)."""
-    return value[:MAX_PURPOSE_CHARS] if value else None
+def purpose_of(value: str | None, audit: RequestAudit) -> str | None:
+    """What a record keeps of an ``X-Purpose`` header (``assay.core.caller_text`` step
+    2): a bad one is kept as absent, and ``audit`` marked ``extra.purpose_invalid``."""
+    kept, dropped = caller_text.purpose_of(value)
+    if dropped:
+        audit.extra["purpose_invalid"] = True
+    return kept
 
 
 def request_id_of(value: str | None) -> str:
-    """The client's ``X-Request-Id`` (its first 64 characters), else a fresh one."""
-    return (value or "")[:MAX_REQUEST_ID_CHARS] or secrets.token_hex(8)
+    """The client's ``X-Request-Id`` if it is 1 to 64 visible ASCII characters
+    (``assay.core.caller_text`` step 1), else a fresh one: it is recorded and echoed."""
+    if value is not None and caller_text.request_id_valid(value):
+        return value
+    return secrets.token_hex(8)
 
 
 def base_fields(
@@ -300,9 +307,9 @@ def install(
             if lk not in first:
                 first[lk] = v
         g.request_id = request_id_of(first.get("x-request-id"))
-        g.purpose = purpose_of(first.get(PURPOSE_HEADER))
-        g.started = time.monotonic()
         g.audit = RequestAudit()
+        g.purpose = purpose_of(first.get(PURPOSE_HEADER), g.audit)
+        g.started = time.monotonic()
         g.principal = None
         g.error_code = None
         view = app.view_functions.get(request.endpoint or "")

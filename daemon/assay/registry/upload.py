@@ -165,7 +165,7 @@ class UploadAdapter:
     ) -> None:
         """The refused upload's one record, then its problem (503 if it cannot be written)."""
         fields = base_fields(principal, audit_state, status, code, UPLOAD_ROUTE, request_id,
-                             params, purpose_of(headers.get("x-purpose")))  # fmt: skip
+                             params, purpose_of(headers.get("x-purpose"), audit_state))  # fmt: skip
         extra_headers: dict[str, str] = {}
         try:
             await self.audit.append(fields)

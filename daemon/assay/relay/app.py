@@ -15,8 +15,6 @@ path (``audit_route``), never the path, which may hold an id.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -26,7 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, RoutingException
 
 from assay import __version__
-from assay.core import web
+from assay.core import caller_text, web
 from assay.core.apidoc import attach
 from assay.core.authn import Authenticator
 from assay.core.errors import AuthError, BadRequest, ScopeDenied
@@ -80,36 +78,11 @@ def _purpose(required: bool) -> None:
                 code="request.purpose_required",
             )
         return
-    if not purpose_valid(value):
+    if not caller_text.purpose_valid(value):
         raise BadRequest(
             f"{web.PURPOSE_HEADER} must be at most {web.MAX_PURPOSE_CHARS} printable characters",
             code="request.purpose_invalid",
         )
-
-
-def purpose_valid(value: str) -> bool:
-    """At most ``MAX_PURPOSE_CHARS``, every one printable (``planner.printable``): an
-    ``X-Purpose`` is copied into the audit, so no C1 control (obs-text bytes arrive as
-    U+0080..U+00FF: ``\x9b`` is CSI) and no bidi override may ride in it."""
-    return len(value) <= web.MAX_PURPOSE_CHARS and planner.printable(value)
-
-
-#: A client's ``X-Request-Id`` is kept only if it is visible ASCII (RFC 9110 token-ish).
-_REQUEST_ID = re.compile(r"[!-~]{1,64}")
-
-
-def caller_text(audit: web.RequestAudit) -> None:
-    """What the audit, the response and signed answers copy from the caller's headers:
-    an ``X-Purpose`` that is not valid is recorded as absent (and marked), and an
-    ``X-Request-Id`` that is not visible ASCII is replaced by a fresh id. Every request,
-    health checks and 404s included; record reads still refuse a bad purpose."""
-    if g.get("purpose") is not None and not purpose_valid(
-        request.headers.get(web.PURPOSE_HEADER, "")
-    ):
-        g.purpose = None
-        audit.extra["purpose_invalid"] = True
-    if not _REQUEST_ID.fullmatch(g.get("request_id", "")):
-        g.request_id = secrets.token_hex(8)
 
 
 def who(principal: Principal) -> str:
@@ -181,7 +154,6 @@ def create_app(
     @app.before_request
     async def _dataset_scope() -> None:
         g.relay_headers = {}
-        caller_text(current_audit())
         view = app.view_functions.get(request.endpoint or "")
         kind = getattr(view, "relay_scope", None)
         if kind is None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from assay.core.caller_text import printable
 from assay.core.errors import BadRequest
 
 RESERVED = frozenset({"limit", "cursor", "fields"})
@@ -86,20 +86,6 @@ def canonical(value: Any) -> Any:
 
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-#: Unicode categories a caller's text may not hold: controls (C0, DEL, C1: CSI, NEL),
-#: format characters (bidi overrides and isolates, zero-width joiners), surrogates,
-#: private use, unassigned code points, and line and paragraph separators. Each either
-#: drives a terminal or reorders what an auditor reads; spaces (Zs) are ordinary text.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def printable(text: str) -> bool:
-    """Whether ``text`` holds only characters that display as themselves, in order."""
-    if text.isprintable():  # the fast path: printable ASCII and most text
-        return True
-    return not any(unicodedata.category(c) in _UNPRINTABLE for c in text)
 
 
 def _refuse(code: str, detail: str, reason: str | None = None) -> BadRequest:
