@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from assay.core.errors import BadRequest
+from assay.core.problem import MAX_DETAIL_CHARS, MAX_INSTANCE_CHARS, MAX_REASONS
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Schema = dict[str, Any]
@@ -187,11 +188,16 @@ PROBLEM_SCHEMA: Schema = {
         "type": {"type": "string"},
         "title": {"type": "string"},
         "status": {"type": "integer", "minimum": 100, "maximum": 599},
-        "detail": {"type": "string"},
+        "detail": {"type": "string", "maxLength": MAX_DETAIL_CHARS},
         "code": {"type": "string", "pattern": "^[a-z0-9_]+(\\.[a-z0-9_]+)+$"},
-        "instance": {"type": "string"},
+        "instance": {"type": "string", "maxLength": MAX_INSTANCE_CHARS},
+        "instance_truncated": {"type": "boolean"},
         "request_id": {"type": "string"},
-        "reasons": {"type": "array", "items": {"type": "string"}},
+        "reasons": {
+            "type": "array",
+            "maxItems": MAX_REASONS,
+            "items": {"type": "string", "maxLength": MAX_DETAIL_CHARS},
+        },
     },
 }
 

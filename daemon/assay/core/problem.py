@@ -1,6 +1,15 @@
 """RFC 9457 problem details: the one translation of typed errors into HTTP bodies.
 
-Pure. Both the Quart error handler and the raw ASGI upload adapter call ``render``.
+Pure. The Quart error handler, the raw ASGI upload adapter and the consumer gate all
+build their problems here (``from_error``, ``from_status``).
+
+Why the bounds: a problem names the request (``instance``, the path as sent) and says
+what was wrong (``detail``, ``reasons``), and both may quote the caller; a 60 KB path
+came back whole in every 400, an amplifier and a reflection of whatever it held. As the
+audit record does (``assay.core.audit.bounds``), every such string is cut to a limit and
+marked with ``…`` (U+2026) so nobody mistakes it for the whole, and ``reasons`` are
+capped in count; ``instance_truncated: true`` says the path was cut. Values are never
+refused here: the answer to bad input must always be an answer.
 """
 
 from __future__ import annotations
@@ -29,26 +38,55 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
 }
 
 
-def from_error(err: AssayError, *, instance: str, request_id: str) -> tuple[int, dict[str, Any]]:
-    body = err.problem()
-    body["instance"] = instance
+#: The longest ``instance`` (a path) an answer reflects, in characters.
+MAX_INSTANCE_CHARS = 512
+#: The longest ``detail`` and each reason, in characters.
+MAX_DETAIL_CHARS = 2048
+#: At most this many ``reasons`` (a typed error lists each rule that failed).
+MAX_REASONS = 64
+MARK = "\u2026"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` if it fits, else its first ``limit - 1`` characters and ``…``."""
+    return text if len(text) <= limit else text[: limit - 1] + MARK
+
+
+def _bounded(body: dict[str, Any], instance: str, request_id: str) -> dict[str, Any]:
+    """Steps of every problem: 1. ``instance`` cut to ``MAX_INSTANCE_CHARS`` (and
+    marked ``instance_truncated``); 2. ``detail`` cut to ``MAX_DETAIL_CHARS``; 3. at most
+    ``MAX_REASONS`` reasons, each cut likewise; 4. the request id (bounded at the edge,
+    ``assay.core.caller_text``)."""
+    body["instance"] = _cut(instance, MAX_INSTANCE_CHARS)
+    if len(instance) > MAX_INSTANCE_CHARS:
+        body["instance_truncated"] = True
+    if isinstance(body.get("detail"), str):
+        body["detail"] = _cut(body["detail"], MAX_DETAIL_CHARS)
+    reasons = body.get("reasons")
+    if isinstance(reasons, list):
+        body["reasons"] = [
+            _cut(r, MAX_DETAIL_CHARS) if isinstance(r, str) else r for r in reasons[:MAX_REASONS]
+        ]
     body["request_id"] = request_id
-    return err.status, body
+    return body
+
+
+def from_error(err: AssayError, *, instance: str, request_id: str) -> tuple[int, dict[str, Any]]:
+    return err.status, _bounded(err.problem(), instance, request_id)
 
 
 def from_status(
     status: int, detail: str, *, instance: str, request_id: str
 ) -> tuple[int, dict[str, Any]]:
     code, title = HTTP_CODES.get(status, ("request.invalid", "HTTP error"))
-    return status, {
+    body = {
         "type": f"urn:assay:problem:{code}",
         "title": title,
         "status": status,
         "detail": detail,
         "code": code,
-        "instance": instance,
-        "request_id": request_id,
     }
+    return status, _bounded(body, instance, request_id)
 
 
 def encode(body: dict[str, Any]) -> bytes:
