@@ -76,16 +76,19 @@ def valid_st(
     metadata: dict[str, str] | None = None,
     fill: int = 0x3C,
 ) -> bytes:
-    """A valid safetensors file: tensors back to back in the given order."""
+    """A valid safetensors file: tensors back to back in the given order, each filled with
+    ``fill`` (BOOL tensors with ``fill & 1``: a bool byte is 0 or 1, ST-20)."""
     header: dict[str, Any] = {}
     if metadata is not None:
         header["__metadata__"] = metadata
     offset = 0
+    data = bytearray()
     for name, (dtype, shape) in tensors.items():
         size = nbytes(dtype, shape)
         header[name] = entry(dtype, shape, offset, offset + size)
+        data += bytes([fill & 1 if dtype == "BOOL" else fill]) * size
         offset += size
-    return st_file(header, bytes([fill]) * offset)
+    return st_file(header, bytes(data))
 
 
 # --- GGUF ------------------------------------------------------------------------------------

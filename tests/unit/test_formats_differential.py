@@ -20,13 +20,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from assay.formats import gguf
+from assay.formats import safetensors as st_module
 from assay.formats.errors import FormatRefused
 from assay.formats.inspect import inspect_bytes
 from tests.formats_factory import (
     DTYPE_BITS,
     check_accepted_file_loads,
+    entry,
     reference_loads_gguf,
     reference_loads_safetensors,
+    st_file,
     st_raw,
     valid_st,
 )
@@ -268,3 +271,79 @@ def test_reference_written_files_whose_length_reads_as_stack_global_are_accepted
         raise AssertionError(f"no metadata size gives a {length:#x}-byte header")
     assert data[1] == 0x93
     assert inspect_bytes(data).details["tensor_count"] == 1
+
+
+# --- values the references hand on unchecked (ST-20, GG-4) ---------------------------------
+
+masks = st.one_of(
+    st.binary(max_size=48),
+    st.lists(st.sampled_from([0, 1]), max_size=48).map(bytes),
+    st.tuples(st.lists(st.sampled_from([0, 1]), max_size=24), st.integers(2, 255)).map(
+        lambda p: bytes([*p[0], p[1]])
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(masks, st.binary(min_size=1, max_size=16))
+def test_bool_tensor_is_accepted_exactly_when_every_byte_is_0_or_1(
+    mask: bytes, other: bytes
+) -> None:
+    # The U8 tensor beside it holds any bytes: only BOOL has values a byte can miss.
+    n = len(mask)
+    header = {
+        "m": entry("BOOL", [n], 0, n),
+        "u": entry("U8", [len(other)], n, n + len(other)),
+    }
+    data = st_file(header, mask + other)
+    # Both references take the file, and numpy hands the stray bytes on unchanged.
+    assert reference_loads_safetensors(data) == 2
+    assert safetensors.numpy.load(data)["m"].tobytes() == mask
+    if set(mask) <= {0, 1}:
+        assert inspect_bytes(data).details["tensor_count"] == 2
+    else:
+        with pytest.raises(FormatRefused) as caught:
+            inspect_bytes(data)
+        assert caught.value.reason == "safetensors.bad_bool"
+
+
+@pytest.mark.parametrize("at", [0, st_module.BOOL_CHUNK_BYTES - 1, st_module.BOOL_CHUNK_BYTES, -1])
+def test_a_stray_bool_byte_is_found_in_any_chunk_of_a_large_mask(at: int) -> None:
+    size = 2 * st_module.BOOL_CHUNK_BYTES + 3
+    mask = bytearray(b"\x01" * size)
+    valid = valid_st({"m": ("BOOL", [size])}, fill=1)
+    assert inspect_bytes(valid).details["tensor_count"] == 1
+    mask[at] = 0x02
+    data = valid[: len(valid) - size] + bytes(mask)
+    with pytest.raises(FormatRefused) as caught:
+        inspect_bytes(data)
+    assert caught.value.reason == "safetensors.bad_bool"
+    assert f"data offset {at % size}" in caught.value.detail
+
+
+def _gguf_with_key(key: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.gguf"
+        writer = gguf_py.GGUFWriter(str(path), "llama")
+        writer.add_uint32(key, 7)
+        writer.add_tensor("t", np.ones(4, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.just(""), st.text(max_size=12)))
+def test_gguf_key_is_refused_exactly_when_empty_or_holding_nul(key: str) -> None:
+    assume(key not in ("general.architecture", "general.alignment"))
+    data = _gguf_with_key(key)
+    # gguf-py writes and reads every one of them back as a field, "" included.
+    assert key in reference_loads_gguf(data).fields
+    if key and "\x00" not in key:
+        assert inspect_bytes(data).details["tensor_count"] == 1
+    else:
+        with pytest.raises(FormatRefused) as caught:
+            inspect_bytes(data)
+        assert caught.value.reason == ("gguf.empty_name" if not key else "gguf.nul_in_name")

@@ -30,9 +30,13 @@ def test_a_typed_error_answer_is_bounded_and_marked(
         BadRequest(detail, reasons=reasons), instance=path, request_id="r1"
     )
     assert status == 400 and len(problem.encode(body)) <= WORST + 1024
-    assert body["instance"] == path if len(path) <= problem.MAX_INSTANCE_CHARS else (
-        body["instance"] == path[: problem.MAX_INSTANCE_CHARS - 1] + problem.MARK
-        and body["instance_truncated"] is True
+    assert (
+        body["instance"] == path
+        if len(path) <= problem.MAX_INSTANCE_CHARS
+        else (
+            body["instance"] == path[: problem.MAX_INSTANCE_CHARS - 1] + problem.MARK
+            and body["instance_truncated"] is True
+        )
     )
     assert ("instance_truncated" in body) == (len(path) > problem.MAX_INSTANCE_CHARS)
     assert len(body["detail"]) <= problem.MAX_DETAIL_CHARS

@@ -219,11 +219,12 @@ def _read_kvs(cur: _Cursor, kv_count: int) -> tuple[int, str | None]:
     alignment = DEFAULT_ALIGNMENT
     architecture: str | None = None
     for _ in range(kv_count):
-        # Step 4 (GG-4: keys are bounded UTF-8 strings without NUL, each key once; ggml
-        # looks keys up with strcmp, so "general.alignment\0x" would be found as
-        # "general.alignment" by C loaders and not by Python ones)
+        # Step 4 (GG-4: keys are bounded, non-empty UTF-8 strings without NUL, each key
+        # once; ggml looks keys up with strcmp, so "general.alignment\0x" would be found
+        # as "general.alignment" by C loaders and not by Python ones; the spec's keys are
+        # dotted segments, so an empty key names nothing any loader looks up)
         key = cur.string(MAX_KEY_BYTES, "key")
-        _no_nul(key, "key")
+        _named(key, "key")
         if key in keys:
             raise _refuse("duplicate_key", f"key {key[:64]!r} appears twice")
         keys.add(key)
@@ -243,7 +244,10 @@ def _read_kvs(cur: _Cursor, kv_count: int) -> tuple[int, str | None]:
     return alignment, architecture
 
 
-def _no_nul(text: str, what: str) -> None:
+def _named(text: str, what: str) -> None:
+    """A key or tensor name is a name: not empty, and no NUL (C loaders end it there)."""
+    if not text:
+        raise _refuse("empty_name", f"a {what} is empty")
     if "\x00" in text:
         raise _refuse("nul_in_name", f"{what} {text[:64]!r} holds a NUL byte")
 
@@ -304,9 +308,9 @@ def _read_tensor_infos(
     types: set[str] = set()
     tensors: list[tuple[int, int, str]] = []
     for _ in range(count):
-        # Step 10 (GG-10: names are short UTF-8 strings without NUL, each name once)
+        # Step 10 (GG-10: names are short, non-empty UTF-8 strings without NUL, each once)
         name = cur.string(MAX_TENSOR_NAME_BYTES, "tensor name")
-        _no_nul(name, "tensor name")
+        _named(name, "tensor name")
         if name in names:
             raise _refuse("duplicate_tensor", f"tensor {name!r} appears twice")
         names.add(name)

@@ -8,8 +8,9 @@ file that validates but also opens in a stock reader of a refused format, from a
 that reader uses, is a ``polyglot`` and is refused too.
 
 The caller supplies ``read_at`` (an I/O adapter over the real file); this module asks it for
-at most ``MAX_HEAD_BYTES`` per call and reads only headers and small probes, never tensor
-data wholesale, so multi-GiB files cost a few bounded reads. Pure: no I/O imports.
+at most ``MAX_HEAD_BYTES`` per call and reads only headers, small probes and the bytes of
+safetensors BOOL tensors (ST-20, in 1 MiB chunks), never other tensor data, so multi-GiB
+files cost a few bounded reads. Pure: no I/O imports.
 """
 
 from __future__ import annotations

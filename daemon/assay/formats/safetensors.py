@@ -6,8 +6,10 @@ files every careful loader reads the same way. Everything the reference Rust cra
 JSON keys, unknown fields, non-``{`` starts, padding other than spaces). Every byte of the
 file is accounted for: 8-byte length, header, then tensors back to back to the last byte.
 
-Only the header is read (bounded before it is read); tensor data is never touched. The
-numbered ST-* checks are listed in docs/formats.md. Pure: no I/O imports.
+The header is read whole (bounded before it is read); of the tensor data only BOOL
+tensors are read (ST-20), in bounded chunks, since a bool byte other than 0 or 1 is
+handed on unchanged by the reference, numpy and torch, and undefined in C++ kernels.
+The numbered ST-* checks are listed in docs/formats.md. Pure: no I/O imports.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ U64_MAX = (1 << 64) - 1
 MAX_COLONS = 5 * MAX_TENSORS
 MAX_COMMAS = 1 << 22
 PREFIX_BYTES = 8
+#: How much of a BOOL tensor is read at once (ST-20).
+BOOL_CHUNK_BYTES = 1 << 20
 
 #: dtype -> bits per element, as in the reference crate's ``Dtype::bitsize``.
 DTYPE_BITS: dict[str, int] = {
@@ -94,7 +98,9 @@ def inspect_safetensors(read_at: ReadAt, size: int) -> dict[str, object]:
     raw = read_exact(read_at, PREFIX_BYTES, n, "safetensors.truncated")
     header = _parse_header(raw)
     data_len = size - PREFIX_BYTES - n
-    dtypes, tensor_count = _check_tensors(header, data_len)
+    dtypes, spans = _check_tensors(header, data_len)
+    _check_bools(read_at, PREFIX_BYTES + n, spans)
+    tensor_count = len(spans)
     metadata = header.get(_METADATA_KEY)
     return {
         "tensor_count": tensor_count,
@@ -180,7 +186,33 @@ def _u64(literal: str) -> int:
     return int(literal)
 
 
-def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int]:
+Span = tuple[int, int, str, str]  # begin, end, name, dtype
+
+
+def _check_bools(read_at: ReadAt, data_start: int, spans: list[Span]) -> None:
+    """Step 20 (ST-20: every byte of a BOOL tensor is 0 or 1). The reference, numpy and
+    torch take the bytes as bool without normalising them, and a bool that is neither
+    is undefined behaviour in C and C++ kernels (one tests the byte, another its low
+    bit), so the same file means different masks to different loaders. Read in
+    ``BOOL_CHUNK_BYTES`` chunks: the spans lie inside the file (ST-15), which ingest
+    has already read once to hash."""
+    for begin, end, name, dtype in spans:
+        if dtype != "BOOL":
+            continue
+        for at in range(begin, end, BOOL_CHUNK_BYTES):
+            length = min(BOOL_CHUNK_BYTES, end - at)
+            chunk = read_exact(read_at, data_start + at, length, "safetensors.truncated")
+            stray = chunk.translate(None, b"\x00\x01")
+            if stray:
+                where = at + chunk.index(stray[:1])
+                raise _refuse(
+                    "bad_bool",
+                    f"BOOL tensor {name[:64]!r} holds byte {stray[0]:#04x} at data offset "
+                    f"{where}; a bool byte must be 0 or 1",
+                )
+
+
+def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], list[Span]]:
     """ST-9 to ST-18: metadata, names, every entry, byte-exact coverage of the data region."""
     # Step 9 (ST-9: optional __metadata__ is a str -> str map)
     metadata = header.get(_METADATA_KEY)
@@ -195,7 +227,7 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
     for name in [*(k for k, _ in entries), *(metadata if isinstance(metadata, dict) else ())]:
         if "\x00" in name:
             raise _refuse("nul_in_name", f"name {name[:64]!r} holds a NUL character")
-    spans: list[tuple[int, int, str]] = []
+    spans: list[Span] = []
     dtypes: set[str] = set()
     for name, entry in entries:
         begin, end, dtype = _check_entry(name, entry)
@@ -205,11 +237,11 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
                 "offsets_out_of_bounds",
                 f"tensor {name[:64]!r} ends at {end}, past the {data_len}-byte data region",
             )
-        spans.append((begin, end, name))
+        spans.append((begin, end, name, dtype))
         dtypes.add(dtype)
     # Step 16 (ST-16: sorted by offset, tensors are back to back from 0: no overlap, no gap)
     cursor = 0
-    for begin, end, name in sorted(spans):
+    for begin, end, name, _dtype in sorted(spans):
         if begin < cursor:
             raise _refuse("offsets_overlap", f"tensor {name[:64]!r} overlaps the previous one")
         if begin > cursor:
@@ -218,7 +250,7 @@ def _check_tensors(header: dict[str, Any], data_len: int) -> tuple[set[str], int
     # Step 17 (ST-17: the last tensor ends exactly at the end of the file)
     if cursor != data_len:
         raise _refuse("trailing_bytes", f"{data_len - cursor} bytes after the last tensor")
-    return dtypes, len(entries)
+    return dtypes, spans
 
 
 def _check_entry(name: str, entry: Any) -> tuple[int, int, str]:
