@@ -8,6 +8,7 @@ same chain the daemon writes, under the audit log's own lock.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -160,6 +161,7 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     import secrets
     import shutil
 
+    from assay.cli.options import init_bind
     from assay.core import tokenfile
     from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
@@ -167,6 +169,7 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
     from assay.trust.bootstrap import init_trust
     from assay.trust.keys import ONLINE_KEY_NAME, ROOT_KEY_NAME
 
+    bind = init_bind(bind)  # before anything is written: a config the daemon loads
     config = directory / "config.yaml"
     if config.exists():
         raise ConfigError(f"{config} already exists; refusing to overwrite a deployment")
@@ -197,7 +200,8 @@ def init_deployment(directory: Path, bind: str = DEFAULT_BIND) -> dict[str, Any]
             if f.suffix in {".safetensors", ".gguf"}:
                 shutil.copy2(f, directory / "samples" / f.name)
                 copied.append(str(directory / "samples" / f.name))
-    text = CONFIG_TEMPLATE.format(bind=bind, uid=os.getuid())
+    # Quoted: an IPv6 "[::1]:8470" bare is a YAML flow list, and the config was invalid.
+    text = CONFIG_TEMPLATE.format(bind=json.dumps(bind), uid=os.getuid())
     atomic_write(config, text.encode(), mode=0o600)
     token_path = secrets_dir / "tokens.json"
     raw, _record = tokenfile.create(token_path, "admin", ADMIN_SCOPES, note="created by assay init")

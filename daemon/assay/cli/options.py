@@ -39,6 +39,31 @@ def bind_arg(value: str) -> str:
     return value
 
 
+def init_bind(value: str, *, source: str = "--bind") -> str:
+    """A bind ``init`` may write into a new config: one the config it writes accepts.
+
+    Why here, before anything is created: ``init`` writes a loopback-only config (no
+    ``server.allow_non_loopback``), so a non-loopback address made a config the daemon,
+    and init's own last step, refused, leaving a half deployment that the retry refused
+    as existing. One rule decides: the config's (``assay.core.schema``).
+    """
+    try:
+        checked = bind_arg(value)  # argparse saw --bind, but not a default from the env
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    if checked.startswith("fd://"):
+        return checked
+    from assay.core.schema import is_loopback_host
+
+    if not is_loopback_host(checked.rpartition(":")[0]):
+        raise UsageError(
+            f"{source} {checked[:100]} is not loopback: init writes a loopback-only config; "
+            "create it with a loopback address, then set server.bind and "
+            "server.allow_non_loopback: true in it"
+        )
+    return checked
+
+
 def json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json",

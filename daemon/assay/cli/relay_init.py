@@ -10,6 +10,7 @@ that follow. ``docs/relay.md``'s quick start is these commands, run by a test.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from string import Template
@@ -226,6 +227,7 @@ def init_relay(
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from assay.cli.options import init_bind
     from assay.cli.paths import output_dir
     from assay.cli.relay_cmd import check_config
     from assay.core.atomic import atomic_write
@@ -233,6 +235,9 @@ def init_relay(
     from assay.core.trusted_files import check_ancestors
     from assay.relay import apikeys, jws, synthetic
 
+    # Before anything is written: a bind the config it writes accepts (from --bind or
+    # $ASSAY_RELAY_BIND, which argparse never saw).
+    bind = init_bind(bind, source=f"--bind (or ${BIND_ENV})")
     _empty_or_missing(directory)
     output_dir(directory, what="DIR")
     directory.chmod(0o700)
@@ -264,7 +269,7 @@ def init_relay(
     # 3. The config, with each key's commitment filled in.
     config = directory / CONFIG_FILE
     text = TEMPLATE.substitute(
-        bind=bind,
+        bind=json.dumps(bind),  # quoted: an IPv6 "[::1]:8480" is a YAML flow list bare
         **{f"{key_id}_commitment": made["commitment"] for key_id, made in keys.items()},
     )
     atomic_write(config, text.encode(), mode=0o600)
