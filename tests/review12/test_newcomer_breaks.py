@@ -219,3 +219,53 @@ def test_client_gone_mid_upload_is_not_logged_as_a_daemon_bug(tmp_path: Path) ->
     log = dep.stderr()
     assert "Traceback" not in log, log[-1500:]
     assert "direct upload failed" not in log
+
+
+def _trusted(dep: Any) -> str:
+    st = SAMPLES / "sample.safetensors"
+    dep.cli("add", str(st), "--name", "r12/tiny", "--meta", "source=t", "--meta",
+            "license=mit", check=True)  # fmt: skip
+    listed = json.loads(dep.cli("list", "--name", "r12/tiny", "--json", check=True).stdout)
+    digest = str(listed["artifacts"][0]["digest"])
+    dep.cli("promote", digest, check=True)
+    return digest
+
+
+def test_fetch_onto_a_device_node_does_not_replace_it_with_a_file(deployment: Any) -> None:
+    # Found as root with `fetch -o /dev/null`: exit 0, "verified", and /dev/null was then a
+    # regular file (os.replace over the node; likewise /dev/full, so "disk full" never
+    # shows). Reproduced here on a private node and a FIFO in the test's own directory:
+    # an -o that exists and is not a regular file is cli.output_unwritable (2), untouched.
+    import stat
+
+    digest = _trusted(deployment)
+    root = deployment.dir.parent
+    targets = []
+    fifo = root / "out.fifo"
+    os.mkfifo(fifo)
+    targets.append((fifo, stat.S_ISFIFO))
+    node = root / "null"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        targets.append((node, stat.S_ISCHR))
+    except OSError:
+        pass  # not root: the FIFO shows the same break
+    for target, is_kind in targets:
+        proc = deployment.cli("fetch", digest, "-o", str(target), "--json")
+        assert is_kind(os.lstat(target).st_mode), f"{target} was replaced by a regular file"
+        assert proc.returncode == 2, proc.stdout
+        assert problem(proc)["code"] == "cli.output_unwritable"
+
+
+def test_fetch_does_not_follow_a_planted_part_symlink(deployment: Any) -> None:
+    # fetch writes ".NAME.part" beside -o with open("wb"), which follows a symlink. In a
+    # shared directory (/tmp) anyone may plant ".NAME.part" -> a file of the (root) user:
+    # fetch truncates and overwrites that file with the model's bytes, the digest check
+    # reads back through the link and passes, and the link is renamed to -o.
+    digest = _trusted(deployment)
+    root = deployment.dir.parent
+    victim = root / "victim.conf"
+    victim.write_text("precious\n")
+    (root / ".tiny.safetensors.part").symlink_to(victim)
+    deployment.cli("fetch", digest, "-o", str(root / "tiny.safetensors"))
+    assert victim.read_bytes() == b"precious\n", "fetch wrote through a planted .part symlink"
