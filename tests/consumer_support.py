@@ -98,11 +98,23 @@ class ConsumerDeployment:
 
 
 def configure(dep: Deployment, socket: Path, *, timeout: float = 5.0, slots: int = 8) -> None:
-    text = dep.config.read_text()
-    head = text[: text.index("consumer:\n")]
-    dep.config.write_text(head + CONSUMER_CONFIG.format(
+    """Replace the config's ``consumer:`` section, and only it: every other top-level
+    section (``trust:`` above all, so the consumer tests run with TUF publishing on)
+    stays as ``init`` wrote it. The new section goes last, so a test can append more
+    principals to it."""
+    lines = dep.config.read_text().splitlines(keepends=True)
+    start = lines.index("consumer:\n")
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i][:1] not in ("", " ", "\n")), len(lines))  # fmt: skip
+    while end > start + 1 and lines[end - 1].startswith("#"):
+        end -= 1  # a comment right above the next section belongs to it
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1  # and the one right above consumer: to it
+    section = CONSUMER_CONFIG.format(
         socket=socket, gid=SOCKET_GID, timeout=timeout, slots=slots, consumer=CONSUMER_UID,
-        fleet=FLEET_GID, lister=LISTER_UID))  # fmt: skip
+        fleet=FLEET_GID, lister=LISTER_UID)  # fmt: skip
+    rest = "".join(lines[:start] + lines[end:])
+    dep.config.write_text(rest.rstrip("\n") + "\n" + section)
 
 
 def shared_dir() -> Iterator[Path]:

@@ -187,6 +187,7 @@ def test_path_of_tampered_bytes_is_409_recorded_and_stays_blocked(dep: Deploymen
         flipped[-1] ^= 0xFF
         os.chmod(obj, 0o600)
         obj.write_bytes(bytes(flipped))
+        os.chmod(obj, 0o444)  # as the store keeps it: only the bytes differ
         r = checked(c, "GET", f"/v1/model/path?name={name}", 409)
         assert r.json()["code"] == "artifact.integrity_failed"
         rec = dep.audit_records()[-1]
@@ -205,6 +206,7 @@ def test_path_of_tampered_bytes_is_409_recorded_and_stays_blocked(dep: Deploymen
         assert checked(c, "GET", "/v1/integrity/status", 200).json()["status"] == "failed"
         # Restoring the bytes and verifying lifts the block, as on assay's own routes.
         obj.write_bytes(data)
+        os.chmod(obj, 0o444)
         checked(c, "POST", f"/v1/model/verify?name={name}", 200)
         checked(c, "GET", f"/v1/model/path?name={name}", 200)
 
@@ -224,6 +226,7 @@ def test_path_never_names_a_symlink_even_to_the_right_bytes(dep: Deployment) -> 
         assert "symlink" in r.json()["detail"]
         obj.unlink()
         obj.write_bytes(data)
+        os.chmod(obj, 0o444)
         checked(c, "POST", f"/v1/model/verify?name={name}", 200)
         assert checked(c, "GET", f"/v1/model/path?name={name}", 200).json()["path"] == str(obj)
 

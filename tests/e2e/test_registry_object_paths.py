@@ -130,6 +130,7 @@ def test_restoring_a_regular_file_restores_integrity(
         assert c.post(f"/v1/artifacts/{d}/verify").json()["ok"] is False
         path.unlink()
         path.write_bytes(ST)
+        path.chmod(0o444)  # restored as the store keeps it
         assert c.post(f"/v1/artifacts/{d}/verify").json()["ok"] is True
         assert c.get(f"/v1/artifacts/{d}/content").content == ST
 

@@ -113,6 +113,7 @@ def test_integrity_failure_and_restoration_leave_and_rejoin_the_trusted_set(
         assert c.post(f"/v1/artifacts/{d}/verify").json()["ok"] is False
         assert not check.is_trusted("m/20", d)
         path.write_bytes(good)
+        path.chmod(0o444)  # restored as the store keeps it: a loosened mode fails too
         assert c.post(f"/v1/artifacts/{d}/verify").json()["ok"] is True
         assert check.is_trusted("m/20", d)
 

@@ -139,5 +139,12 @@ def test_xlsx_and_csv_of_one_table_load_alike_and_answer_alike(rows: list[list[A
     assert len(seen) == len(loaded)
     for mine, theirs in zip(loaded, seen, strict=True):
         for i, (_, t) in enumerate(COLUMNS):
-            if t != "timestamp":
-                assert mine[i] == theirs[i], (COLUMNS[i], mine[i], theirs[i])
+            if t == "timestamp":
+                continue
+            spaces_only = isinstance(mine[i], str) and mine[i] and not mine[i].strip(" ")
+            if theirs[i] is None and spaces_only:
+                # openpyxl writes a spaces-only string without xml:space="preserve" and
+                # calamine then drops it; XML keeps element content as written, and so do
+                # openpyxl and the CSV reference (asserted equal above).
+                continue
+            assert mine[i] == theirs[i], (COLUMNS[i], mine[i], theirs[i])

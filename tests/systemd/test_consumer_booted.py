@@ -66,11 +66,12 @@ ExecStart=/opt/assay/bin/python3 {SCRIPT} ${{TARGET}}
 
 
 def numpy_tar() -> bytes:
-    """numpy and its bundled libraries from this interpreter's site-packages."""
+    """numpy and safetensors (the runtime's loader, which the appliance's venv does not
+    ship) and their bundled libraries from this interpreter's site-packages."""
     site = Path(np.__file__).resolve().parents[1]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in ("numpy", "numpy.libs"):
+        for name in ("numpy", "numpy.libs", "safetensors"):
             if (site / name).exists():
                 tar.add(site / name, arcname=name,
                         filter=lambda t: None if "/tests" in t.name else t)  # fmt: skip
@@ -141,7 +142,7 @@ def test_a_dynamic_user_service_loads_the_trusted_safetensors_through_the_socket
     system: BootedSystem, consumer: dict[str, str]
 ) -> None:
     report = run_consumer(system, NAME)
-    assert report["ok"] and report["started"], report
+    assert report["ok"] and report["started"], json.dumps(report)
     assert report["values"] == {k: v.tolist() for k, v in WEIGHTS.items()}
     assert report["digest"] == consumer["digest"]
     assert report["uid"] in DYNAMIC_UIDS and report["path"].startswith("/proc/self/fd/")

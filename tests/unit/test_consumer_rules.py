@@ -27,6 +27,7 @@ from assay.registry.consumers import (
     parse_request,
     principal_for,
     rules,
+    sender_of,
 )
 from assay.registry.errors import NotTrusted, StoredBytesCorrupt
 
@@ -199,3 +200,36 @@ def test_an_answer_that_is_neither_header_nor_problem_is_refused(raw: bytes) -> 
 def test_a_request_too_large_to_send_is_refused_before_sending() -> None:
     with pytest.raises(BadRequest):
         encode_request("a" * MAX_REQUEST_BYTES)
+
+
+CONNECTED = Peer(pid=10, uid=0, gid=0, groups=frozenset({0, 54320}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pid=st.integers(0, 2**31 - 1), uid=st.integers(0, 2**32 - 2), gid=st.integers(0, 2**32 - 2))
+def test_attack_a_socket_connected_by_one_uid_speaks_only_for_its_sender(
+    pid: int, uid: int, gid: int
+) -> None:
+    """SO_PEERCRED is frozen at connect(): a request is authorized as the credentials on
+    its own message, and the opener's supplementary groups never follow another sender."""
+    table = [rule("root", uids={0}), rule("group", gids={54320})]
+    sender = sender_of((pid, uid, gid), CONNECTED)
+    found = principal_for(sender, table)
+    if (pid, uid, gid) == (10, 0, 0):
+        assert sender == CONNECTED and found is not None and found.id == "root"
+        return
+    assert (sender.pid, sender.uid, sender.gid) == (pid, uid, gid)
+    assert sender.groups == {gid} and sender.fields()["connected_uid"] == 0
+    expected = "root" if uid == 0 else "group" if gid == 54320 else None
+    assert (found.id if found else None) == expected
+
+
+def test_attack_a_message_without_credentials_is_nobody() -> None:
+    sender = sender_of(None, CONNECTED)
+    assert principal_for(sender, [rule("any", uids={0}, gids={0})]) is None
+
+
+def test_attack_empty_request_is_a_typed_refusal() -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_request(b"", max_bytes=MAX_REQUEST_BYTES)
+    assert caught.value.code == "request.empty"

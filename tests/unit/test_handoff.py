@@ -291,3 +291,30 @@ async def test_every_full_hash_records_the_fingerprint_of_the_file_it_read(
         for art in (reg.artifacts[DIGEST], reg.db.get(DIGEST)):
             assert art is not None and art.fingerprint is not None
             assert art.fingerprint.matches(os.stat(path)), step
+
+
+@pytest.mark.parametrize("loosen", [0o644, 0o666, 0o4444, 0o440, "chown"])
+async def test_attack_an_object_not_0444_and_ours_is_never_handed_out_even_with_intact_bytes(
+    setup: tuple[Registry, Log], loosen: int | str
+) -> None:
+    """A write bit lets any holder of the fd reopen /proc/self/fd/N for writing; another
+    owner could chmod it back and forth. The bytes are intact, yet the handoff refuses
+    (never a repair: a writer may already hold a writable fd) and marks the failure."""
+    reg, log = setup
+    path = reg.store.path_for(DIGEST)
+    if loosen == "chown":
+        os.chown(path, 54399, 54399)
+    else:
+        assert isinstance(loosen, int)
+        path.chmod(loosen)
+    with pytest.raises(StoredBytesCorrupt):
+        await handoff(reg)
+    assert reg.artifacts[DIGEST].integrity == "failed"
+    assert "0444" in log.records[-1]["reasons"][0]
+    # Put right (what a restart's tightening does), a verify restores it.
+    os.chown(path, os.geteuid(), os.getegid())
+    path.chmod(0o444)
+    result, _record = await reg.verify(DIGEST)
+    assert result["ok"] and reg.artifacts[DIGEST].integrity == "ok"
+    fd = (await handoff(reg)).fd
+    os.close(fd)

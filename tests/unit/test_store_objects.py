@@ -40,8 +40,20 @@ def unix_sockets() -> Iterator[list[socket.socket]]:
 
 def test_a_regular_file_with_one_name_opens_and_hashes(store: ObjectStore) -> None:
     store.path_for(DIGEST).write_bytes(DATA)
+    store.path_for(DIGEST).chmod(0o444)  # as the store makes them
     assert store.rehash(DIGEST) == (DIGEST, len(DATA))
     assert store.exists(DIGEST)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o664, 0o666, 0o400, 0o555, 0o1444])
+def test_attack_an_object_with_intact_bytes_but_another_mode_is_unusable(
+    store: ObjectStore, mode: int
+) -> None:
+    """Every reader opens through ``open_object``: a mode other than 0444 (a write bit
+    makes /proc/self/fd/N reopenable for writing) is a problem, never bytes."""
+    store.path_for(DIGEST).write_bytes(DATA)
+    store.path_for(DIGEST).chmod(mode)
+    assert store.rehash(DIGEST) == ("loosened", 0)
 
 
 def plant(kind: str, path: Path, elsewhere: Path, held: list[socket.socket]) -> None:

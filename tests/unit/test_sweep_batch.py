@@ -46,6 +46,7 @@ async def test_sweep_touches_unchanged_artifacts_in_batches(tmp_path: Path) -> N
         data = i.to_bytes(4, "little")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         reg.store.path_for(digest).write_bytes(data)
+        reg.store.path_for(digest).chmod(0o444)  # as the store makes them
         art = Artifact(digest=digest, name=f"m/{i}", size=4, format="gguf", format_details={},
                        metadata={}, state="trusted", integrity="ok",
                        created_at="2026-01-01T00:00:00.000Z", updated_at="2026-01-01T00:00:00.000Z",

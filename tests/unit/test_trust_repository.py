@@ -2,7 +2,8 @@
 set, and every publish changes what a consumer's stat sees.
 
 The search: hypothesis drives publishes, refreshes, restarts, a published dir that a
-reboot empties, a state dir restored from an older backup, crashes between reserving
+reboot empties, a state dir restored from an older backup (with or without that
+reboot: then only the wall-clock floor keeps versions climbing), crashes between reserving
 versions and writing files, and a wall clock that steps backwards. After every step a
 long-lived consumer (whose cache remembers every version it accepted, so a decrease
 would be a refused rollback) must agree with the set last published.
@@ -54,6 +55,8 @@ OPS = st.lists(
         st.tuples(st.just("restart"), st.none()),
         st.tuples(st.just("reboot"), st.none()),  # the tmpfs published dir is emptied
         st.tuples(st.just("old_state"), st.none()),  # versions.json from a backup
+        # ... and the published tmpfs emptied too: nothing on disk remembers the versions
+        st.tuples(st.just("old_state_reboot"), st.none()),
         st.tuples(st.just("crash"), st.sets(st.integers(0, 3))),
         st.tuples(st.just("clock_back"), st.none()),
     ),
@@ -90,6 +93,16 @@ def test_versions_only_increase_across_restarts_reboots_and_crashes(
             repo.publish(entries(*(ARTS[i] for i in published)))
         elif op == "old_state":
             (fx.state_dir / VERSIONS_FILE).write_bytes(backup)
+            repo = fx.repository()
+            repo.publish(entries(*(ARTS[i] for i in published)))
+        elif op == "old_state_reboot":
+            # A restore and a reboot take time, and the wall clock is right by then (a
+            # restore with the clock also set back is the residual risk THREAT_MODEL.md
+            # names): any earlier step back undone, a minute passes.
+            fx.clock.ns = max(fx.clock.ns, 0)
+            fx.clock.advance(60)
+            (fx.state_dir / VERSIONS_FILE).write_bytes(backup)
+            shutil.rmtree(fx.publish_dir)
             repo = fx.repository()
             repo.publish(entries(*(ARTS[i] for i in published)))
         elif op == "crash":
@@ -142,12 +155,12 @@ def test_a_symlinked_publish_dir_is_refused(fx: TrustFixture, tmp_path: Path) ->
 
 def test_old_versions_are_pruned_but_the_last_ones_kept(fx: TrustFixture) -> None:
     repo = fx.repository(keep_versions=3)
+    used = []
     for i in range(8):
-        repo.publish(entries(ARTS[i % 4]))
+        used.append(repo.publish(entries(ARTS[i % 4])).versions.snapshot)
     names = sorted(p.name for p in fx.publish_dir.iterdir())
-    assert [n for n in names if n.endswith(".snapshot.json")] == [
-        "6.snapshot.json", "7.snapshot.json", "8.snapshot.json"
-    ]  # fmt: skip
+    kept = sorted(int(n.split(".")[0]) for n in names if n.endswith(".snapshot.json"))
+    assert kept == sorted(used)[-3:]  # the newest three by rank (versions jump with time)
     assert "1.root.json" in names and TIMESTAMP in names
 
 
@@ -156,11 +169,11 @@ def test_refresh_resigns_targets_and_snapshot_before_they_expire(fx: TrustFixtur
     first = repo.publish(entries(ARTS[0]))
     second = repo.refresh()
     assert second.versions.targets == first.versions.targets  # only the timestamp moved
-    assert second.versions.timestamp == first.versions.timestamp + 1
+    assert second.versions.timestamp > first.versions.timestamp
     # Past half of targets' life: the next refresh signs them again.
     fx.clock.advance(fx.section.targets_expiry_seconds / 2 + 1)
     third = repo.refresh()
-    assert third.versions.targets == first.versions.targets + 1
+    assert third.versions.targets > first.versions.targets
     assert third.targets_expires - fx.clock.now > timedelta(days=6)
     assert third.entries == first.entries
 

@@ -45,12 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--config", type=Path, help=f"registry config (default {DEFAULT_CONFIG} "
                    "when no --relay-config is given)")  # fmt: skip
-    p.add_argument("--relay-config", type=Path, help="relay config")
+    p.add_argument("--relay-config", type=Path, help="the relay config to check as well.")
     p.add_argument("--profile", choices=[x.value for x in Profile],
                    help="judge under this profile instead of the configured one")  # fmt: skip
     p.add_argument("--unit", type=Path, action="append", default=[],
                    help="a unit file to score (repeatable; default: systemd's dirs)")  # fmt: skip
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the findings as JSON (assay.doctor.v1) on stdout.")  # fmt: skip
     p.set_defaults(func=cmd_doctor)
 
 

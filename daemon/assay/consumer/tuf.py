@@ -16,17 +16,20 @@ changes the stat, and the next check verifies again.
 While the daemon is down (under systemd its RuntimeDirectory is removed), checks answer
 from the cache's last verified metadata, verified again by ngclient, until it expires;
 then they fail closed. A withdrawn timestamp (the daemon could not publish a revocation)
-fails closed at once. No trio, Quart or hypercorn here (a test imports this with them
-blocked): consumers are ordinary programs.
+fails closed at once, and is remembered in the cache (``assay.consumer.cache``): after
+one, the cache's older metadata is never an answer again, only a newer publish is.
+A cache dir (or a file in it) that anyone but this user could write is refused: the
+checker then uses a private temporary cache, as with no ``cache_dir``. No trio, Quart or
+hypercorn here (a test imports this with them blocked): consumers are ordinary programs.
 """
 
 from __future__ import annotations
 
 import calendar
 import errno
-import fcntl
 import hmac
 import json
+import logging
 import os
 import re
 import stat
@@ -42,6 +45,15 @@ from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
+
+from assay.consumer.cache import (
+    LockedCache,
+    UnsafeCache,
+    cache_problem,
+    timestamp_version,
+)
+
+log = logging.getLogger("assay.consumer")
 
 DEFAULT_TRUST_DIR = "/run/assay-trust"
 DEFAULT_ROOT = "/etc/assay/trust/root/1.root.json"
@@ -161,8 +173,10 @@ class TrustCheck:
     ``published_dir``: the directory the daemon publishes (or an exported copy).
     ``root``: the pinned root, as bytes or a path to ``1.root.json``.
     ``cache_dir``: where ngclient keeps the metadata it verified (rollback protection
-    across restarts, and the answer while the daemon is down); one per consumer. Without
-    one, a private temporary dir: protection only for this object's life.
+    across restarts, and the answer while the daemon is down); one per consumer, owned
+    by this user and writable by nobody else (else it is refused, with a warning, and
+    ``status()["cache_refused"]`` says why). Without one, a private temporary dir:
+    protection only for this object's life.
     ``clock``: POSIX seconds; metadata is refused once it has expired by this clock
     (ngclient also checks the real clock: an injected clock can only refuse sooner).
     """
@@ -174,15 +188,21 @@ class TrustCheck:
         self._timestamp_path = str(self.published_dir / TIMESTAMP)
         self._withdrawn_path = str(self.published_dir / WITHDRAWN)
         self._root = root if isinstance(root, bytes) else Path(root).read_bytes()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        #: Why the given cache dir was not used, if it was not.
+        self.cache_refused: str | None = None
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Step C-0: a cache others can write would let them plant old signed
+            # metadata (a rollback the pinned root cannot tell): not a cache at all.
+            self.cache_refused = cache_problem(Path(cache_dir))
+            if self.cache_refused is not None:
+                log.warning("trust cache refused, using a private one: %s", self.cache_refused)
+                cache_dir = None
         if cache_dir is None:
-            self._tmp: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
-                prefix="assay-trust-"
-            )
+            self._tmp = tempfile.TemporaryDirectory(prefix="assay-trust-")
             cache_dir = self._tmp.name
-        else:
-            self._tmp = None
         self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.clock = clock
         self.config = config or UpdaterConfig()
         self._view: _View | None = None
@@ -242,6 +262,8 @@ class TrustCheck:
     def status(self) -> dict[str, Any]:
         view = self._current()
         out: dict[str, Any] = {"ok": view.updater is not None, "source": view.source}
+        if self.cache_refused:
+            out["cache_refused"] = self.cache_refused
         if view.error:
             out["error"] = view.error
         if view.updater is not None:
@@ -304,30 +326,67 @@ class TrustCheck:
     def _verify_once(self, key: tuple[Any, ...]) -> _View:
         now = self.clock()
         retry = now + RETRY_SECONDS
-        if key[0] == "withdrawn":
-            return _View(key, retry, error="the daemon withdrew its metadata (a publish failed)")
         # The daemon is down (or never published): the cache's last verified metadata,
         # verified again, until it expires.
         source = "published" if key[0] == "published" else "cache"
-        directory = self.published_dir if source == "published" else self.cache_dir
-        fetcher = DirectoryFetcher(directory)
         try:
-            with _locked(self.cache_dir):
-                updater = Updater(
-                    metadata_dir=str(self.cache_dir),
-                    metadata_base_url=BASE_URL,
-                    fetcher=fetcher,
-                    config=self.config,
-                    bootstrap=self._root,
-                )
-                updater.refresh()
-                expires, versions = _expiry_and_versions(self.cache_dir)
+            with LockedCache(self.cache_dir) as cache:
+                return self._verify_locked(key, cache, source, now)
+        except UnsafeCache as exc:
+            return _View(key, retry, error=f"cache refused: {exc}", source=source)
         except Exception as exc:  # fail closed on anything, and say what it was
             return _View(key, retry, error=_describe(exc, source), source=source)
+
+    def _verify_locked(
+        self, key: tuple[Any, ...], cache: LockedCache, source: str, now: float
+    ) -> _View:
+        retry = now + RETRY_SECONDS
+        if key[0] == "withdrawn":
+            # Step C-W1: remember the withdrawal durably, above every timestamp version
+            # that could vouch for the withdrawn set (the withdrawn file's claim and what
+            # this cache holds), so neither this checker nor a restarted one falls back.
+            withdrawn = _read_small(self._withdrawn_path)
+            floor = max(timestamp_version(withdrawn) or 0, cache.cached_timestamp_version())
+            cache.remember_withdrawal(floor)
+            return _View(key, retry, error="the daemon withdrew its metadata (a publish failed)")
+        above = cache.withdrawn_above()
+        if above is not None and source == "cache":
+            # Step C-W2: after a withdrawal, the older cached set is never the answer.
+            return _View(key, retry, source=source, error="the daemon withdrew its metadata "
+                         "and has published nothing newer since")  # fmt: skip
+        directory = self.published_dir if source == "published" else self.cache_dir
+        updater = Updater(
+            metadata_dir=str(self.cache_dir),
+            metadata_base_url=BASE_URL,
+            fetcher=DirectoryFetcher(directory),
+            config=self.config,
+            bootstrap=self._root,
+        )
+        updater.refresh()
+        expires, versions = _expiry_and_versions(self.cache_dir)
+        if above is not None:
+            # Step C-W3: only a timestamp newer than the withdrawn one ends a withdrawal;
+            # what it vouches for is durable in the cache before the marker goes.
+            if versions["timestamp"]["version"] <= above:
+                return _View(key, retry, source=source, error="the daemon withdrew its "
+                             "metadata and this timestamp is not newer")  # fmt: skip
+            cache.forget_withdrawal()
         # Step C-2a: ngclient checked expiry on the real clock; this checker's clock too.
         if now >= expires:
             return _View(key, retry, error=f"{source} metadata expired", source=source)
         return _View(key, expires, updater=updater, source=source, versions=versions)
+
+
+def _read_small(path: str, limit: int = 1 << 20) -> bytes | None:
+    """A regular file's first ``limit`` bytes, never through a link; None if unusable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _read_at_most(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
 
 
 def _dot_segment(name: str) -> bool:
@@ -344,21 +403,6 @@ def _stat_key(path: str) -> tuple[Any, ...] | None:
         # published, its verification fails (closed) instead of falling back to the cache.
         return ("published", -1, exc.errno or 0, 0, 0)
     return ("published", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class _locked:
-    """An exclusive flock on the cache dir: consumers sharing one never interleave."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
 
 
 def _expiry_and_versions(cache: Path) -> tuple[float, dict[str, Any]]:

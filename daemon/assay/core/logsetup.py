@@ -25,6 +25,8 @@ MESSAGE_IDS: dict[str, str] = {
     "sweep": "3a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9",
     "startup": "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
     "shutdown": "4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b",
+    "posture": "a3d5f7b9c1e34a6b8d0f2a4c6e8b0d2f",
+    "posture_finding": "c4e6a8b0d2f44b7c9e1a3c5e7a9b1d3f",
 }
 
 log = logging.getLogger("assay")

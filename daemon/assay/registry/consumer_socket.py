@@ -10,8 +10,16 @@ mode 0660); outside it, ``consumer.socket`` in the config names a path, created 
 Bounds: at most ``max_connections`` connections at once (others wait in the kernel's
 backlog), and a peer gets ``request_timeout_seconds`` to send its request and again to
 take its answer, so one that connects and sends nothing holds a slot only that long.
-Fds a peer sends are never received (``recv`` takes no ancillary data; the kernel drops
-them).
+Fds a peer sends are never received (the ancillary buffer holds credentials only; the
+kernel drops fds that do not fit).
+
+Who sent a request: ``SO_PASSCRED`` is set on the listening socket (accepted sockets
+inherit it, and a message sent before the accept carries credentials anyway), so the
+kernel attaches ``SCM_CREDENTIALS`` to every message: the sender's own pid and real uid
+and gid, or ones it claims that the kernel checked it may claim. The request is
+authorized as that sender (``consumers.sender_of``), not as whoever called ``connect()``
+(``SO_PEERCRED``, frozen then). The credentials also tell a zero-length request, which
+carries them, from a hang-up, which carries nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from assay.core.errors import ConfigError, StorageError
 from assay.core.systemd import CONSUMER_FD_NAME, listen_fds_named
 from assay.core.trusted_files import check_parent
 from assay.registry.consumer_gate import ConsumerGate
-from assay.registry.consumers import ConsumerSection, Peer
+from assay.registry.consumers import ConsumerSection, Peer, sender_of
 
 log = logging.getLogger("assay.consumer")
 
@@ -48,6 +56,11 @@ MAX_PEER_GROUPS = 256
 #: sun_path holds 108 bytes; longer paths are bound through their directory's fd.
 MAX_SUN_PATH = 100
 BACKLOG = 128
+#: ``struct ucred``: pid, uid, gid (as SO_PEERCRED and SCM_CREDENTIALS give them).
+UCRED = struct.Struct("iII")
+SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
+#: Room for one SCM_CREDENTIALS and nothing more: fds a peer attaches do not fit.
+CRED_SPACE = socket.CMSG_SPACE(UCRED.size)
 
 
 @dataclass
@@ -103,6 +116,7 @@ def open_listener(section: ConsumerSection, path: Path | None) -> Listener | Non
                 "(ListenSequentialPacket= in assay-consumer.socket)"
             )
         sock.set_inheritable(False)
+        pass_credentials(sock)
         return Listener(sock)
     if path is None:
         return None
@@ -136,6 +150,7 @@ def _bind_path(path: Path, mode: int, gid: int) -> Listener:
         with _short(tmp) as short:
             sock.bind(short)
         try:
+            pass_credentials(sock)
             os.chmod(tmp, mode)
             if gid >= 0:
                 os.chown(tmp, -1, gid)
@@ -201,10 +216,15 @@ class _short:
             os.close(self.dirfd)
 
 
+def pass_credentials(sock: socket.socket | trio.socket.SocketType) -> None:
+    """``SO_PASSCRED``: every message received carries its sender's ``SCM_CREDENTIALS``."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
 def peer_of(sock: trio.socket.SocketType) -> Peer:
-    """``SO_PEERCRED`` (pid, uid, gid) and ``SO_PEERGROUPS`` of a connected peer."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
-    pid, uid, gid = struct.unpack("iII", raw)
+    """``SO_PEERCRED`` (pid, uid, gid) and ``SO_PEERGROUPS`` of whoever connected."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+    pid, uid, gid = UCRED.unpack(raw)
     groups: Iterable[int] = ()
     try:
         data = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_PEER_GROUPS)
@@ -214,6 +234,15 @@ def peer_of(sock: trio.socket.SocketType) -> Peer:
     except OSError as exc:  # ERANGE: more groups than fit; ENOPROTOOPT: old kernel
         log.warning("peer pid %d: its groups are unknown (%s); primary gid only", pid, exc)
     return Peer(pid=pid, uid=uid, gid=gid, groups=frozenset(groups) | {gid})
+
+
+def sent_credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
+    """The ``SCM_CREDENTIALS`` (pid, uid, gid) a received message carried, if any."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SCM_CREDENTIALS and len(payload) >= UCRED.size:
+            pid, uid, gid = UCRED.unpack(payload[: UCRED.size])
+            return pid, uid, gid
+    return None
 
 
 async def serve(
@@ -256,12 +285,17 @@ async def _connection(
     fd: int | None = None
     try:
         with conn:
-            peer = peer_of(conn)
+            connected = peer_of(conn)
+            pass_credentials(conn)
             raw: bytes | None = None
+            sent: tuple[int, int, int] | None = None
             with trio.move_on_after(seconds):
-                raw = await conn.recv(MAX_REQUEST_BYTES + 1)
-            if raw == b"":
-                return  # the peer hung up without asking: no request, no record
+                raw, creds, _flags, _addr = await conn.recvmsg(MAX_REQUEST_BYTES + 1, CRED_SPACE)
+                sent = sent_credentials(creds)
+                if raw == b"" and sent is None:
+                    return  # end of stream, no message: the peer hung up without asking
+            # A message (even a zero-length one) is a request, authorized as its sender.
+            peer = sender_of(sent, connected) if raw is not None else connected
             answer, fd = await gate.answer(raw, peer)
             ancillary = [] if fd is None else [
                 (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]  # fmt: skip

@@ -3,9 +3,10 @@
 A local service asks the daemon's Unix socket for a trusted artifact and receives a
 read-only fd on it (``assay.registry.handoff``; the wire format is
 ``assay.consumer.protocol``). Who it is comes from the kernel, not from a secret: the
-peer's credentials (``SO_PEERCRED`` uid, gid, pid and ``SO_PEERGROUPS``) are mapped to a
-*consumer principal* declared here in the config, with its scopes. A bearer token sent in
-the request works too and then decides alone.
+credentials the kernel attaches to the request message itself (``SCM_CREDENTIALS``: pid,
+uid, gid; see ``sender_of``) are mapped to a *consumer principal* declared here in the
+config, with its scopes. A bearer token sent in the request works too and then decides
+alone.
 
 Pure: values in, a ``Principal`` or a typed refusal out. Group names in the config are
 resolved to gids at startup by the daemon (``resolve_groups``'s caller), not here.
@@ -121,17 +122,46 @@ class ConsumerSection(Strict):
 
 @dataclass(frozen=True)
 class Peer:
-    """What the kernel says about the process at the other end of a connection."""
+    """What the kernel says about the process that sent a request."""
 
     pid: int
     uid: int
     gid: int
     #: Every group it is in (``SO_PEERGROUPS``), the primary one included.
     groups: frozenset[int] = frozenset()
+    #: Who called ``connect()``, when that was someone else (``SO_PEERCRED``, frozen at
+    #: connect): recorded beside the sender, never used to authorize.
+    connected: tuple[int, int, int] | None = None
 
     def fields(self) -> dict[str, Any]:
         """For the audit record's ``extra`` (ids, never names: no I/O here)."""
-        return {"peer_pid": self.pid, "peer_uid": self.uid, "peer_gid": self.gid}
+        out: dict[str, Any] = {"peer_pid": self.pid, "peer_uid": self.uid, "peer_gid": self.gid}
+        if self.connected is not None:
+            out["connected_pid"], out["connected_uid"], out["connected_gid"] = self.connected
+        return out
+
+
+#: A message that carried no credentials: nobody (uid -1 never matches a rule).
+NOBODY = (0, -1, -1)
+
+
+def sender_of(sent: tuple[int, int, int] | None, connected: Peer) -> Peer:
+    """The peer a request is authorized as: the credentials the kernel attached to *that
+    message* (``SCM_CREDENTIALS``, with ``SO_PASSCRED`` on the daemon's socket), not the
+    ones frozen at ``connect()``: a connected socket handed to, or kept across a drop to,
+    another uid speaks for its sender, not its opener.
+
+    Step SND-1: no credentials on the message is nobody. Step SND-2: ``SCM_CREDENTIALS``
+    carries no supplementary groups, so the connect-time ``SO_PEERGROUPS`` count only
+    while the sender is the very process that connected, with the same uid and gid;
+    otherwise its primary gid alone (fewer groups can only match fewer rules).
+    """
+    pid, uid, gid = sent if sent is not None else NOBODY
+    same = (pid, uid, gid) == (connected.pid, connected.uid, connected.gid)
+    if same:
+        return connected
+    return Peer(pid=pid, uid=uid, gid=gid, groups=frozenset({gid}) if gid >= 0 else frozenset(),
+                connected=(connected.pid, connected.uid, connected.gid))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,6 +221,10 @@ def parse_request(raw: bytes, *, max_bytes: int) -> OpenRequest:
     Steps REQ-1..3: bounded, then strict JSON (``assay.registry.bodies``: one parser
     decides), then exactly one of name or digest, each checked by its own validator.
     """
+    # Step REQ-0 (empty): a zero-length message is a request that arrived (the socket
+    # layer tells it from a hang-up), and is refused like any malformed one.
+    if not raw:
+        raise BadRequest("empty request: send a JSON object", code="request.empty")
     # Step REQ-1 (bound): the message was read into a buffer one byte larger.
     if len(raw) > max_bytes:
         raise BadRequest(f"request larger than {max_bytes} bytes", code="request.too_large")

@@ -257,6 +257,9 @@ PROBLEMS: dict[str, str] = {
     "changed": "the stored file changed since its last full hash (its inode, size, mtime or "
     "ctime differ) and is too large to re-hash on open; verify it to restore it",
     "changing": "the stored file changed while it was being hashed",
+    "loosened": "the stored file is not mode 0444 owned by the daemon's user (a write bit "
+    "lets anyone holding its fd reopen /proc/self/fd/N for writing); chmod it 0444 (a "
+    "restart does) and verify it to restore it",
 }
 
 #: Every object file: read-only to all, writable by nobody but root.
@@ -423,7 +426,8 @@ class ObjectStore:
         The one way every reader (rehash, promote, serve, sweep) opens an object: the
         path must not be a symlink (``O_NOFOLLOW``, even to the right bytes), a FIFO
         (``O_NONBLOCK``: opening one never waits for a writer), a directory, socket or
-        device (``fstat``), nor a file with a second hard link. ``lstat`` first, so a
+        device (``fstat``), a file with a second hard link, nor one whose mode is not
+        0444 or whose owner is not this daemon's user. ``lstat`` first, so a
         device is not even opened unless it is swapped in between; the fd is then
         checked itself. Raises ``UnusableObject``.
         """
@@ -456,6 +460,14 @@ class ObjectStore:
                 raise UnusableObject(kind)
             if info.st_nlink != 1:
                 raise UnusableObject("linked", f"{info.st_nlink} names")
+            # Step OBJ-4 (mode and owner): 0444 exactly, owned by this daemon's user. A
+            # write bit would let any holder of the fd reopen it for writing through
+            # /proc/self/fd/N (a magic link that skips the 0700 directories); another
+            # owner could chmod it at will. Never repaired here: a writer may already
+            # hold a writable fd from while the mode was loose.
+            mode = stat.S_IMODE(info.st_mode)
+            if mode != OBJECT_MODE or info.st_uid != os.geteuid():
+                raise UnusableObject("loosened", f"mode {mode:o}, owner uid {info.st_uid}")
         except BaseException:
             os.close(fd)
             raise

@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import defusedxml  # type: ignore[import-untyped]  # noqa: F401  (openpyxl: no DTDs with it)
 import openpyxl
+import openpyxl.xml
 import pyarrow as pa
 from openpyxl.utils.datetime import WINDOWS_EPOCH
 from openpyxl.worksheet._read_only import ReadOnlyWorksheet
@@ -41,6 +43,11 @@ from openpyxl.worksheet._reader import WorkSheetParser
 from assay.relay.cellrange import CellRange, column_letters
 from assay.relay.config import Table
 from assay.relay.decode import ARROW_TYPES, SourceInvalid, _check_columns, _conform
+
+# No entity expansion in a workbook part: openpyxl parses through defusedxml only when it
+# found it at import (T-XLSX1); without it, refuse to load rather than parse unsafely.
+if not openpyxl.xml.DEFUSEDXML:  # pragma: no cover - defusedxml is a declared dependency
+    raise ImportError("openpyxl does not see defusedxml: XLSX sources would expand entities")
 
 #: openpyxl warns with cell values in the text (e.g. an out-of-range date serial); those
 #: cells are refused anyway, and a source's values never reach the log.

@@ -6,7 +6,13 @@ a time. Every publish:
   PUB-1 reserves the versions it will use in the state dir (temp, fsync, rename, fsync
         dir) before any file is published, so a crash can skip versions, never reuse one
         with other content: versions only increase, across restarts and reboots, even
-        though the published dir may be a tmpfs that a reboot empties;
+        though the published dir may be a tmpfs that a reboot empties. Each new version
+        is also at least the wall clock in microseconds since the epoch (``version_floor``):
+        a state dir restored from an older backup beside an emptied published dir
+        (nothing left to raise the versions from) still publishes versions above every
+        one published before, since none was ever ahead of its own publish time (one
+        publish signs and fsyncs: far slower than one per microsecond). Only a restore
+        together with a wall clock set back can still go backwards (THREAT_MODEL.md);
   PUB-2 writes ``N.targets.json``, then PUB-3 ``N.snapshot.json`` (new names, never
         rewritten: consistent snapshots);
   PUB-4 replaces ``timestamp.json`` last, with an mtime strictly later than any earlier
@@ -51,6 +57,9 @@ WITHDRAWN = "timestamp.withdrawn"
 _VERSIONED = re.compile(r"([1-9][0-9]{0,18})\.(root|snapshot|targets)\.json")
 _MAX_STATE_BYTES = 4096
 _MAX_META_BYTES = 64 * 1024 * 1024
+#: Versions are at least the wall clock in these units since the epoch (microseconds:
+#: 16 digits until the year 2286, below 2**53 so any JSON reader keeps them exact).
+VERSION_FLOOR_NS = 1_000
 #: timestamp.json mtimes step by at least this much (and are whole multiples of it), so
 #: file systems that keep only micro- or milliseconds still see every publish.
 MTIME_STEP_NS = 1_000_000
@@ -217,11 +226,13 @@ class Repository:
         v = self.versions
         step = MTIME_STEP_NS
         # A whole multiple of the step, later than every earlier one by at least a step.
-        mtime = math.ceil(max(self.wall_ns(), v.mtime_ns + step) / step) * step
+        wall = self.wall_ns()
+        mtime = math.ceil(max(wall, v.mtime_ns + step) / step) * step
+        floor = version_floor(wall)
         new = Versions(
-            targets=v.targets + 1 if targets else v.targets,
-            snapshot=v.snapshot + 1 if targets else v.snapshot,
-            timestamp=v.timestamp + 1,
+            targets=max(v.targets + 1, floor) if targets else v.targets,
+            snapshot=max(v.snapshot + 1, floor) if targets else v.snapshot,
+            timestamp=max(v.timestamp + 1, floor),
             mtime_ns=mtime,
         )
         data = json.dumps(asdict(new), sort_keys=True).encode() + b"\n"
@@ -241,12 +252,15 @@ class Repository:
         """Step PUB-5: no withdrawal marker under a valid timestamp; old versions pruned."""
         (self.publish_dir / WITHDRAWN).unlink(missing_ok=True)
         keep = self.section.keep_versions
-        v = self.versions
-        newest = {Targets.type: v.targets, Snapshot.type: v.snapshot}
+        found: dict[str, list[int]] = {Targets.type: [], Snapshot.type: []}
         for name in os.listdir(self.publish_dir):
             m = _VERSIONED.fullmatch(name)
-            if m and m.group(2) in newest and int(m.group(1)) <= newest[m.group(2)] - keep:
-                (self.publish_dir / name).unlink(missing_ok=True)
+            if m and m.group(2) in found:
+                found[m.group(2)].append(int(m.group(1)))
+        # The ``keep`` newest of each role, by rank: versions jump (``version_floor``).
+        for role, numbers in found.items():
+            for number in sorted(numbers)[:-keep]:
+                (self.publish_dir / f"{number}.{role}.json").unlink(missing_ok=True)
         fsync_dir(self.publish_dir)
 
     # -- state --------------------------------------------------------------------------
@@ -293,6 +307,11 @@ class Repository:
             for name in os.listdir(directory):
                 if name.startswith(".") and name.endswith(".tmp"):
                     (directory / name).unlink(missing_ok=True)
+
+
+def version_floor(wall_ns: int) -> int:
+    """The least version a publish at wall time ``wall_ns`` may use (``VERSION_FLOOR_NS``)."""
+    return max(wall_ns // VERSION_FLOOR_NS, 0)
 
 
 def _max_versions(a: Versions, b: Versions) -> Versions:

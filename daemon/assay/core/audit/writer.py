@@ -283,6 +283,8 @@ class AuditWriter:
     async def _checkpoint_loop(self, every: float) -> None:
         while True:
             await trio.sleep(every)
+            if self.log.head_seq == 0:
+                continue  # an empty log has nothing to commit to; its first record will
             await self.checkpoint_now()
 
     def _notify_checkpoints(self) -> None:
