@@ -219,6 +219,10 @@ def test_client_gone_mid_upload_is_not_logged_as_a_daemon_bug(tmp_path: Path) ->
     log = dep.stderr()
     assert "Traceback" not in log, log[-1500:]
     assert "direct upload failed" not in log
+    # ...and the abort still left its record: every request does.
+    lines = (dep.audit_dir / "audit.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert any(r["route"] == "POST /v1/artifacts" and r["decision"] == "deny" for r in records)
 
 
 def _trusted(dep: Any) -> str:
