@@ -22,7 +22,6 @@ from assay.cli.digests import resolve
 from assay.cli.errors import InputUnreadable, NameConflict
 from assay.cli.options import STATES, daemon_options, digest_argument
 from assay.cli.output import emit_json, progress_bar
-from assay.cli.paths import output_file, written
 
 if TYPE_CHECKING:
     from assay.cli.client import Client
@@ -127,8 +126,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("fetch", help="download a trusted artifact, verifying its digest")
     digest_argument(p, "download")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="where to write it; written whole and verified, then renamed into "
-                   "place (its directory must exist)")  # fmt: skip
+                   help="where to write it (its directory must exist): written whole and "
+                   "verified beside it, then renamed into place; an existing FILE must be a "
+                   "regular file; - writes to stdout")  # fmt: skip
     daemon_options(p)
     p.set_defaults(func=cmd_fetch)
 
@@ -174,7 +174,7 @@ def _open_input(path: Path) -> int:
     return fd
 
 
-def _sha256_fd(fd: int) -> str:
+def sha256_fd(fd: int) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -191,7 +191,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         query: dict[str, Any] = {"name": args.name, "meta": args.meta}
         if not args.no_digest:
-            query["digest"] = args.digest or _sha256_fd(fd)
+            query["digest"] = args.digest or sha256_fd(fd)
     finally:
         os.close(fd)
     out = _client(args).upload(path, query, progress=progress_bar(f"uploading {path.name}"))
@@ -336,41 +336,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """Download to a temp file, check the digest, then rename: never a partial file."""
-    from assay.registry.errors import DigestMismatch
+    from assay.cli import fetch_cmd
 
-    out_path = output_file(Path(args.output), what="-o")
-    client = _client(args)
-    expected = resolve(client, args.digest)
-    tmp = out_path.with_name(f".{out_path.name}.part")
-    try:
-        try:
-            f = tmp.open("wb")
-        except OSError as exc:
-            raise written(exc, str(tmp)) from None
-        with f:
-            try:
-                for _ in client.download(expected, f):
-                    pass
-                f.flush()
-                os.fsync(f.fileno())
-            except OSError as exc:  # the download's own failures are typed already
-                raise written(exc, str(tmp)) from None
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            actual = _sha256_fd(fd)
-        finally:
-            os.close(fd)
-        if actual != expected:
-            raise DigestMismatch(f"downloaded bytes hash to {actual}, expected {expected}")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if args.json:
-        emit_json({"digest": expected, "path": str(out_path), "verified": True})
-    else:
-        print(f"fetched {expected} -> {out_path} (verified)")
-    return 0
+    return fetch_cmd.cmd_fetch(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
