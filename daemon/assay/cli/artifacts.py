@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from assay.cli.digests import resolve
 from assay.cli.errors import InputUnreadable, NameConflict
-from assay.cli.options import STATES, daemon_options, digest_argument
+from assay.cli.options import STATES, daemon_options, digest_argument, text_arg
 from assay.cli.output import emit_json, progress_bar
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def register(sub: Any) -> None:
         "--name",
         required=True,
         metavar="NAME",
+        type=text_arg,
         help="the artifact's name: /-separated segments of [A-Za-z0-9._+-]",
     )
     p.add_argument(
@@ -49,11 +50,13 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
+        type=text_arg,
         help="a metadata entry (repeat the flag for several)",
     )
     p.add_argument(
         "--digest",
         metavar="DIGEST",
+        type=text_arg,
         help="the sha256:<hex> FILE must have (default: computed from FILE)",
     )
     p.add_argument(
@@ -71,7 +74,8 @@ def register(sub: Any) -> None:
         metavar="STATE",
         help="only artifacts in this state: quarantined, trusted, revoked or deleted",
     )
-    p.add_argument("--name", metavar="NAME", help="only artifacts with exactly this name")
+    p.add_argument("--name", metavar="NAME", type=text_arg,
+                   help="only artifacts with exactly this name")  # fmt: skip
     daemon_options(p)
     p.set_defaults(func=cmd_list)
 
@@ -92,6 +96,7 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY_ID:BASE64SIG",
+        type=text_arg,
         help="a publisher signature (`assay publisher sign`); repeat for several",
     )
     daemon_options(p)
@@ -103,6 +108,7 @@ def register(sub: Any) -> None:
         "--reason",
         required=True,
         metavar="TEXT",
+        type=text_arg,
         help="why, for the history and the audit log (one line)",
     )
     daemon_options(p)
@@ -114,6 +120,7 @@ def register(sub: Any) -> None:
         "--reason",
         default="",
         metavar="TEXT",
+        type=text_arg,
         help="why, for the history and the audit log (one line; optional)",
     )
     daemon_options(p)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assay.cli.errors import InputUnreadable
-from assay.cli.options import json_option
+from assay.cli.options import json_option, text_arg
 from assay.cli.output import emit_json
 from assay.cli.paths import input_dir, show
 from assay.core.errors import AssayError, ConfigError
@@ -95,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--log-id",
         default="assay",
         metavar="ID",
+        type=text_arg,
         help="the log's id, as in audit.log_id (default assay)",
     )
     json_option(p)

@@ -85,6 +85,7 @@ exit codes:
   0 success              1 check failed or input refused   2 usage, config or path error
   3 auth or scope denied 4 not found                        5 state conflict
   6 server, storage, audit or internal failure              7 daemon unreachable
+  130 interrupted (Ctrl-C)
 
 See README.md and `man assay` (each command has its own page, e.g. `man assay-add`)."""
 
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true",
         help="on an unexpected error, print its traceback on stderr (also ASSAY_DEBUG=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json", action="store_true", dest="global_json",
+        help="as the command's own --json: `assay --json list` is `assay list --json`",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     admin.register(sub)
@@ -226,13 +231,27 @@ def _log_traceback(exc: BaseException, *, debug: bool) -> None:
         log.error("unexpected error", exc_info=exc)
 
 
+def _tolerant_output() -> None:
+    """A path given as bytes that are not UTF-8 (kept by Python as lone surrogates) is
+    printed with those bytes escaped (``\\udcff``), never an ``UnicodeEncodeError`` on
+    stdout or stderr after the work was done."""
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args_list)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _tolerant_output()
     try:
         args = build_parser().parse_args(args_list)
-        as_json = bool(getattr(args, "json", as_json))
+        if args.global_json and hasattr(args, "json"):
+            args.json = True
+        as_json = bool(getattr(args, "json", False) or args.global_json)
         debug = debug or bool(getattr(args, "debug", False))
         code: int = args.func(args)
         return code

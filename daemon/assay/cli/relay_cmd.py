@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assay.cli.options import bind_arg, json_option
+from assay.cli.options import bind_arg, id_arg, json_option
 from assay.cli.output import emit_json, iso_time
 from assay.cli.paths import output_file, read_input, write_output
 
@@ -69,6 +69,7 @@ def register(sub: Any) -> None:
         "--id",
         required=True,
         metavar="ID",
+        type=id_arg,
         help="the key's id, as auth.api_keys[].id (the audit's principal)",
     )
     json_option(p)
