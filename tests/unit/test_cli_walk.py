@@ -120,6 +120,7 @@ class Values:
             "empty": "",
             "huge": "h" * 100_000,
             "unicode": "ünï\u202ecödé\u200b✓",
+            "not-utf8": os.fsdecode(b"bad\xff\xfename"),  # as Python decodes such argv
             "dash-leading": "-x",
         }
 
@@ -254,6 +255,7 @@ def test_no_command_shows_a_traceback_for_bad_input(walker: Walker) -> None:
         if "--token-file" in opts:
             variants.append([*whole, "--token-file", str(values.root / "missing-token")])
             variants.append([*whole, "--token-file", str(values.dir)])
+            variants.append([*whole, "--token-file", str(values.fifo)])  # must not block
         for argv in variants:
             check(walker.run(argv))
             if "--json" in opts or argv == list(path):

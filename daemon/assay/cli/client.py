@@ -51,6 +51,9 @@ def check_url(value: str) -> str:
     try:
         parts = urlsplit(value)
         port = parts.port
+        # The host as it will be looked up: bytes that are not UTF-8, or a name IDNA
+        # cannot encode, do not parse (UnicodeError is a ValueError).
+        (parts.hostname or "").encode("idna")
     except ValueError:
         parts, port = None, None
     if (
@@ -62,7 +65,8 @@ def check_url(value: str) -> str:
         or parts.fragment
         or parts.username is not None
     ):
-        raise UsageError(f"not a daemon URL: {value[:200]!r} (use http://HOST:PORT)")
+        shown = value.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "replace")
+        raise UsageError(f"not a daemon URL: {shown!r} (use http://HOST:PORT)")
     del port  # parsed only to refuse a port that is not a number in range
     return value.rstrip("/")
 

@@ -9,6 +9,7 @@ so it has a stable code and ``--json`` prints it like any other problem.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from assay.cli.errors import UsageError
 
@@ -32,6 +33,12 @@ def text_arg(value: str) -> str:
         shown = value.encode("utf-8", "surrogateescape")[:60]
         raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown!r}") from None
     return value
+
+
+def text_path_arg(value: str) -> Path:
+    """A path that is also written as text (into a config or an env file, or handed to a
+    library that takes only ``str`` paths, as pyarrow does): its bytes must be UTF-8."""
+    return Path(text_arg(value))
 
 
 def id_arg(value: str) -> str:
