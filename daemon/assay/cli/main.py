@@ -31,6 +31,7 @@ from assay.cli import (
     inspect_cmd,
     publisher_cmd,
     relay_cmd,
+    stdout,
     trust_cmd,
 )
 from assay.cli.errors import (
@@ -206,14 +207,19 @@ def printable(text: str) -> str:
 
 
 def report(err: AssayError, *, as_json: bool) -> int:
+    """Print ``err`` (JSON on stdout with ``--json``, else one line on stderr, which is
+    also where it goes when stdout cannot take it) and return its exit code."""
     code = exit_code_for(err)
-    if as_json:
-        print(json.dumps({"error": err.problem(), "exit_code": code}, sort_keys=True))
-        sys.stdout.flush()
-    else:
-        print(f"assay: error [{printable(err.code)}]: {printable(err.detail)}", file=sys.stderr)
-        for reason in err.reasons:
-            print(f"  - {printable(str(reason))}", file=sys.stderr)
+    if as_json and not stdout.broken():
+        try:
+            print(json.dumps({"error": err.problem(), "exit_code": code}, sort_keys=True))
+            sys.stdout.flush()
+            return code
+        except AssayError:
+            pass  # stdout is broken: say it on stderr instead
+    print(f"assay: error [{printable(err.code)}]: {printable(err.detail)}", file=sys.stderr)
+    for reason in err.reasons:
+        print(f"  - {printable(str(reason))}", file=sys.stderr)
     return code
 
 
@@ -234,12 +240,13 @@ def _log_traceback(exc: BaseException, *, debug: bool) -> None:
 def _tolerant_output() -> None:
     """A path given as bytes that are not UTF-8 (kept by Python as lone surrogates) is
     printed with those bytes escaped (``\\udcff``), never an ``UnicodeEncodeError`` on
-    stdout or stderr after the work was done."""
+    stdout or stderr after the work was done; a failed write to stdout is typed
+    (``assay.cli.stdout``)."""
     import io
 
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
+    stdout.guard()
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,9 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         as_json = bool(getattr(args, "json", False) or args.global_json)
         debug = debug or bool(getattr(args, "debug", False))
         code: int = args.func(args)
+        sys.stdout.flush()  # a write error is the command's, reported like one
         return code
     except SystemExit:
-        raise  # --help and --version
+        try:
+            sys.stdout.flush()  # --help and --version: their output may fail too
+        except AssayError as failed:
+            return report(failed, as_json=False)
+        raise
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseException as exc:
