@@ -190,13 +190,16 @@ def _hmac_key(path: Path | None) -> bytes | None:
         raise AuditInputError(exc.detail) from None
 
 
+#: Signed checkpoints are a few hundred bytes each: a million of them fit.
+MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
+
+
 def _checkpoints(path: Path) -> list[Checkpoint]:
+    from assay.cli.paths import read_input
     from assay.core.audit.checkpoint import parse_checkpoint
 
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise InputUnreadable(f"cannot read checkpoint file {path}: {exc.strerror}") from None
+    # A regular file, bounded: a FIFO or device is refused, not waited on.
+    lines = read_input(path, max_bytes=MAX_CHECKPOINT_BYTES, what="checkpoint file").splitlines()
     cps: list[Checkpoint] = []
     for n, line in enumerate(lines, 1):
         if line.strip():
