@@ -111,6 +111,15 @@ def test_fetch_to_stdout_writes_the_verified_bytes(deployment: Deployment, tmp_p
     both = _fetch(deployment, digest, "-o", "-", "--json")
     assert both.returncode == 2
     assert _problem(both)["code"] == "cli.usage"
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "assay", "fetch", digest, "-o", "-"], stdout=full,
+            stderr=subprocess.PIPE, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            env={**os.environ, "ASSAY_URL": deployment.url, "ASSAY_TOKEN": deployment.admin_token},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "[cli.output_unwritable]: cannot write to stdout" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_fetch_over_a_regular_file_replaces_it_and_never_a_symlink(

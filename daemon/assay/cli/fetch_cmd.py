@@ -95,6 +95,7 @@ def _to_file(client: Client, expected: str, out_path: Path) -> None:
     placed = False
     try:
         with os.fdopen(fd, "w+b") as f:
+            # 3. Written, flushed, fsynced and hashed back through this very fd.
             _download_verified(client, expected, f, label)
             # The umask's mode, as a file the user created would have (the temp was
             # 0600 while it held unverified bytes).
@@ -103,7 +104,7 @@ def _to_file(client: Client, expected: str, out_path: Path) -> None:
             os.fchmod(f.fileno(), 0o666 & ~umask)
         # 1. Checked again just before the rename: still absent or a regular file.
         output_file(out_path, what="-o")
-        try:
+        try:  # 3. Renamed over the target, the directory fsynced.
             os.replace(tmp, out_path)
             placed = True
             fsync_dir(directory)
@@ -117,7 +118,8 @@ def _to_file(client: Client, expected: str, out_path: Path) -> None:
 
 
 def _to_stdout(client: Client, expected: str) -> None:
-    label = "stdout"
+    from assay.cli import stdout
+
     try:
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, on every path
     except OSError as exc:
@@ -133,4 +135,4 @@ def _to_stdout(client: Client, expected: str) -> None:
                 offset += len(chunk)
             out.flush()
         except OSError as exc:
-            raise written(exc, label) from None
+            raise stdout.failed(exc) from None

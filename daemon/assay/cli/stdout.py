@@ -27,7 +27,9 @@ def broken() -> bool:
     return _state["broken"]
 
 
-def _fail(exc: OSError) -> OutputUnwritable:
+def failed(exc: OSError) -> OutputUnwritable:
+    """The error for a failed write to stdout (text or ``sys.stdout.buffer``); fd 1 is
+    pointed at ``/dev/null`` from here on."""
     _state["broken"] = True
     try:
         devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -45,13 +47,13 @@ class _Guarded(io.TextIOWrapper):
         try:
             return super().write(s)
         except OSError as exc:
-            raise _fail(exc) from None
+            raise failed(exc) from None
 
     def flush(self) -> None:
         try:
             super().flush()
         except OSError as exc:
-            raise _fail(exc) from None
+            raise failed(exc) from None
 
 
 def guard() -> None:
