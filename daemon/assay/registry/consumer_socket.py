@@ -25,24 +25,20 @@ carries them, from a hang-up, which carries nothing.
 from __future__ import annotations
 
 import array
-import errno
 import grp
 import logging
 import os
-import secrets
 import socket
-import stat
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from assay.consumer.protocol import MAX_REQUEST_BYTES
-from assay.core.errors import ConfigError, StorageError
+from assay.core import unix_listen
+from assay.core.errors import ConfigError
 from assay.core.systemd import CONSUMER_FD_NAME, listen_fds_named
-from assay.core.trusted_files import check_parent
 from assay.registry.consumer_gate import ConsumerGate
 from assay.registry.consumers import ConsumerSection, Peer, sender_of
 
@@ -53,9 +49,6 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 #: ``getsockopt`` buffers are at most 1024 bytes in CPython: 256 gids. A peer in more
 #: groups is known by its primary group alone (fewer groups can only match fewer rules).
 MAX_PEER_GROUPS = 256
-#: sun_path holds 108 bytes; longer paths are bound through their directory's fd.
-MAX_SUN_PATH = 100
-BACKLOG = 128
 #: ``struct ucred``: pid, uid, gid (as SO_PEERCRED and SCM_CREDENTIALS give them).
 UCRED = struct.Struct("iII")
 SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
@@ -63,25 +56,8 @@ SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
 CRED_SPACE = socket.CMSG_SPACE(UCRED.size)
 
 
-@dataclass
-class Listener:
-    """The listening socket, and the path this daemon made for it (removed at close)."""
-
-    sock: socket.socket
-    path: Path | None = None
-    inode: int = 0
-
-    def close(self) -> None:
-        """Idempotent: the socket, then the file, only while it is still the one made."""
-        self.sock.close()
-        path, self.path = self.path, None
-        if path is None:
-            return
-        try:
-            if os.lstat(path).st_ino == self.inode:
-                path.unlink()
-        except OSError:
-            pass
+#: The listening socket and the file made for it (``assay.core.unix_listen``).
+Listener = unix_listen.UnixListener
 
 
 def gid_of(group: str | int, *, where: str) -> int:
@@ -126,94 +102,19 @@ def open_listener(section: ConsumerSection, path: Path | None) -> Listener | Non
 
 
 def _bind_path(path: Path, mode: int, gid: int) -> Listener:
-    """Bind at a temporary name beside ``path``, set its mode and group, listen, then
-    rename it into place: nobody can connect before the mode and group are right.
-
-    A socket already at ``path`` is replaced only if nothing answers on it (left by a
-    crash); a live one means another daemon serves it, and anything else is refused.
-    The directory must be one nobody else can rename things in (``check_parent``: not
-    writable by group or others unless sticky, owned by root or this daemon's user), or
-    the chmod and chown by name could be pointed at another file.
-    """
+    """``unix_listen.bind`` as ``SOCK_SEQPACKET`` with ``SO_PASSCRED`` set before it
+    listens: mode and group are right before anyone can connect, a live socket at
+    ``path`` is refused and a dead one (left by a crash) replaced."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    except OSError as exc:
-        raise StorageError(f"creating {path.parent} failed: {exc.strerror}") from None
-    check_parent(path)
-    try:
-        _clear_stale(path)
-    except OSError as exc:
-        raise StorageError(f"consumer socket {path} is unusable: {exc.strerror}") from None
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        with _short(tmp) as short:
-            sock.bind(short)
-        try:
-            pass_credentials(sock)
-            os.chmod(tmp, mode)
-            if gid >= 0:
-                os.chown(tmp, -1, gid)
-            sock.listen(BACKLOG)
-            inode = os.lstat(tmp).st_ino
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return unix_listen.bind(path, mode, where="consumer.socket",
+                                kind=socket.SOCK_SEQPACKET, gid=gid,
+                                prepare=pass_credentials)  # fmt: skip
     except PermissionError as exc:
-        sock.close()
         raise ConfigError(
             f"consumer.socket: cannot create {path} with group {gid}: {exc.strerror} "
             "(the daemon must be in consumer.socket_group)",
             path="consumer.socket",
         ) from None
-    except OSError as exc:
-        sock.close()
-        raise StorageError(f"creating the consumer socket {path} failed: {exc.strerror}") from None
-    return Listener(sock, path, inode)
-
-
-def _clear_stale(path: Path) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"consumer.socket: {path} exists and is not a socket",
-                          path="consumer.socket")  # fmt: skip
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        with _short(path) as short:
-            probe.connect(short)
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # left by a daemon that is gone
-        return
-    except OSError as exc:
-        if exc.errno == errno.EPROTOTYPE:  # a stream socket: something else's, maybe live
-            raise ConfigError(f"consumer.socket: {path} is another kind of socket",
-                              path="consumer.socket") from None  # fmt: skip
-        raise StorageError(f"consumer socket {path} is unusable: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise StorageError(f"consumer socket {path} is served by another process")
-
-
-class _short:
-    """A sun_path for ``path``: itself if short enough, else through its directory's fd."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.dirfd: int | None = None
-
-    def __enter__(self) -> str:
-        if len(os.fsencode(self.path)) <= MAX_SUN_PATH:
-            return str(self.path)
-        self.dirfd = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        return f"/proc/self/fd/{self.dirfd}/{self.path.name}"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.dirfd is not None:
-            os.close(self.dirfd)
 
 
 def pass_credentials(sock: socket.socket | trio.socket.SocketType) -> None:
