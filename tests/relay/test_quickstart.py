@@ -155,3 +155,30 @@ def test_init_makes_the_shipped_example_config() -> None:
     assert _shape(made) == _shape(shipped)
     ids = [k["id"] for k in made["auth"]["api_keys"]]
     assert tuple(ids) == relay_init.KEY_IDS
+
+
+@pytest.mark.parametrize("where", ["missing", "empty", "cwd"])
+def test_a_refused_init_leaves_the_directory_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Refused by the check at the end (a non-loopback bind), after every file was
+    # written: nothing of it may remain, in DIR or beside it, and the retry succeeds.
+    from assay.core.errors import AssayError
+
+    demo = tmp_path / "demo"
+    if where != "missing":
+        demo.mkdir(mode=0o755)
+    target = demo
+    if where == "cwd":
+        monkeypatch.chdir(demo)
+        target = Path(".")
+    with pytest.raises(AssayError):
+        relay_init.init_relay(target, bind="192.0.2.1:80", people=20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if where == "missing" else ["demo"])
+    if where != "missing":
+        assert list(demo.iterdir()) == []
+    out = relay_init.init_relay(target, bind=f"127.0.0.1:{free_port()}", people=20)
+    assert (demo / "relay.yaml").is_file() and (demo / "data").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging left
+    assert stat.S_IMODE(demo.stat().st_mode) == 0o700
+    assert out["config"] == str(target / "relay.yaml")

@@ -74,6 +74,12 @@ def slots(parser: argparse.ArgumentParser) -> list[Slot]:
     return out
 
 
+def optional_files(parser: argparse.ArgumentParser) -> list[str]:
+    """The optional options that name a file to read or write (metavar FILE or PATH)."""
+    return [a.option_strings[-1] for a in parser._actions
+            if a.option_strings and not a.required and a.metavar in ("FILE", "PATH")]  # fmt: skip
+
+
 def options(parser: argparse.ArgumentParser) -> set[str]:
     return {s for a in parser._actions for s in a.option_strings}
 
@@ -120,6 +126,7 @@ class Values:
             "empty": "",
             "huge": "h" * 100_000,
             "unicode": "ünï\u202ecödé\u200b✓",
+            "not-utf8": os.fsdecode(b"bad\xff\xfename"),  # as Python decodes such argv
             "dash-leading": "-x",
         }
 
@@ -254,6 +261,10 @@ def test_no_command_shows_a_traceback_for_bad_input(walker: Walker) -> None:
         if "--token-file" in opts:
             variants.append([*whole, "--token-file", str(values.root / "missing-token")])
             variants.append([*whole, "--token-file", str(values.dir)])
+            variants.append([*whole, "--token-file", str(values.fifo)])  # must not block
+        for flag in optional_files(leaf):  # every FILE option, not only required ones
+            variants.append([*whole, flag, str(values.fifo)])
+            variants.append([*whole, flag, str(values.dir)])
         for argv in variants:
             check(walker.run(argv))
             if "--json" in opts or argv == list(path):

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from assay.cli.digests import resolve
 from assay.cli.errors import InputUnreadable, NameConflict
-from assay.cli.options import STATES, daemon_options, digest_argument
+from assay.cli.options import STATES, daemon_options, digest_argument, text_arg
 from assay.cli.output import emit_json, progress_bar
-from assay.cli.paths import output_file, written
 
 if TYPE_CHECKING:
     from assay.cli.client import Client
@@ -43,6 +42,7 @@ def register(sub: Any) -> None:
         "--name",
         required=True,
         metavar="NAME",
+        type=text_arg,
         help="the artifact's name: /-separated segments of [A-Za-z0-9._+-]",
     )
     p.add_argument(
@@ -50,11 +50,13 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
+        type=text_arg,
         help="a metadata entry (repeat the flag for several)",
     )
     p.add_argument(
         "--digest",
         metavar="DIGEST",
+        type=text_arg,
         help="the sha256:<hex> FILE must have (default: computed from FILE)",
     )
     p.add_argument(
@@ -72,7 +74,8 @@ def register(sub: Any) -> None:
         metavar="STATE",
         help="only artifacts in this state: quarantined, trusted, revoked or deleted",
     )
-    p.add_argument("--name", metavar="NAME", help="only artifacts with exactly this name")
+    p.add_argument("--name", metavar="NAME", type=text_arg,
+                   help="only artifacts with exactly this name")  # fmt: skip
     daemon_options(p)
     p.set_defaults(func=cmd_list)
 
@@ -93,6 +96,7 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY_ID:BASE64SIG",
+        type=text_arg,
         help="a publisher signature (`assay publisher sign`); repeat for several",
     )
     daemon_options(p)
@@ -104,6 +108,7 @@ def register(sub: Any) -> None:
         "--reason",
         required=True,
         metavar="TEXT",
+        type=text_arg,
         help="why, for the history and the audit log (one line)",
     )
     daemon_options(p)
@@ -115,6 +120,7 @@ def register(sub: Any) -> None:
         "--reason",
         default="",
         metavar="TEXT",
+        type=text_arg,
         help="why, for the history and the audit log (one line; optional)",
     )
     daemon_options(p)
@@ -127,8 +133,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("fetch", help="download a trusted artifact, verifying its digest")
     digest_argument(p, "download")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="where to write it; written whole and verified, then renamed into "
-                   "place (its directory must exist)")  # fmt: skip
+                   help="where to write it (its directory must exist): written whole and "
+                   "verified beside it, then renamed into place; an existing FILE must be a "
+                   "regular file; - writes to stdout")  # fmt: skip
     daemon_options(p)
     p.set_defaults(func=cmd_fetch)
 
@@ -174,7 +181,7 @@ def _open_input(path: Path) -> int:
     return fd
 
 
-def _sha256_fd(fd: int) -> str:
+def sha256_fd(fd: int) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -191,7 +198,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         query: dict[str, Any] = {"name": args.name, "meta": args.meta}
         if not args.no_digest:
-            query["digest"] = args.digest or _sha256_fd(fd)
+            query["digest"] = args.digest or sha256_fd(fd)
     finally:
         os.close(fd)
     out = _client(args).upload(path, query, progress=progress_bar(f"uploading {path.name}"))
@@ -336,41 +343,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """Download to a temp file, check the digest, then rename: never a partial file."""
-    from assay.registry.errors import DigestMismatch
+    from assay.cli import fetch_cmd
 
-    out_path = output_file(Path(args.output), what="-o")
-    client = _client(args)
-    expected = resolve(client, args.digest)
-    tmp = out_path.with_name(f".{out_path.name}.part")
-    try:
-        try:
-            f = tmp.open("wb")
-        except OSError as exc:
-            raise written(exc, str(tmp)) from None
-        with f:
-            try:
-                for _ in client.download(expected, f):
-                    pass
-                f.flush()
-                os.fsync(f.fileno())
-            except OSError as exc:  # the download's own failures are typed already
-                raise written(exc, str(tmp)) from None
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            actual = _sha256_fd(fd)
-        finally:
-            os.close(fd)
-        if actual != expected:
-            raise DigestMismatch(f"downloaded bytes hash to {actual}, expected {expected}")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if args.json:
-        emit_json({"digest": expected, "path": str(out_path), "verified": True})
-    else:
-        print(f"fetched {expected} -> {out_path} (verified)")
-    return 0
+    return fetch_cmd.cmd_fetch(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assay.cli.errors import InputUnreadable
-from assay.cli.options import json_option
+from assay.cli.options import json_option, text_arg
 from assay.cli.output import emit_json
 from assay.cli.paths import input_dir, show
 from assay.core.errors import AssayError, ConfigError
@@ -95,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--log-id",
         default="assay",
         metavar="ID",
+        type=text_arg,
         help="the log's id, as in audit.log_id (default assay)",
     )
     json_option(p)
@@ -189,13 +190,16 @@ def _hmac_key(path: Path | None) -> bytes | None:
         raise AuditInputError(exc.detail) from None
 
 
+#: Signed checkpoints are a few hundred bytes each: a million of them fit.
+MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
+
+
 def _checkpoints(path: Path) -> list[Checkpoint]:
+    from assay.cli.paths import read_input
     from assay.core.audit.checkpoint import parse_checkpoint
 
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise InputUnreadable(f"cannot read checkpoint file {path}: {exc.strerror}") from None
+    # A regular file, bounded: a FIFO or device is refused, not waited on.
+    lines = read_input(path, max_bytes=MAX_CHECKPOINT_BYTES, what="checkpoint file").splitlines()
     cps: list[Checkpoint] = []
     for n, line in enumerate(lines, 1):
         if line.strip():

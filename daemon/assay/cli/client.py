@@ -51,6 +51,9 @@ def check_url(value: str) -> str:
     try:
         parts = urlsplit(value)
         port = parts.port
+        # The host as it will be looked up: bytes that are not UTF-8, or a name IDNA
+        # cannot encode, do not parse (UnicodeError is a ValueError).
+        (parts.hostname or "").encode("idna")
     except ValueError:
         parts, port = None, None
     if (
@@ -62,31 +65,81 @@ def check_url(value: str) -> str:
         or parts.fragment
         or parts.username is not None
     ):
-        raise UsageError(f"not a daemon URL: {value[:200]!r} (use http://HOST:PORT)")
+        shown = value.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "replace")
+        raise UsageError(f"not a daemon URL: {shown!r} (use http://HOST:PORT)")
     del port  # parsed only to refuse a port that is not a number in range
     return value.rstrip("/")
 
 
-def read_token_file(path: str) -> str:
-    """The bearer token in ``path``, surrounding blanks removed. A pipe is fine
-    (``--token-file <(pass show assay)``); a directory is not."""
+def read_token_file(path: str, *, source: str = "--token-file") -> str:
+    """The bearer token in ``path``, surrounding blanks removed.
+
+    A regular file, or a pipe (``--token-file <(pass show assay)``); nothing else: a
+    directory, a terminal, a socket or a device is refused, never read. Opened
+    ``O_NONBLOCK``, so a FIFO nobody writes to is empty at once rather than an
+    ``open()`` that waits forever; a pipe whose writer stays silent is given
+    ``TOKEN_PIPE_SECONDS``. ``source`` names where the path came from in messages
+    (``--token-file`` or ``$ASSAY_TOKEN_FILE``).
+    """
     from assay.cli.paths import show
 
+    label = f"{source} {show(path)}"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TOKEN_FILE + 1)
-    except (OSError, ValueError) as exc:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or str(exc)[:200]
-        raise InputUnreadable(f"cannot read --token-file {show(path)}: {reason}") from None
+        raise InputUnreadable(f"cannot read {label}: {reason}") from None
+    try:
+        data = _read_bounded(fd, label)
+    finally:
+        os.close(fd)
     if len(data) > MAX_TOKEN_FILE:
-        raise InputUnreadable(f"cannot read --token-file {show(path)}: larger than a token")
+        raise InputUnreadable(f"cannot read {label}: larger than a token")
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise InputUnreadable(f"cannot read --token-file {show(path)}: not UTF-8 text") from None
+        raise InputUnreadable(f"cannot read {label}: not UTF-8 text") from None
     if not token or "\n" in token:
-        raise InputUnreadable(f"cannot read --token-file {show(path)}: not one token on one line")
+        raise InputUnreadable(f"cannot read {label}: not one token on one line")
     return token
+
+
+#: How long a pipe named as the token file may stay silent before it is refused.
+TOKEN_PIPE_SECONDS = 10.0
+
+
+def _read_bounded(fd: int, label: str) -> bytes:
+    """At most ``MAX_TOKEN_FILE + 1`` bytes of a regular file or a pipe, in bounded time."""
+    import select
+    import stat
+    import time
+
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise InputUnreadable(f"cannot read {label}: not a regular file or a pipe")
+    chunks: list[bytes] = []
+    total = 0
+    deadline = time.monotonic() + TOKEN_PIPE_SECONDS
+    for _ in range(MAX_TOKEN_FILE + 2):  # bounded: every pass reads a byte or ends
+        try:
+            chunk = os.read(fd, MAX_TOKEN_FILE + 1 - total)
+        except BlockingIOError:  # a pipe whose writer has not written (yet)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise InputUnreadable(
+                    f"cannot read {label}: nothing was written to the pipe "
+                    f"in {TOKEN_PIPE_SECONDS:.0f} s"
+                ) from None
+            continue
+        except OSError as exc:
+            raise InputUnreadable(f"cannot read {label}: {exc.strerror or exc}") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_TOKEN_FILE:
+            break
+    return b"".join(chunks)
 
 
 class Client:
@@ -105,9 +158,10 @@ class Client:
         env_url = os.environ.get(URL_ENV)
         base = check_url(url or env_url or DEFAULT_URL)
         token = os.environ.get(TOKEN_ENV)
-        path = token_file or os.environ.get(TOKEN_FILE_ENV)
-        if path:
-            token = read_token_file(path)
+        if token_file:
+            token = read_token_file(token_file)
+        elif os.environ.get(TOKEN_FILE_ENV):
+            token = read_token_file(os.environ[TOKEN_FILE_ENV], source=f"${TOKEN_FILE_ENV}")
         return cls(base.rstrip("/"), token)
 
     def _conn(self) -> http.client.HTTPConnection:

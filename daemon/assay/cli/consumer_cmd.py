@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from assay.cli.errors import UsageError
-from assay.cli.options import json_option
+from assay.cli.options import json_option, text_arg
 from assay.core.errors import RejectedInput
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "target",
         metavar="NAME_OR_DIGEST",
+        type=text_arg,
         help="a trusted artifact's name (its current trusted version) or its sha256: digest",
     )
     json_option(p)
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=NAME_OR_DIGEST",
+        type=text_arg,
         required=True,
         help=f"a trusted artifact to open and the {{KEY}} that names its fd in CMD; repeat "
         f"for more (at most {MAX_MODELS})",

@@ -76,17 +76,42 @@ def _read(path: Path) -> bytes:
         os.close(fd)
 
 
+#: A unit file is a few kilobytes; anything larger is not one.
+MAX_UNIT_BYTES = 1024 * 1024
+
+
+def _check_units(units: tuple[Path, ...], names: set[str]) -> tuple[Path, ...]:
+    """Each ``--unit`` must be a readable regular file named as a unit doctor scores: a
+    typo would otherwise leave the unit unscored and the report clean
+    (``cli.input_unreadable``, or ``cli.usage`` for a name no checked daemon runs as)."""
+    from assay.cli.errors import UsageError
+    from assay.cli.paths import read_input, show
+
+    for unit in units:
+        read_input(unit, max_bytes=MAX_UNIT_BYTES, what="--unit")
+        if unit.name not in names:
+            raise UsageError(
+                f"--unit {show(unit)}: doctor scores the unit files named "
+                f"{' and '.join(sorted(names))} here; a file named {unit.name!r} would be "
+                "ignored (name the installed unit, or a copy with that name)"
+            )
+    return units
+
+
 def evaluations(args: argparse.Namespace) -> list[tuple[Path, Evaluation]]:
     from assay.registry.config import parse_config as parse_registry
-    from assay.registry.posture import registry_posture
+    from assay.registry.posture import UNIT, registry_posture
     from assay.relay.config import parse_config as parse_relay
+    from assay.relay.posture import UNIT as RELAY_UNIT
     from assay.relay.posture import relay_posture
 
     registry_path: Path | None = args.config
     if registry_path is None and args.relay_config is None:
         registry_path = DEFAULT_CONFIG
     profile = Profile(args.profile) if args.profile else None
-    units = tuple(args.unit)
+    names = {UNIT} if registry_path is not None else set()
+    names |= {RELAY_UNIT} if args.relay_config is not None else set()
+    units = _check_units(tuple(args.unit), names)
     out: list[tuple[Path, Evaluation]] = []
     if registry_path is not None:
         cfg = parse_registry(_read(registry_path), source=registry_path)

@@ -31,6 +31,7 @@ from assay.cli import (
     inspect_cmd,
     publisher_cmd,
     relay_cmd,
+    stdout,
     trust_cmd,
 )
 from assay.cli.errors import (
@@ -85,6 +86,7 @@ exit codes:
   0 success              1 check failed or input refused   2 usage, config or path error
   3 auth or scope denied 4 not found                        5 state conflict
   6 server, storage, audit or internal failure              7 daemon unreachable
+  130 interrupted (Ctrl-C)
 
 See README.md and `man assay` (each command has its own page, e.g. `man assay-add`)."""
 
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true",
         help="on an unexpected error, print its traceback on stderr (also ASSAY_DEBUG=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json", action="store_true", dest="global_json",
+        help="as the command's own --json: `assay --json list` is `assay list --json`",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     admin.register(sub)
@@ -201,14 +207,19 @@ def printable(text: str) -> str:
 
 
 def report(err: AssayError, *, as_json: bool) -> int:
+    """Print ``err`` (JSON on stdout with ``--json``, else one line on stderr, which is
+    also where it goes when stdout cannot take it) and return its exit code."""
     code = exit_code_for(err)
-    if as_json:
-        print(json.dumps({"error": err.problem(), "exit_code": code}, sort_keys=True))
-        sys.stdout.flush()
-    else:
-        print(f"assay: error [{printable(err.code)}]: {printable(err.detail)}", file=sys.stderr)
-        for reason in err.reasons:
-            print(f"  - {printable(str(reason))}", file=sys.stderr)
+    if as_json and not stdout.broken():
+        try:
+            print(json.dumps({"error": err.problem(), "exit_code": code}, sort_keys=True))
+            sys.stdout.flush()
+            return code
+        except AssayError:
+            pass  # stdout is broken: say it on stderr instead
+    print(f"assay: error [{printable(err.code)}]: {printable(err.detail)}", file=sys.stderr)
+    for reason in err.reasons:
+        print(f"  - {printable(str(reason))}", file=sys.stderr)
     return code
 
 
@@ -226,18 +237,38 @@ def _log_traceback(exc: BaseException, *, debug: bool) -> None:
         log.error("unexpected error", exc_info=exc)
 
 
+def _tolerant_output() -> None:
+    """A path given as bytes that are not UTF-8 (kept by Python as lone surrogates) is
+    printed with those bytes escaped (``\\udcff``), never an ``UnicodeEncodeError`` on
+    stdout or stderr after the work was done; a failed write to stdout is typed
+    (``assay.cli.stdout``)."""
+    import io
+
+    stdout.guard()
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args_list)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _tolerant_output()
     try:
         args = build_parser().parse_args(args_list)
-        as_json = bool(getattr(args, "json", as_json))
+        if args.global_json and hasattr(args, "json"):
+            args.json = True
+        as_json = bool(getattr(args, "json", False) or args.global_json)
         debug = debug or bool(getattr(args, "debug", False))
         code: int = args.func(args)
+        sys.stdout.flush()  # a write error is the command's, reported like one
         return code
     except SystemExit:
-        raise  # --help and --version
+        try:
+            sys.stdout.flush()  # --help and --version: their output may fail too
+        except AssayError as failed:
+            return report(failed, as_json=False)
+        raise
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseException as exc:

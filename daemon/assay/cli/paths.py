@@ -84,18 +84,45 @@ def _mode(path: Path) -> int | None:
         return None
 
 
+def _lmode(path: Path) -> int | None:
+    """``st_mode`` of ``path`` itself (a symlink is not followed), None if absent."""
+    try:
+        return os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def output_file(path: Path, *, what: str = "", new: bool = False) -> Path:
     """``path`` if a file can be created there: not a directory, its directory exists
-    (and, with ``new``, nothing is there yet: a key is never overwritten)."""
+    (and, with ``new``, nothing is there yet: a key is never overwritten).
+
+    An output is written beside the target and renamed over it, so only a regular file
+    may already be there: a FIFO, a device (``/dev/null``, ``/dev/full``), a socket or a
+    symlink would be *replaced* by a regular file, not written through, and a write
+    meant for a device would "succeed" into a new file. Those are refused, untouched.
+    """
     label = _label(path, what)
     try:
-        mode, parent = _mode(path), _mode(path.parent)
+        mode, parent = _lmode(path), _mode(path.parent)
     except (OSError, ValueError) as exc:
         raise OutputUnwritable(f"cannot write {label}: {_reason(exc)}") from None
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputUnwritable(f"cannot write {label}: it is a directory (name a file in it)")
     if new and mode is not None:
         raise OutputUnwritable(f"cannot write {label}: it exists, and is not overwritten")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputUnwritable(
+            f"cannot write {label}: it is {_kind(mode)}; only a regular file is replaced"
+        )
     if parent is None:
         raise OutputUnwritable(
             f"cannot write {label}: directory {show(path.parent)} does not exist"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.cli.errors import UsageError
-from assay.cli.options import json_option
+from assay.cli.options import json_option, text_arg
 from assay.cli.output import emit_json
 from assay.cli.paths import output_dir, output_file, read_input
 
@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
         "--id",
         required=True,
         metavar="ID",
+        type=text_arg,
         help="the key id the policy will list (1-64 of [A-Za-z0-9._-])",
     )
     p.add_argument(
@@ -45,10 +46,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "digest",
         metavar="DIGEST",
+        type=text_arg,
         help="the artifact's full sha256:<hex> (a signature covers all of it)",
     )
     p.add_argument(
-        "--id", required=True, metavar="ID", help="the key id the policy lists for this key"
+        "--id",
+        required=True,
+        metavar="ID",
+        type=text_arg,
+        help="the key id the policy lists for this key",
     )
     p.add_argument(
         "--key-file",

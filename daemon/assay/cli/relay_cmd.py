@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assay.cli.options import bind_arg, json_option
+from assay.cli.options import bind_arg, id_arg, json_option, text_path_arg
 from assay.cli.output import emit_json, iso_time
 from assay.cli.paths import output_file, read_input, write_output
 
@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
         "data, audit and signing keys, two API keys (commitments in the config, "
         "fingerprints in secrets/, raw keys in DIR/relay.env), then check it.",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="where to create it")
+    p.add_argument("dir", type=text_path_arg, metavar="DIR",
+                   help="where to create it (a missing or empty directory)")  # fmt: skip
     p.add_argument("--bind", type=bind_arg, default=None, metavar="HOST:PORT",
                    help="the address the config names (default $ASSAY_RELAY_BIND, else "
                    f"{relay_init.DEFAULT_BIND})")  # fmt: skip
@@ -69,6 +70,7 @@ def register(sub: Any) -> None:
         "--id",
         required=True,
         metavar="ID",
+        type=id_arg,
         help="the key's id, as auth.api_keys[].id (the audit's principal)",
     )
     json_option(p)

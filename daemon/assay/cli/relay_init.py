@@ -195,8 +195,9 @@ def default_bind() -> str:
     return os.environ.get(BIND_ENV) or DEFAULT_BIND
 
 
-def _empty_or_missing(directory: Path) -> None:
-    """Refuse anything but a new or empty directory (a deployment is never merged)."""
+def _empty_or_missing(directory: Path) -> bool:
+    """Refuse anything but a new or empty directory (a deployment is never merged);
+    True if it exists (empty)."""
     import stat
 
     from assay.cli.errors import OutputUnwritable
@@ -204,7 +205,10 @@ def _empty_or_missing(directory: Path) -> None:
 
     try:
         mode: int | None = os.lstat(directory).st_mode
-        entries = next(os.scandir(directory), None) if stat.S_ISDIR(mode or 0) else None
+        entries = None
+        if stat.S_ISDIR(mode or 0):
+            with os.scandir(directory) as it:
+                entries = next(it, None)
     except (FileNotFoundError, NotADirectoryError):
         mode, entries = None, None
     except (OSError, ValueError) as exc:
@@ -217,39 +221,86 @@ def _empty_or_missing(directory: Path) -> None:
             f"{show(directory)} is not empty; `assay relay init` makes a new example in a "
             "new or empty directory"
         )
+    return mode is not None
 
 
 def init_relay(
     directory: Path, *, bind: str, people: int, seed: int | None = None
 ) -> dict[str, Any]:
-    """Write the example deployment into ``directory`` (missing or empty) and check it."""
+    """Write the example deployment into ``directory`` (missing or empty) and check it.
+
+    All or nothing: everything is written into a private (0700, random name) staging
+    directory and checked there as startup would; only a checked deployment is moved
+    into place, by ``rename(2)``: the staging directory itself onto a missing
+    ``directory`` (beside it), or its entries into an existing empty one (inside it,
+    so ``relay init .`` works); then the directory is fsynced. A refusal (a bad
+    ``--bind``, a full disk) removes the staging directory and leaves ``directory`` as
+    it was, absent or empty, so the retry is not refused as "not empty".
+    """
+    import secrets
+    import shutil
+
+    from assay.cli.options import init_bind
+    from assay.cli.paths import output_dir, written
+    from assay.core.atomic import fsync_dir
+
+    # Before anything is written: a bind the config it writes accepts (from --bind or
+    # $ASSAY_RELAY_BIND, which argparse never saw).
+    bind = init_bind(bind, source=f"--bind (or ${BIND_ENV})")
+    existed = _empty_or_missing(directory)
+    parent = directory if existed else output_dir(Path(os.path.abspath(directory)).parent,
+                                                   what="DIR")  # fmt: skip
+    stage = parent / f".{directory.name or 'relay'}.init-{secrets.token_hex(8)}"
+    label = f"DIR {directory}"
+    try:
+        stage.mkdir(mode=0o700)
+    except OSError as exc:
+        raise written(exc, label) from None
+    placed = False
+    try:
+        out = _write_example(stage, directory, bind=bind, people=people, seed=seed)
+        try:
+            if existed:
+                directory.chmod(0o700)  # the relay trusts no config others may replace
+                for entry in sorted(os.listdir(stage)):
+                    os.rename(stage / entry, directory / entry)
+                stage.rmdir()
+                fsync_dir(directory)
+            else:
+                os.rename(stage, directory)
+                fsync_dir(parent)
+            placed = True
+        except OSError as exc:
+            raise written(exc, label) from None
+    finally:
+        if not placed:
+            shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _write_example(
+    stage: Path, directory: Path, *, bind: str, people: int, seed: int | None
+) -> dict[str, Any]:
+    """The example in ``stage``, checked; paths in what it says name ``directory``."""
     import secrets
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from assay.cli.options import init_bind
-    from assay.cli.paths import output_dir
     from assay.cli.relay_cmd import check_config
     from assay.core.atomic import atomic_write
     from assay.core.audit.keys import generate_signing_key
     from assay.core.trusted_files import check_ancestors
     from assay.relay import apikeys, jws, synthetic
 
-    # Before anything is written: a bind the config it writes accepts (from --bind or
-    # $ASSAY_RELAY_BIND, which argparse never saw).
-    bind = init_bind(bind, source=f"--bind (or ${BIND_ENV})")
-    _empty_or_missing(directory)
-    output_dir(directory, what="DIR")
-    directory.chmod(0o700)
     # The relay refuses a config whose directory others may write (trusted_files).
-    check_ancestors(directory / CONFIG_FILE)
-    secrets_dir = directory / "secrets"
-    for d in (secrets_dir, directory / "state"):
+    check_ancestors(stage / CONFIG_FILE)
+    secrets_dir = stage / "secrets"
+    for d in (secrets_dir, stage / "state"):
         d.mkdir(mode=0o700)
 
     # 1. Synthetic data (seeded: the same seed gives the same bytes).
     people_table, households = synthetic.generate(people, seed or synthetic.DEFAULT_SEED)
-    synthetic.write_tables(directory / "data", people_table, households)
+    synthetic.write_tables(stage / "data", people_table, households)
     enrolled = people_table.column("enrolled").to_pylist()
     ids = people_table.column("national_id").to_pylist()
     sample_id = next((i for i, e in zip(ids, enrolled, strict=True) if e), ids[0])
@@ -267,7 +318,7 @@ def init_relay(
         atomic_write(secrets_dir / f"{key_id}.fingerprint", (made["fingerprint"] + "\n").encode())
 
     # 3. The config, with each key's commitment filled in.
-    config = directory / CONFIG_FILE
+    config = stage / CONFIG_FILE
     text = TEMPLATE.substitute(
         bind=json.dumps(bind),  # quoted: an IPv6 "[::1]:8480" is a YAML flow list bare
         **{f"{key_id}_commitment": made["commitment"] for key_id, made in keys.items()},
@@ -288,13 +339,13 @@ def init_relay(
         f"SAMPLE_NATIONAL_ID={sample_id}\n"
         f"SAMPLE_HOUSEHOLD_ID={sample_household}\n"
     )
-    atomic_write(directory / ENV_FILE, env_text.encode(), mode=0o600)
+    atomic_write(stage / ENV_FILE, env_text.encode(), mode=0o600)
 
     # 5. Check it as startup would: schema, references, secrets, commitments, sources.
     checked = check_config(config, static=False)
     return {
         "dir": str(directory),
-        "config": str(config),
+        "config": str(directory / CONFIG_FILE),
         "env_file": str(directory / ENV_FILE),
         "url": url,
         "people": people,
@@ -302,7 +353,7 @@ def init_relay(
             k: {"fingerprint": v["fingerprint"], "commitment": v["commitment"]}
             for k, v in keys.items()
         },
-        "answer_public_key": str(secrets_dir / "answer-signing.key.pub"),
+        "answer_public_key": str(directory / "secrets" / "answer-signing.key.pub"),
         "sample_national_id": sample_id,
         "checked": checked["checked"],
     }

@@ -16,8 +16,10 @@ from typing import Any
 from assay.cli.errors import ServerBindFailed
 
 #: errno values a failed ``bind()`` or ``listen()`` gives: in use, not an address of
-#: this host, not permitted (a port below 1024).
-BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM})
+#: this host, not permitted (a port below 1024); and for ``fd://N``, a descriptor that is
+#: not open, not a socket, or a socket that cannot listen (a datagram one).
+BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM,
+                         errno.EBADF, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.EINVAL})  # fmt: skip
 #: Functions on the path from hypercorn's serve to ``socket.bind``.
 _BIND_FRAMES = frozenset({"create_sockets", "_create_sockets", "bind", "listen"})
 
@@ -62,11 +64,17 @@ def _from_bind(exc: OSError) -> bool:
     return exc.errno in BIND_ERRNOS and bool(frames & _BIND_FRAMES)
 
 
-def bind_error(exc: BaseException) -> OSError | None:
-    """The ``OSError`` of a failed bind inside ``exc`` (a group or not), if there is one."""
+def bind_error(exc: BaseException) -> str | None:
+    """Why the bind failed, if ``exc`` (a group or not) holds a failed bind: an
+    ``OSError`` from the bind path, or hypercorn's ``SocketTypeError`` for an ``fd://N``
+    that is a socket of the wrong type (a datagram one)."""
+    from hypercorn.config import SocketTypeError  # loaded already: the server ran
+
     for leaf in _leaves(exc):
         if isinstance(leaf, OSError) and _from_bind(leaf):
-            return leaf
+            return leaf.strerror or str(leaf)
+        if isinstance(leaf, SocketTypeError):
+            return "not a stream socket"
     return None
 
 
@@ -79,10 +87,9 @@ def run_server(run: Callable[[Any], Awaitable[None]], loaded: Any) -> int:
     try:
         trio.run(run, loaded)
     except BaseException as exc:
-        failed = bind_error(exc)
-        if failed is None:
+        reason = bind_error(exc)
+        if reason is None:
             raise
-        reason = failed.strerror or str(failed)
         raise ServerBindFailed(
             f"cannot listen on {where}: {reason} (choose another address with --bind "
             "or server.bind)"

@@ -118,6 +118,10 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     json_option(p)
 
 
+#: A root metadata file is a few kilobytes (python-tuf allows 512,000 bytes).
+MAX_ROOT_BYTES = 1024 * 1024
+
+
 def _source(args: argparse.Namespace) -> tuple[Path, bytes]:
     """The published dir and the pinned root: from the options, else from the config."""
     source, root = args.source, args.root
@@ -131,10 +135,10 @@ def _source(args: argparse.Namespace) -> tuple[Path, bytes]:
             raise ConfigError(f"{args.config} has no trust: section", path="trust")
         source = source or resolve(loaded.base, section.publish_dir)
         root = root or resolve(loaded.base, section.root_dir) / "1.root.json"
-    try:
-        return source, root.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"pinned root {root}: {exc.strerror or exc}", path="trust") from None
+    from assay.cli.paths import read_input
+
+    # A regular file, bounded: a FIFO or device named as --root is refused, not waited on.
+    return source, read_input(root, max_bytes=MAX_ROOT_BYTES, what="pinned root")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -143,6 +143,12 @@ class DirectUpload:
         exchange.body = body
         try:
             await self.app(_scope(stream.socket, request, body), exchange.receive, exchange.send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The client went away (a Ctrl-C mid `assay add`): an ordinary abort, already
+            # audited by the adapter with the reason the body read gave; one line, no
+            # traceback, and nothing left to answer on a closed connection.
+            log.info("direct upload: client closed the connection (%s)", exc)
+            return
         except Exception:
             # The adapter turns every typed error into an audited problem; anything
             # else is a bug, answered as hypercorn answers one: a bare 500.
@@ -266,7 +272,12 @@ def _header(request: h11.Request, name: bytes) -> bytes | None:
 def _addr(sock: trio.socket.SocketType, *, peer: bool) -> tuple[str, int] | None:
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    address = sock.getpeername() if peer else sock.getsockname()
+    try:
+        address = sock.getpeername() if peer else sock.getsockname()
+    except OSError:
+        # ENOTCONN: the client already reset the connection. The request is still served
+        # (and audited: its body read fails as a client abort), with no address.
+        return None
     return (str(address[0]), int(address[1]))
 
 
