@@ -23,6 +23,9 @@ METRICS_SCOPE = "admin:metrics"
 RELOAD_SCOPE = "admin:reload"
 POSTURE_SCOPE = "admin:posture"
 ADMIN_SCOPES: frozenset[str] = frozenset({METRICS_SCOPE, RELOAD_SCOPE, POSTURE_SCOPE})
+#: The resource every admin scope belongs to. Only a locally provisioned credential (the
+#: token file, an API key) may hold one: an identity provider's grant never does.
+ADMIN_SCOPE_PREFIX = "admin:"
 
 
 class AdminConfig(Strict):

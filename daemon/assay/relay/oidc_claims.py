@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from assay.core.admin_config import ADMIN_SCOPE_PREFIX
 from assay.core.errors import TokenRejected
 from assay.core.tokens import SCOPE_PATTERN
 from assay.relay.oidc_config import OidcConfig, normalize_type
@@ -26,6 +27,9 @@ ID_TOKEN_CLAIMS: frozenset[str] = frozenset({"nonce", "at_hash", "c_hash", "s_ha
 MAX_SCOPES = 256
 MAX_SCOPE_CHARS = 256
 MAX_ID_CHARS = 255
+#: A NumericDate's magnitude bound: 2**53 seconds is past any real time, and every int up
+#: to it is exact as a float, so a huge JSON integer is refused before it is converted.
+MAX_NUMERIC_DATE = 2**53
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,15 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # 1. A JSON number that is not a boolean; 2. bounded before any conversion (JSON
+    #    integers are unbounded, and float() of a huge one raises OverflowError);
+    # 3. finite (NaN and infinities are not dates).
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _reject("invalid_credential", f"claim {name} is not a NumericDate")
+    if isinstance(value, int) and not -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE:
+        raise _reject("invalid_credential", f"claim {name} is out of range for a NumericDate")
+    if not math.isfinite(value) or abs(value) > MAX_NUMERIC_DATE:
+        raise _reject("invalid_credential", f"claim {name} is not a finite NumericDate")
     return float(value)
 
 
@@ -99,6 +110,9 @@ def scopes_of(value: Any, scope_map: Mapping[str, list[str]]) -> frozenset[str]:
     2. Each external scope is mapped by ``scope_map`` when it is a key there, else kept
        as it is; only ``resource:action`` shaped results are kept (a provider's own
        scopes such as ``openid`` grant nothing here).
+    3. No ``admin:*`` scope is ever kept, whatever the provider says or the map makes
+       of it: the admin listener takes only the relay's own API keys (config refuses a
+       map onto one too, ``oidc_config``).
     """
     if value is None:
         return frozenset()
@@ -117,7 +131,7 @@ def scopes_of(value: Any, scope_map: Mapping[str, list[str]]) -> frozenset[str]:
         if not isinstance(item, str) or len(item) > MAX_SCOPE_CHARS:
             raise _reject("invalid_credential", "the scope claim holds a non-string or long item")
         for scope in scope_map.get(item, [item]):
-            if SCOPE_PATTERN.fullmatch(scope):
+            if SCOPE_PATTERN.fullmatch(scope) and not scope.startswith(ADMIN_SCOPE_PREFIX):
                 out.add(scope)
     return frozenset(out)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, HttpUrl, TypeAdapter, field_validator, model_validator
 
+from assay.core.admin_config import ADMIN_SCOPE_PREFIX
 from assay.core.schema import Strict
 from assay.core.tokens import SCOPE_PATTERN
 
@@ -146,6 +147,11 @@ class OidcConfig(Strict):
         for external, scopes in values.items():
             if not external or len(external) > 256 or not scopes or len(scopes) > 64:
                 raise ValueError(f"{external[:64]!r}: 1-256 characters mapped to 1-64 scopes")
+            if any(s.startswith(ADMIN_SCOPE_PREFIX) for s in scopes):
+                raise ValueError(
+                    f"{external[:64]!r}: an identity provider's scope can never "
+                    "map to an admin:* scope (those are for API keys only)"
+                )
         return values
 
     @model_validator(mode="after")

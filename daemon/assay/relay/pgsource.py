@@ -92,7 +92,8 @@ def check_dsn(dsn: str, ref: SecretRef) -> dict[str, str]:
     2. No ``service``: settings from a service file are not in the config.
     3. ``sslmode`` is given and is require, verify-ca or verify-full.
     4. Every host is a TCP host (a path or ``@abstract`` is a Unix socket, where libpq
-       ignores sslmode), and a host or hostaddr is given (else libpq picks a socket).
+       ignores sslmode), and a host or hostaddr is given for every item of the lists
+       (else libpq picks a socket: no host at all, or an empty item such as ``host=,a``).
     """
     where = ref.describe()
     try:  # 1.
@@ -108,13 +109,24 @@ def check_dsn(dsn: str, ref: SecretRef) -> dict[str, str]:
             f"postgres DSN in {where} must set sslmode=require, verify-ca or verify-full "
             f"(it has {'no sslmode' if mode is None else 'sslmode=' + mode})"
         )
-    hosts = [h for h in params.get("host", "").split(",") if h]
-    if not hosts and not params.get("hostaddr"):  # 4.
+    # 4a. Item by item, as libpq pairs them (PQconnectdb: host and hostaddr lists of one
+    #     length, or one of them absent): each item needs a TCP host or an address. An
+    #     empty host item with no address is the default socket directory, in any list
+    #     position, so it is refused like a path.
+    hosts = params["host"].split(",") if "host" in params else []
+    addrs = params["hostaddr"].split(",") if "hostaddr" in params else []
+    if hosts and addrs and len(hosts) != len(addrs):
+        raise DsnRefused(f"postgres DSN in {where} has host and hostaddr lists of other lengths")
+    if not hosts and not addrs:
         raise DsnRefused(f"postgres DSN in {where} names no host; a TCP host is required")
-    if any(h.startswith(("/", "@")) for h in hosts):
-        raise DsnRefused(
-            f"postgres DSN in {where} names a Unix socket, where TLS is not used; give a TCP host"
-        )
+    for i in range(max(len(hosts), len(addrs))):
+        host = hosts[i].strip() if hosts else ""
+        addr = addrs[i].strip() if addrs else ""
+        if host.startswith(("/", "@")) or not (host or addr):  # 4b.
+            raise DsnRefused(
+                f"postgres DSN in {where} names a Unix socket (host item {i + 1} is "
+                f"{'a path' if host else 'empty'}), where TLS is not used; give a TCP host"
+            )
     return params
 
 

@@ -34,6 +34,12 @@ def relay_target(
         SecretSpec(f"auth.api_keys[{i}].fingerprint", key.fingerprint, "fingerprint")
         for i, key in enumerate(cfg.auth.api_keys)
     ]
+    secrets += [
+        SecretSpec(f"datasets[{i}].tables[{j}].source.postgres.dsn", t.source.postgres.dsn, "dsn")
+        for i, ds in enumerate(cfg.datasets)
+        for j, t in enumerate(ds.tables)
+        if t.source.postgres is not None
+    ]
     if cfg.instance.answer_signing is not None:
         secrets.append(
             SecretSpec("instance.answer_signing.key", cfg.instance.answer_signing.key, "ed25519")

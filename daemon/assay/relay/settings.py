@@ -173,8 +173,20 @@ def token_path(loaded: LoadedConfig) -> Path | None:
 
 
 def population_readers(loaded: LoadedConfig) -> dict[tuple[str, str], tuple[TableKey, ...]]:
-    """Per aggregate, the entities over its table or file (``conflicts.readers``)."""
-    return conflicts.readers(loaded.config, same_file(loaded))
+    """Per aggregate, the entities over its table or file (``conflicts.readers``), and
+    every entity over a live table: it keeps no rows, so nothing can show it is not the
+    aggregate's population, and a bearer token that reads it is refused the aggregate,
+    as an API key with the same scopes is refused at startup (fail closed)."""
+    live = {(ds.id, t.id) for ds in loaded.config.datasets for t in ds.tables
+            if t.source.postgres is not None and t.source.postgres.mode == "live"}  # fmt: skip
+    by_config = same_file(loaded)
+
+    def same(a: TableKey, b: TableKey) -> str | None:
+        if b in live and a != b:
+            return f"{b[0]}.{b[1]}, a live table whose rows cannot be compared"
+        return by_config(a, b)
+
+    return conflicts.readers(loaded.config, same)
 
 
 def table_states(loaded: LoadedConfig, pg: PgBindings | None = None) -> list[TableState]:

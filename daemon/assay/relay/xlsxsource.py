@@ -45,7 +45,7 @@ from assay.relay.config import Table
 from assay.relay.decode import ARROW_TYPES, SourceInvalid, _check_columns, _conform
 
 # No entity expansion in a workbook part: openpyxl parses through defusedxml only when it
-# found it at import (T-XLSX1); without it, refuse to load rather than parse unsafely.
+# found it at import (T38); without it, refuse to load rather than parse unsafely.
 if not openpyxl.xml.DEFUSEDXML:  # pragma: no cover - defusedxml is a declared dependency
     raise ImportError("openpyxl does not see defusedxml: XLSX sources would expand entities")
 
@@ -460,7 +460,11 @@ def decode_xlsx(data: bytes, spec: Table, *, where: str, max_bytes: int) -> pa.T
         for m in merged:
             if m.intersects(area):
                 raise _refuse("relay.xlsx_merged_cells", where, f"merged cells {m} overlap {area}")
-    # 6. The header names the declared columns.
+    # 6. The header row is there (a sheet whose header row element was deleted has data
+    #    below it but no header: never an empty table) and names the declared columns.
+    if sheet.header is None:
+        raise _refuse("relay.xlsx_header_mismatch", where,
+                      f"header row {options.header_row} is not in the sheet")  # fmt: skip
     if sheet.header_problem is not None:
         code, detail = sheet.header_problem
         raise _refuse(code, where, detail)

@@ -60,7 +60,7 @@ from assay.core.posture.observations import (
 from assay.core.schema import AuditConfig, SecretRef, is_loopback_host
 from assay.core.secrets import MIN_SECRET_BYTES, resolve_path
 
-SecretKind = Literal["hmac", "ed25519", "token_file", "fingerprint"]
+SecretKind = Literal["hmac", "ed25519", "token_file", "fingerprint", "dsn"]
 
 #: Where systemd looks for unit files, most specific first.
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
@@ -204,6 +204,16 @@ def _judge_token_file(data: bytes) -> tuple[str | None, str | None]:
     return None, ("; ".join(raw[:5]) or None)
 
 
+def _judge_dsn(data: bytes) -> str | None:
+    """A connection string is text; its TLS policy is the relay's own startup check
+    (``pgsource.check_dsn``), which doctor does not repeat. The value is never shown."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None if text.strip() else "is empty"
+
+
 def _judge_fingerprint(data: bytes) -> tuple[str | None, str | None]:
     text = data.decode(errors="replace").strip()
     if _has_raw(text):
@@ -251,6 +261,8 @@ def check_secret(
         invalid = _judge_ed25519(data, path, spec.role)
     elif spec.kind == "token_file":
         invalid, raw = _judge_token_file(data)
+    elif spec.kind == "dsn":
+        invalid = _judge_dsn(data)
     else:
         invalid, raw = _judge_fingerprint(data)
     return SecretCheck(spec.role, source, invalid=invalid, weak=weak, raw_credential=raw,
