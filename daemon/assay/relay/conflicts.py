@@ -21,9 +21,10 @@ conflicting key stops startup (and ``check-config``), by path and file at load a
 content once the sources are read, and a reload that would create one is refused.
 Bearer tokens live in the token file, not the config: every request to an aggregate is
 refused (403 ``auth.scope_conflict``) for a credential that also reads the aggregate's
-table, another table over the same file, or any live table (its rows cannot be compared,
-so it is taken to be the population: ``settings.population_readers``); a copy under
-another path is caught for API keys only.
+table, another table over the same file, any live table (its rows cannot be compared,
+so it is taken to be the population: ``settings.population_readers``), or, beside an
+aggregate over a database, any other database source; a file copy under another path
+is caught for API keys only.
 """
 
 from __future__ import annotations

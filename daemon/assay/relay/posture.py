@@ -44,12 +44,57 @@ def relay_target(
         secrets.append(
             SecretSpec("instance.answer_signing.key", cfg.instance.answer_signing.key, "ed25519")
         )
+    trusted, keys = _dsn_files(cfg, base)
     return Target(
         daemon="relay", base=base, binds=admin_binds(cfg.server.bind, cfg.admin),
-        config_paths=(("config", source), ("config directory", source.resolve().parent)),
+        config_paths=(("config", source), ("config directory", source.resolve().parent),
+                      *trusted),
+        secret_paths=keys,
         state_paths=tuple(state), secrets=tuple(secrets), audit=cfg.audit,
         unit_names=(UNIT,), unit_files=unit_files,
     )  # fmt: skip
+
+
+#: Files a DSN names for libpq: trust anchors and lists others must not replace, and
+#: keys and password files others must not read (libpq itself checks only sslkey).
+DSN_TRUSTED_FILES = ("sslrootcert", "sslcert", "sslcrl", "sslcrldir")
+DSN_SECRET_FILES = ("sslkey", "passfile")
+
+
+def _dsn_files(
+    cfg: RelayConfig, base: Path
+) -> tuple[tuple[tuple[str, Path], ...], tuple[tuple[str, Path], ...]]:
+    """The files each Postgres source's DSN names, as (role, path): ones kept like config
+    (a world-writable ``sslrootcert`` lets anyone swap the anchor ``verify-full`` checks
+    the server against) and ones kept like secrets. A DSN that cannot be read or parsed
+    is the relay's startup refusal, and the DSN file's own check here; relative paths are
+    taken from the config's directory. Blocking."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from assay.core.errors import AssayError
+    from assay.core.secrets import read_secret
+
+    trusted: list[tuple[str, Path]] = []
+    keys: list[tuple[str, Path]] = []
+    for i, ds in enumerate(cfg.datasets):
+        for j, t in enumerate(ds.tables):
+            if t.source.postgres is None:
+                continue
+            role = f"datasets[{i}].tables[{j}].source.postgres.dsn"
+            try:
+                dsn = read_secret(t.source.postgres.dsn, base=base, min_bytes=1).decode()
+                params = conninfo_to_dict(dsn)
+            except (AssayError, OSError, UnicodeDecodeError, psycopg.Error):
+                continue  # the DSN file's own finding, and the relay's startup refusal
+            for name in DSN_TRUSTED_FILES + DSN_SECRET_FILES:
+                value = params.get(name)
+                if not isinstance(value, str) or not value or value == "system":
+                    continue
+                path = Path(value) if Path(value).is_absolute() else base / value
+                out = trusted if name in DSN_TRUSTED_FILES else keys
+                out.append((f"{role} {name}", path))
+    return tuple(trusted), tuple(keys)
 
 
 def relay_posture(

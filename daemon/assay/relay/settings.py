@@ -173,17 +173,23 @@ def token_path(loaded: LoadedConfig) -> Path | None:
 
 
 def population_readers(loaded: LoadedConfig) -> dict[tuple[str, str], tuple[TableKey, ...]]:
-    """Per aggregate, the entities over its table or file (``conflicts.readers``), and
-    every entity over a live table: it keeps no rows, so nothing can show it is not the
-    aggregate's population, and a bearer token that reads it is refused the aggregate,
-    as an API key with the same scopes is refused at startup (fail closed)."""
-    live = {(ds.id, t.id) for ds in loaded.config.datasets for t in ds.tables
-            if t.source.postgres is not None and t.source.postgres.mode == "live"}  # fmt: skip
+    """Per aggregate, the entities over its table or file (``conflicts.readers``), every
+    entity over a live table (it keeps no rows, so nothing can show it is not the
+    aggregate's population), and, for an aggregate over a database, every entity over
+    any database source: a bearer token that reads one is refused the aggregate, as an
+    API key with the same scopes is refused at startup (fail closed)."""
+    pg = {(ds.id, t.id): t.source.postgres.mode for ds in loaded.config.datasets
+          for t in ds.tables if t.source.postgres is not None}  # fmt: skip
     by_config = same_file(loaded)
 
     def same(a: TableKey, b: TableKey) -> str | None:
-        if b in live and a != b:
+        if a != b and pg.get(b) == "live":
             return f"{b[0]}.{b[1]}, a live table whose rows cannot be compared"
+        if a != b and a in pg and b in pg:
+            # Two spellings (a table and a query, another DSN ref, a replica) can be one
+            # relation, and a request has no rows to compare: fail closed between any two
+            # database sources, as the content check does for API keys once they load.
+            return f"{b[0]}.{b[1]}, a database source the aggregate's {a[0]}.{a[1]} may share"
         return by_config(a, b)
 
     return conflicts.readers(loaded.config, same)

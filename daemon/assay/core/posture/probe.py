@@ -94,6 +94,9 @@ class Target:
     audit: AuditConfig
     unit_names: tuple[str, ...]
     unit_files: tuple[Path, ...] = ()
+    #: Files a secret points at that must be kept like secrets (modes only: a key that a
+    #: DSN names), by role.
+    secret_paths: tuple[tuple[str, Path], ...] = ()
     fault_injection: bool = False
     #: Where ``env`` secrets are read; never in the repr (it holds their values).
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
@@ -472,6 +475,7 @@ def observe(
     now = time.time() if now is None else now
     paths = [path_mode(role, p, "config") for role, p in target.config_paths]
     paths += [path_mode(role, p, "state") for role, p in target.state_paths]
+    paths += [path_mode(role, p, "secret") for role, p in target.secret_paths]
     checks: list[SecretCheck] = []
     for spec in target.secrets:
         if spec.ref.file is not None:
