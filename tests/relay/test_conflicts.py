@@ -138,3 +138,46 @@ def _reader_dataset(env: RelayEnv, path: Path) -> None:
     register["entities"] = [e for e in copy.deepcopy(civil["entities"]) if e["name"] == "person"]
     env.doc["datasets"].append(register)
     env.write()
+
+
+def _oidc(env: RelayEnv, scope_map: dict[str, list[str]]) -> None:
+    """``auth.mode: oidc`` with ``scope_map``; a static load never contacts the issuer."""
+    env.doc["auth"] = {"mode": "oidc", "oidc": {
+        "issuer": "https://idp.example", "audiences": ["assay-relay"],
+        "jwks_url": "https://idp.example/jwks", "allowed_algorithms": ["RS256"],
+        "scope_map": scope_map}}  # fmt: skip
+    env.write()
+
+
+@pytest.mark.parametrize(
+    "mapped",
+    [
+        ["civil:read", "civil:aggregate"],
+        ["civil:metadata", "civil:read", "civil:aggregate", "housing:read"],
+        ["civil:read", "civil:aggregate", "case:aggregate"],
+    ],
+)
+def test_a_provider_scope_mapped_to_aggregate_and_read_one_table_does_not_load(
+    tmp_path: Path, mapped: list[str]
+) -> None:
+    """A ``scope_map`` entry is a credential the config declares: one provider role that
+    grants both accesses over one population is refused like an API key that holds them."""
+    env = build_env(tmp_path, people=100)
+    _oidc(env, {"role:statistician": mapped, "role:reader": ["civil:read"]})
+    with pytest.raises(ConfigError) as info:
+        load_config(env.config_path)
+    detail = info.value.detail
+    assert "the provider scope 'role:statistician'" in detail, detail
+    assert "aggregates and record reads" in detail and "role:reader" not in detail, detail
+    assert info.value.extra["path"] == "auth.oidc.scope_map[0]", info.value.extra
+
+
+def test_provider_scopes_that_each_grant_one_access_load_and_are_judged_per_request(
+    tmp_path: Path,
+) -> None:
+    """Two roles, one per access: the config cannot know a token holds both, so it loads;
+    the request-time check (``Relay.refuse_conflict``) refuses such a token the aggregate
+    (``tests/relay/test_oidc_e2e.py``, the ``reporting`` client)."""
+    env = build_env(tmp_path, people=100)
+    _oidc(env, {"role:stats": ["civil:aggregate"], "role:reader": ["civil:read"]})
+    load_config(env.config_path)

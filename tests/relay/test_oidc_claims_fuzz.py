@@ -49,6 +49,7 @@ def test_any_claim_values_end_in_a_verdict_or_a_typed_refusal(
         return
     assert isinstance(verified, Verified)
     assert not any(s.startswith(ADMIN_SCOPE_PREFIX) for s in verified.scopes), verified.scopes
+    assert all(s.startswith(ADMIN_SCOPE_PREFIX) for s in verified.dropped), verified.dropped
 
 
 def test_a_scope_map_onto_an_admin_scope_is_refused_at_config_load() -> None:

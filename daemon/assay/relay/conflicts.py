@@ -18,7 +18,9 @@ to be the same rows once loaded.
 
 Enforced where it can be: API keys are declared in the config with their scopes, so a
 conflicting key stops startup (and ``check-config``), by path and file at load and by
-content once the sources are read, and a reload that would create one is refused.
+content once the sources are read, and a reload that would create one is refused. An
+``auth.oidc.scope_map`` entry is a credential shape the config declares too: one provider
+scope mapped onto both accesses over one population is refused the same way.
 Bearer tokens live in the token file, not the config: every request to an aggregate is
 refused (403 ``auth.scope_conflict``) for a credential that also reads the aggregate's
 table, another table over the same file, any live table (its rows cannot be compared,
@@ -40,10 +42,11 @@ TableKey = tuple[str, str]  # (dataset id, table id)
 
 @dataclass(frozen=True)
 class Conflict:
-    """An API key with aggregate access to ``aggregate`` and read access to ``entity``;
-    a problem if the entity's table is the aggregate's population."""
+    """A credential the config declares (an API key, a ``scope_map`` entry) with aggregate
+    access to ``aggregate`` and read access to ``entity``; a problem if the entity's
+    table is the aggregate's population."""
 
-    key: str  # config path of the key: auth.api_keys[i]
+    key: str  # config path of the credential: auth.api_keys[i], auth.oidc.scope_map['x']
     key_id: str
     aggregate: str  # config path: datasets[i].aggregates[j]
     aggregate_name: str  # dataset.aggregate
@@ -81,30 +84,50 @@ def _entities(cfg: RelayConfig) -> list[tuple[str, Dataset, Entity]]:
     ]
 
 
+SCOPE_MAP_AT = "auth.oidc.scope_map"
+
+
+def credentials(cfg: RelayConfig) -> list[tuple[str, str, frozenset[str]]]:
+    """Every scope set the config itself grants as one: ``(path, id, scopes)`` of each API
+    key and of each ``scope_map`` entry (one provider scope grants all it maps to)."""
+    out = [(f"auth.api_keys[{k}]", key.id, frozenset(key.scopes))
+           for k, key in enumerate(cfg.auth.api_keys)]  # fmt: skip
+    if cfg.auth.oidc is not None:
+        # By index: a provider scope may hold a ':' (the path ends at the first one).
+        mapped = enumerate(cfg.auth.oidc.scope_map.items())
+        out += [(f"{SCOPE_MAP_AT}[{i}]", external[:64], frozenset(scopes))
+                for i, (external, scopes) in mapped]  # fmt: skip
+    return out
+
+
 def candidates(cfg: RelayConfig) -> list[Conflict]:
-    """Every (API key, aggregate it may ask, entity it may read): population not judged."""
+    """Every (credential, aggregate it may ask, entity it may read): population not judged."""
     aggregates, entities = _aggregates(cfg), _entities(cfg)
     out: list[Conflict] = []
-    for k, key in enumerate(cfg.auth.api_keys):
-        scopes = frozenset(key.scopes)
+    for at, cred_id, scopes in credentials(cfg):
         for a_at, a_ds, agg, a_table in aggregates:
             if not aggregate_access(scopes, a_ds, agg):
                 continue
             for e_at, e_ds, ent in entities:
                 if read_access(scopes, e_ds, ent):
-                    out.append(Conflict(f"auth.api_keys[{k}]", key.id, a_at, f"{a_ds.id}.{agg.id}",
+                    out.append(Conflict(at, cred_id, a_at, f"{a_ds.id}.{agg.id}",
                                         a_table, e_at, f"{e_ds.id}.{ent.name}",
                                         (e_ds.id, ent.table)))  # fmt: skip
     return out
 
 
 def problem(c: Conflict, why: str) -> str:
-    """``path: problem`` for a conflicting key; ``why`` says how the tables are one."""
+    """``path: problem`` for a conflicting credential; ``why`` says how the tables are one."""
+    if c.key.startswith(SCOPE_MAP_AT):
+        at, who = c.key, f"the provider scope {c.key_id!r} maps to scopes that"
+    else:
+        at, who = f"{c.key}.scopes", f"key {c.key_id!r}"
     return (
-        f"{c.key}.scopes: key {c.key_id!r} may ask the aggregate {c.aggregate_name} "
+        f"{at}: {who} may ask the aggregate {c.aggregate_name} "
         f"({c.aggregate}) and read the entity {c.entity_name} ({c.entity}), which reads "
         f"{why}: a credential that reads a population's rows counts the cells its "
-        "aggregate suppresses, so give aggregates and record reads to different keys"
+        "aggregate suppresses, so give aggregates and record reads to different keys "
+        "(or provider scopes)"
     )
 
 

@@ -128,7 +128,7 @@ async def run(
         admin_binds, admin_drained = await admin.start(
             nursery, cfg.admin, base=loaded.base, audit=audit.writer, metrics=metrics,
             app=lambda m: create_admin_app(
-                "relay", authenticator=parts.authenticator, audit=audit.writer,
+                "relay", authenticator=parts.admin_authenticator, audit=audit.writer,
                 metrics=m, routes=reload_routes(parts.store),
                 posture=lambda: report(probe())),
             shutdown=shutdown, shutdown_seconds=cfg.server.shutdown_timeout_seconds,

@@ -58,6 +58,8 @@ class OidcPrincipal(Principal):
 
     issuer: str = ""
     client: str | None = None
+    #: ``admin:*`` scopes the token carried and was not given (``Verified.dropped``).
+    dropped: frozenset[str] = frozenset()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -231,6 +233,7 @@ class OidcVerifier:
             auth_mode="oidc",
             issuer=verified.issuer,
             client=verified.client,
+            dropped=verified.dropped,
         )
 
     def verify_cached(self, token: str) -> Principal:
@@ -263,6 +266,13 @@ def audit_fields(principal: Principal | None, error: BaseException | None) -> di
         out = {"oidc_issuer": principal.issuer}
         if principal.client is not None:
             out["oidc_client"] = principal.client
+        if principal.dropped:
+            # The provider granted what only local credentials hold: kept out, and shown
+            # (a few names, each bounded; the audit core bounds the record as a whole).
+            names = sorted(principal.dropped)
+            out["oidc_dropped_admin_scopes"] = " ".join(n[:64] for n in names[:8]) + (
+                f" (+{len(names) - 8} more)" if len(names) > 8 else ""
+            )
         return out
     if isinstance(error, TokenRejected) and error.subject is not None:
         return {"oidc_refused_subject": error.subject}

@@ -41,6 +41,9 @@ class Verified:
     subject: str
     client: str | None
     scopes: frozenset[str]
+    #: The ``admin:*`` scopes the token asked for and did not get (recorded in the audit
+    #: record: a provider that grants one is misconfigured or compromised).
+    dropped: frozenset[str] = frozenset()
 
 
 def _reject(code: str, detail: str, subject: str | None = None) -> TokenRejected:
@@ -102,7 +105,14 @@ def _text(claims: Mapping[str, Any], name: str) -> str | None:
 
 
 def scopes_of(value: Any, scope_map: Mapping[str, list[str]]) -> frozenset[str]:
-    """The relay scopes a ``scope_claim`` value grants.
+    """The relay scopes a ``scope_claim`` value grants (``granted_and_dropped``)."""
+    return granted_and_dropped(value, scope_map)[0]
+
+
+def granted_and_dropped(
+    value: Any, scope_map: Mapping[str, list[str]]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The relay scopes a ``scope_claim`` value grants, and the admin ones it dropped.
 
     1. The value is a space-separated string (RFC 8693 §4.2, RFC 9068 §2.2.3), a list of
        strings, or an object whose keys are the scopes (roles keyed by name); absent is
@@ -115,7 +125,7 @@ def scopes_of(value: Any, scope_map: Mapping[str, list[str]]) -> frozenset[str]:
        map onto one too, ``oidc_config``).
     """
     if value is None:
-        return frozenset()
+        return frozenset(), frozenset()
     if isinstance(value, str):
         items: list[Any] = value.split()
     elif isinstance(value, list):
@@ -127,13 +137,16 @@ def scopes_of(value: Any, scope_map: Mapping[str, list[str]]) -> frozenset[str]:
     if len(items) > MAX_SCOPES:
         raise _reject("invalid_credential", f"the scope claim holds over {MAX_SCOPES} scopes")
     out: set[str] = set()
+    dropped: set[str] = set()
     for item in items:
         if not isinstance(item, str) or len(item) > MAX_SCOPE_CHARS:
             raise _reject("invalid_credential", "the scope claim holds a non-string or long item")
         for scope in scope_map.get(item, [item]):
-            if SCOPE_PATTERN.fullmatch(scope) and not scope.startswith(ADMIN_SCOPE_PREFIX):
+            if scope.startswith(ADMIN_SCOPE_PREFIX):  # 3.
+                dropped.add(scope)
+            elif SCOPE_PATTERN.fullmatch(scope):
                 out.add(scope)
-    return frozenset(out)
+    return frozenset(out), frozenset(dropped)
 
 
 def check_claims(claims: Mapping[str, Any], policy: OidcConfig, now: float) -> Verified:
@@ -189,5 +202,5 @@ def check_claims(claims: Mapping[str, Any], policy: OidcConfig, now: float) -> V
     if subject is None:
         raise _reject("invalid_credential", "the token names no subject or client")
     # 8.
-    scopes = scopes_of(claims.get(policy.scope_claim), policy.scope_map)
-    return Verified(policy.issuer, subject, client, scopes)
+    scopes, dropped = granted_and_dropped(claims.get(policy.scope_claim), policy.scope_map)
+    return Verified(policy.issuer, subject, client, scopes, dropped)

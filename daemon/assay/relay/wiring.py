@@ -47,6 +47,14 @@ class Assembled:
     #: The OIDC verifier in ``auth.mode: oidc``.
     oidc: OidcVerifier | None = None
 
+    @property
+    def admin_authenticator(self) -> Authenticator:
+        """The admin listener's gate: the relay's own credentials only (token file, API
+        keys). An identity provider's token never reaches it, whatever scopes it names
+        (``oidc_claims`` drops ``admin:*`` as well: two locks, either one holds), so in
+        ``auth.mode: oidc``, which has no local credential, every admin request is 401."""
+        return Authenticator(NO_TOKEN_FILE) if self.oidc is not None else self.authenticator
+
     def audit_route(self) -> Callable[[str, str], str]:
         """(method, path) to the audit ``route``, for the 431 refused before routing."""
         return audit_route(self.app.url_map, self.relay.redactor)
